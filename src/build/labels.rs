@@ -1,0 +1,54 @@
+//! Labels and selectors shared by every object of a cluster.
+
+use std::collections::BTreeMap;
+
+/// The seed documents select pods with `kubectl logs -l app=postgres`.
+pub const APP: &str = "app";
+pub const APP_VALUE: &str = "postgres";
+pub const NAME: &str = "app.kubernetes.io/name";
+pub const NAME_VALUE: &str = "postgres";
+pub const INSTANCE: &str = "app.kubernetes.io/instance";
+pub const COMPONENT: &str = "app.kubernetes.io/component";
+pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+pub const MANAGED_BY_VALUE: &str = "postgres-operator";
+pub const PART_OF: &str = "app.kubernetes.io/part-of";
+/// Cluster name on every owned object; the key selectors and cleanup use.
+pub const CLUSTER: &str = "postgres.apps.cozystack.io/cluster";
+/// `primary` or `replica`, kept on each pod by the operator; Services select on it.
+pub const ROLE: &str = "postgres.apps.cozystack.io/role";
+pub const ROLE_PRIMARY: &str = "primary";
+pub const ROLE_REPLICA: &str = "replica";
+/// Pod ordinal of an instance (also set by the StatefulSet controller as
+/// `apps.kubernetes.io/pod-index`; ours is available on every supported version).
+pub const INSTANCE_NAME: &str = "postgres.apps.cozystack.io/instance";
+
+/// Component values.
+pub const COMPONENT_DATABASE: &str = "database";
+pub const COMPONENT_BACKUP: &str = "backup";
+
+/// Labels that identify the cluster's pods; immutable once a StatefulSet exists, so
+/// they never change with the spec.
+pub fn selector(cluster: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (NAME.to_string(), NAME_VALUE.to_string()),
+        (INSTANCE.to_string(), cluster.to_string()),
+        (CLUSTER.to_string(), cluster.to_string()),
+    ])
+}
+
+/// Selector of the pods in one role (`primary` or `replica`).
+pub fn role_selector(cluster: &str, role: &str) -> BTreeMap<String, String> {
+    let mut labels = selector(cluster);
+    labels.insert(ROLE.to_string(), role.to_string());
+    labels
+}
+
+/// Labels of every object of the cluster, for `component`.
+pub fn common(cluster: &str, component: &str) -> BTreeMap<String, String> {
+    let mut labels = selector(cluster);
+    labels.insert(APP.to_string(), APP_VALUE.to_string());
+    labels.insert(COMPONENT.to_string(), component.to_string());
+    labels.insert(MANAGED_BY.to_string(), MANAGED_BY_VALUE.to_string());
+    labels.insert(PART_OF.to_string(), "cozystack".to_string());
+    labels
+}

@@ -1,0 +1,83 @@
+//! Names of every object a cluster owns, in one place. For Postgres `<name>` the prefix
+//! is `postgres-<name>`, as in the Cozystack application.
+
+/// `postgres-<name>`: StatefulSet, PodDisruptionBudget, NetworkPolicy, ServiceAccount,
+/// Role, RoleBinding, and the user-credentials Secret the seed documents name.
+pub fn prefix(cluster: &str) -> String {
+    format!("postgres-{cluster}")
+}
+
+/// Pod `ordinal` of the StatefulSet; also the instance's `application_name`.
+pub fn pod(cluster: &str, ordinal: i32) -> String {
+    format!("postgres-{cluster}-{ordinal}")
+}
+
+/// Service selecting the primary.
+pub fn service_rw(cluster: &str) -> String {
+    format!("postgres-{cluster}-rw")
+}
+
+/// Service selecting the standbys.
+pub fn service_ro(cluster: &str) -> String {
+    format!("postgres-{cluster}-ro")
+}
+
+/// Service selecting any instance.
+pub fn service_r(cluster: &str) -> String {
+    format!("postgres-{cluster}-r")
+}
+
+/// Headless Service giving each pod a stable DNS name (StatefulSet `serviceName`).
+pub fn service_headless(cluster: &str) -> String {
+    format!("postgres-{cluster}-headless")
+}
+
+/// LoadBalancer Service to the primary, when `external: true`.
+pub fn service_external(cluster: &str) -> String {
+    format!("postgres-{cluster}-external-write")
+}
+
+/// Secret with one key per user (the name the seed documents use).
+pub fn secret_users(cluster: &str) -> String {
+    prefix(cluster)
+}
+
+/// Secret with one key per user (the name Cozystack uses).
+pub fn secret_credentials(cluster: &str) -> String {
+    format!("postgres-{cluster}-credentials")
+}
+
+/// Secret with the `postgres` superuser's credentials.
+pub fn secret_superuser(cluster: &str) -> String {
+    format!("postgres-{cluster}-superuser")
+}
+
+/// Secret with the streaming-replication user's credentials.
+pub fn secret_replication(cluster: &str) -> String {
+    format!("postgres-{cluster}-replication")
+}
+
+/// Secret with S3 keys and the restic password.
+pub fn secret_backup(cluster: &str) -> String {
+    format!("postgres-{cluster}-backup")
+}
+
+/// ConfigMap with postgresql.conf and pg_hba.conf.
+pub fn config_map(cluster: &str) -> String {
+    format!("postgres-{cluster}-config")
+}
+
+/// Backup CronJob.
+pub fn backup_cronjob(cluster: &str) -> String {
+    format!("postgres-{cluster}-backup")
+}
+
+/// PodDisruptionBudget protecting the primary.
+pub fn pdb_primary(cluster: &str) -> String {
+    format!("postgres-{cluster}-primary")
+}
+
+/// PodDisruptionBudget pacing standby evictions.
+pub fn pdb_standbys(cluster: &str) -> String {
+    prefix(cluster)
+}

@@ -1,0 +1,9 @@
+//! A Kubernetes operator for highly available PostgreSQL clusters described by
+//! `apps.cozystack.io/v1alpha1 Postgres` objects.
+
+pub mod api;
+pub mod build;
+pub mod crdgen;
+pub mod quantity;
+pub mod render;
+pub mod validate;

@@ -1,0 +1,3 @@
+fn main() {
+    print!("{}", postgres_operator::crdgen::crds_yaml().unwrap());
+}
