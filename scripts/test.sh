@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# The project's test command: installs what the tests need, then checks formatting, lints
+# with warnings denied, and runs every test.
+set -euo pipefail
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$repo"
+bash scripts/install-test-deps.sh
+export PATH="$repo/.tools/venv/bin:$PATH"
+# Snapshots never update themselves in CI: a mismatch fails.
+if [ -n "${CI:-}" ]; then export INSTA_UPDATE=no; fi
+cargo fmt --all -- --check
+cargo clippy --all-targets --locked -- -D warnings
+cargo test --all-targets --locked
+cargo test --doc --locked
