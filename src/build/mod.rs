@@ -17,3 +17,19 @@ pub mod statefulset;
 
 pub use cluster::{Cluster, OperatorSettings};
 
+
+/// Fixtures for the builders' unit tests.
+#[cfg(test)]
+pub(crate) mod test_support {
+    use crate::api::Postgres;
+
+    use super::OperatorSettings;
+
+    /// A `Postgres` named `demo` with the given spec (YAML), and default settings.
+    pub fn cluster_from_yaml(spec: &str) -> (Postgres, OperatorSettings) {
+        let spec: crate::api::PostgresSpec = serde_yaml::from_str(spec).unwrap();
+        let mut postgres = Postgres::new("demo", spec);
+        postgres.metadata.uid = Some("0b1c2d3e-0000-4000-8000-000000000001".to_string());
+        (postgres, OperatorSettings::default())
+    }
+}
