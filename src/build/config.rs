@@ -1,0 +1,281 @@
+//! PostgreSQL configuration from the spec: `postgresql.conf` (operator-owned settings,
+//! then the user's), `pg_hba.conf`, the ConfigMap holding both, and the synchronous
+//! quorum setting the instance manager writes at run time.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write;
+
+use k8s_openapi::api::core::v1::ConfigMap;
+
+use super::pod::{CONFIG_DIR, PGDATA, POSTGRES_PORT, SOCKET_DIR};
+use super::secrets::{REPLICATION_USER, SUPERUSER};
+use super::{Cluster, labels, names};
+use crate::api::ParameterValue;
+
+/// ConfigMap keys.
+pub const POSTGRESQL_CONF: &str = "postgresql.conf";
+pub const PG_HBA_CONF: &str = "pg_hba.conf";
+/// Settings only known at run time (`primary_conninfo`, `synchronous_standby_names`),
+/// written by the instance manager inside PGDATA and included last so they win.
+pub fn runtime_conf_path() -> String {
+    format!("{PGDATA}/operator-runtime.conf")
+}
+
+/// PostgreSQL's default, written explicitly as the Cozystack API documents it.
+const DEFAULT_MAX_CONNECTIONS: i64 = 100;
+
+/// Extensions that only work when their library is preloaded.
+const PRELOADED_EXTENSIONS: &[&str] = &["pg_stat_statements"];
+
+/// `synchronous_standby_names` for the healthy standbys:
+/// q = max; if fewer healthy standbys than q, q = min; if fewer than min, q = the number
+/// healthy (availability first) unless `strict`, which keeps q = min and blocks writes
+/// rather than acknowledge a commit on fewer standbys. q = 0 means asynchronous.
+pub fn sync_standby_names(healthy_standbys: &[String], min: i32, max: i32, strict: bool) -> String {
+    let healthy = i32::try_from(healthy_standbys.len()).unwrap_or(i32::MAX);
+    let min = min.max(0);
+    let max = max.max(min);
+    let quorum = if healthy >= max {
+        max
+    } else if healthy >= min || strict {
+        min
+    } else {
+        healthy
+    };
+    if quorum == 0 {
+        return String::new();
+    }
+    let standbys: BTreeSet<&String> = healthy_standbys.iter().collect();
+    let list: Vec<String> = standbys.iter().map(|s| quote_identifier(s)).collect();
+    format!("ANY {quorum} ({})", list.join(", "))
+}
+
+fn quote_identifier(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// A string setting as a postgresql.conf literal.
+fn quote_literal(value: &str) -> String {
+    format!("'{}'", value.replace('\\', "\\\\").replace('\'', "''"))
+}
+
+fn render_value(value: &ParameterValue) -> String {
+    match value {
+        ParameterValue::Int(i) => i.to_string(),
+        // Rust prints f64 without an exponent (0.9, 1.1, 100), which PostgreSQL reads.
+        ParameterValue::Float(f) => f.to_string(),
+        ParameterValue::String(s) => quote_literal(s),
+    }
+}
+
+/// Libraries the requested extensions need, sorted.
+pub fn preload_libraries(cluster: &Cluster) -> Vec<String> {
+    let wanted: BTreeSet<&str> = cluster
+        .spec()
+        .databases
+        .values()
+        .flat_map(|db| db.extensions.iter().map(String::as_str))
+        .filter(|extension| PRELOADED_EXTENSIONS.contains(extension))
+        .collect();
+    wanted.into_iter().map(str::to_string).collect()
+}
+
+/// The full postgresql.conf.
+pub fn postgresql_conf(cluster: &Cluster) -> String {
+    let replicas = cluster.spec().replicas.max(1);
+    // Every standby holds a sender and a slot; the rest covers pg_basebackup clones and
+    // a rejoining old primary.
+    let senders = (2 * replicas + 2).max(10);
+    let mut owned: Vec<(&str, String)> = vec![
+        ("listen_addresses", quote_literal("*")),
+        ("port", POSTGRES_PORT.to_string()),
+        ("unix_socket_directories", quote_literal(SOCKET_DIR)),
+        ("hba_file", quote_literal(&format!("{CONFIG_DIR}/{PG_HBA_CONF}"))),
+        ("wal_level", quote_literal("replica")),
+        ("hot_standby", quote_literal("on")),
+        ("max_wal_senders", senders.to_string()),
+        ("max_replication_slots", senders.to_string()),
+        ("wal_keep_size", quote_literal("1GB")),
+        // pg_rewind needs it to bring a failed primary back as a standby.
+        ("wal_log_hints", quote_literal("on")),
+        ("password_encryption", quote_literal("scram-sha-256")),
+        ("logging_collector", quote_literal("off")),
+        ("log_destination", quote_literal("stderr")),
+    ];
+    let libraries = preload_libraries(cluster);
+    if !libraries.is_empty() {
+        owned.push(("shared_preload_libraries", quote_literal(&libraries.join(","))));
+    }
+
+    let mut user: BTreeMap<&str, String> = cluster
+        .spec()
+        .postgresql
+        .parameters
+        .iter()
+        .map(|(name, value)| (name.as_str(), render_value(value)))
+        .collect();
+    user.entry("max_connections")
+        .or_insert_with(|| DEFAULT_MAX_CONNECTIONS.to_string());
+
+    let mut conf = format!(
+        "# postgresql.conf of Postgres {}/{}, written by postgres-operator: edit the Postgres object instead.\n\n# Owned by the operator\n",
+        cluster.namespace, cluster.name
+    );
+    for (name, value) in owned {
+        let _ = writeln!(conf, "{name} = {value}");
+    }
+    conf.push_str("\n# spec.postgresql.parameters\n");
+    for (name, value) in user {
+        let _ = writeln!(conf, "{name} = {value}");
+    }
+    conf.push_str("\n# Set at run time by the instance manager (replication source, synchronous quorum)\n");
+    let _ = writeln!(conf, "include_if_exists = {}", quote_literal(&runtime_conf_path()));
+    conf
+}
+
+/// Client authentication: the instance manager as `postgres` over the local socket
+/// (peer: the container runs as the `postgres` OS user); everyone else with SCRAM.
+pub fn pg_hba_conf(_cluster: &Cluster) -> String {
+    let mut hba = String::from(
+        "# pg_hba.conf written by postgres-operator.\n# TYPE  DATABASE     USER                ADDRESS      METHOD\n",
+    );
+    let rules = [
+        ("local", "all", SUPERUSER, "", "peer"),
+        ("local", "all", "all", "", "scram-sha-256"),
+        ("host", "replication", REPLICATION_USER, "0.0.0.0/0", "scram-sha-256"),
+        ("host", "replication", REPLICATION_USER, "::0/0", "scram-sha-256"),
+        ("host", "all", "all", "0.0.0.0/0", "scram-sha-256"),
+        ("host", "all", "all", "::0/0", "scram-sha-256"),
+    ];
+    for (kind, database, user, address, method) in rules {
+        let _ = writeln!(hba, "{kind:<7} {database:<12} {user:<19} {address:<12} {method}");
+    }
+    hba
+}
+
+/// ConfigMap `postgres-<name>-config` with both files.
+pub fn desired_config_map(cluster: &Cluster) -> ConfigMap {
+    ConfigMap {
+        metadata: cluster.meta(names::config_map(&cluster.name), labels::COMPONENT_DATABASE),
+        data: Some(BTreeMap::from([
+            (POSTGRESQL_CONF.to_string(), postgresql_conf(cluster)),
+            (PG_HBA_CONF.to_string(), pg_hba_conf(cluster)),
+        ])),
+        ..ConfigMap::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::build::test_support::cluster_from_yaml;
+
+    fn standbys(n: usize) -> Vec<String> {
+        (1..=n).map(|i| format!("postgres-demo-{i}")).collect()
+    }
+
+    #[test]
+    fn quorum_arithmetic() {
+        // (healthy, min, max, strict, expected q)
+        let cases = [
+            (4, 2, 3, false, 3),
+            (3, 2, 3, false, 3),
+            (2, 2, 3, false, 2),
+            (1, 2, 3, false, 1),
+            (0, 2, 3, false, 0),
+            (1, 2, 3, true, 2),
+            (0, 1, 1, true, 1),
+            (2, 0, 0, false, 0),
+            (2, 1, 2, false, 2),
+            (1, 1, 2, false, 1),
+            (0, 1, 2, false, 0),
+            (2, 0, 1, false, 1),
+            (0, 0, 1, false, 0),
+        ];
+        for (healthy, min, max, strict, expected) in cases {
+            let names = sync_standby_names(&standbys(healthy), min, max, strict);
+            let q = if names.is_empty() {
+                0
+            } else {
+                names["ANY ".len()..].split(' ').next().unwrap().parse().unwrap()
+            };
+            assert_eq!(q, expected, "healthy {healthy} min {min} max {max} strict {strict}: {names}");
+        }
+    }
+
+    #[test]
+    fn quorum_lists_the_healthy_standbys_quoted_and_sorted() {
+        let names = sync_standby_names(
+            &["postgres-demo-2".to_string(), "postgres-demo-1".to_string(), "we\"ird".to_string()],
+            1,
+            2,
+            false,
+        );
+        assert_eq!(names, r#"ANY 2 ("postgres-demo-1", "postgres-demo-2", "we""ird")"#);
+    }
+
+    #[test]
+    fn user_parameters_follow_owned_settings_with_literal_quoting() {
+        let (pg, settings) = cluster_from_yaml(
+            "postgresql:\n  parameters:\n    max_connections: 200\n    shared_buffers: 256MB\n    checkpoint_completion_target: 0.9\n    random_page_cost: 1.1\n    application_name: \"x'; DROP TABLE t; --\\\\\"\n",
+        );
+        let conf = postgresql_conf(&Cluster::new(&pg, "ns", &settings));
+        assert!(conf.contains("\nmax_connections = 200\n"), "{conf}");
+        assert!(conf.contains("\nshared_buffers = '256MB'\n"));
+        assert!(conf.contains("\ncheckpoint_completion_target = 0.9\n"));
+        assert!(conf.contains("\nrandom_page_cost = 1.1\n"));
+        assert!(conf.contains("\napplication_name = 'x''; DROP TABLE t; --\\\\'\n"), "{conf}");
+        assert!(conf.find("listen_addresses").unwrap() < conf.find("max_connections").unwrap());
+        assert!(conf.trim_end().ends_with(&format!("include_if_exists = '{}'", runtime_conf_path())));
+        assert!(!conf.contains("synchronous_standby_names"));
+    }
+
+    #[test]
+    fn max_connections_defaults_to_100() {
+        let (pg, settings) = cluster_from_yaml("postgresql:\n  parameters:\n    work_mem: 4MB\n");
+        let conf = postgresql_conf(&Cluster::new(&pg, "ns", &settings));
+        assert!(conf.contains("\nmax_connections = 100\n"));
+    }
+
+    #[test]
+    fn pg_stat_statements_is_preloaded_when_a_database_asks_for_it() {
+        let (pg, settings) = cluster_from_yaml(
+            "databases:\n  a:\n    extensions: [hstore, pg_stat_statements]\n  b:\n    extensions: [pg_stat_statements]\n",
+        );
+        let conf = postgresql_conf(&Cluster::new(&pg, "ns", &settings));
+        assert!(conf.contains("\nshared_preload_libraries = 'pg_stat_statements'\n"), "{conf}");
+        let (pg, settings) = cluster_from_yaml("databases:\n  a:\n    extensions: [hstore]\n");
+        assert!(!postgresql_conf(&Cluster::new(&pg, "ns", &settings)).contains("shared_preload_libraries"));
+    }
+
+    #[test]
+    fn wal_senders_scale_with_replicas() {
+        let (pg, settings) = cluster_from_yaml("replicas: 7\n");
+        let conf = postgresql_conf(&Cluster::new(&pg, "ns", &settings));
+        assert!(conf.contains("\nmax_wal_senders = 16\n"));
+        assert!(conf.contains("\nmax_replication_slots = 16\n"));
+    }
+
+    #[test]
+    fn hba_lets_only_the_superuser_in_by_peer_and_everyone_else_by_scram() {
+        let (pg, settings) = cluster_from_yaml("{}");
+        let hba = pg_hba_conf(&Cluster::new(&pg, "ns", &settings));
+        let rules: Vec<Vec<&str>> = hba
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| l.split_whitespace().collect())
+            .collect();
+        assert_eq!(rules[0], ["local", "all", "postgres", "peer"]);
+        assert!(rules[1..].iter().all(|r| r.last() == Some(&"scram-sha-256")));
+        assert!(rules.iter().any(|r| r[1] == "replication" && r[2] == "streaming_replica"));
+    }
+
+    #[test]
+    fn config_map_holds_both_files() {
+        let (pg, settings) = cluster_from_yaml("{}");
+        let map = desired_config_map(&Cluster::new(&pg, "ns", &settings));
+        assert_eq!(map.metadata.name.as_deref(), Some("postgres-demo-config"));
+        let keys: Vec<&String> = map.data.as_ref().unwrap().keys().collect();
+        assert_eq!(keys, ["pg_hba.conf", "postgresql.conf"]);
+    }
+}
