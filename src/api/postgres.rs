@@ -134,12 +134,11 @@ fn default_replicas() -> i32 {
 /// PostgreSQL server configuration.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 pub struct PostgresqlSpec {
-    /// Any PostgreSQL setting (GUC) as a number or a string. Settings the operator owns
+    /// Any PostgreSQL setting (GUC) as a number, a string or a boolean. Settings the operator owns
     /// (replication, listening, TLS, archiving) and settings that load code are refused.
     #[serde(default = "default_parameters")]
     #[schemars(extend("maxProperties" = 500))]
     #[x_kube(
-        validation = Rule::new("self.all(k, type(self[k]) == int || type(self[k]) == double || type(self[k]) == string)").message("postgresql.parameters values must be numbers or strings"),
         validation = Rule::new("self.all(k, !(k in ['listen_addresses', 'port', 'hot_standby', 'wal_level', 'max_wal_senders', 'synchronous_standby_names', 'primary_conninfo', 'restore_command', 'data_directory', 'hba_file', 'dynamic_library_path', 'local_preload_libraries', 'session_preload_libraries', 'shared_preload_libraries', 'recovery_end_command'] || k.startsWith('archive_') || k.startsWith('ssl')))").message("postgresql.parameters may not set settings the operator owns (listen_addresses, port, hot_standby, wal_level, max_wal_senders, synchronous_standby_names, primary_conninfo, archive_*, restore_command, recovery_end_command, ssl*, data_directory, hba_file) or that load code (dynamic_library_path, *_preload_libraries)"),
     )]
     pub parameters: BTreeMap<String, ParameterValue>,
@@ -157,12 +156,13 @@ fn default_parameters() -> BTreeMap<String, ParameterValue> {
     BTreeMap::from([("max_connections".to_string(), ParameterValue::Int(100))])
 }
 
-/// A PostgreSQL setting value as written in YAML: `200`, `0.9` or `"256MB"`.
+/// A PostgreSQL setting value as written in YAML: `200`, `0.9`, `"256MB"` or `true`.
 #[derive(Clone, Debug, PartialEq)]
 pub enum ParameterValue {
     Int(i64),
     Float(f64),
     String(String),
+    Bool(bool),
 }
 
 impl fmt::Display for ParameterValue {
@@ -171,6 +171,7 @@ impl fmt::Display for ParameterValue {
             ParameterValue::Int(i) => write!(f, "{i}"),
             ParameterValue::Float(x) => write!(f, "{x}"),
             ParameterValue::String(s) => f.write_str(s),
+            ParameterValue::Bool(b) => f.write_str(if *b { "on" } else { "off" }),
         }
     }
 }
@@ -181,6 +182,7 @@ impl Serialize for ParameterValue {
             ParameterValue::Int(i) => serializer.serialize_i64(*i),
             ParameterValue::Float(x) => serializer.serialize_f64(*x),
             ParameterValue::String(s) => serializer.serialize_str(s),
+            ParameterValue::Bool(b) => serializer.serialize_bool(*b),
         }
     }
 }
@@ -191,7 +193,7 @@ impl<'de> Deserialize<'de> for ParameterValue {
         impl serde::de::Visitor<'_> for Visitor {
             type Value = ParameterValue;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a number or a string")
+                f.write_str("a number, a string or a boolean")
             }
             fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<ParameterValue, E> {
                 Ok(ParameterValue::Int(v))
@@ -208,6 +210,9 @@ impl<'de> Deserialize<'de> for ParameterValue {
                     Err(E::custom("expected a finite number"))
                 }
             }
+            fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<ParameterValue, E> {
+                Ok(ParameterValue::Bool(v))
+            }
             fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<ParameterValue, E> {
                 Ok(ParameterValue::String(v.to_string()))
             }
@@ -221,12 +226,12 @@ impl JsonSchema for ParameterValue {
         "ParameterValue".into()
     }
 
-    // Kubernetes structural schemas cannot express "number or string" (int-or-string
-    // excludes floats such as 0.9), so the value is left open here and its type is
-    // checked by a CEL rule on the enclosing map.
+    // Kubernetes structural schemas cannot express "number, string or boolean"
+    // (int-or-string excludes 0.9 and true), so the value is left open here; the
+    // operator refuses lists and objects when it reads the spec.
     fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
         schemars::json_schema!({
-            "description": "A number or a string.",
+            "description": "A number, a string or a boolean.",
             "x-kubernetes-preserve-unknown-fields": true
         })
     }

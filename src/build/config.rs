@@ -65,6 +65,7 @@ fn render_value(value: &ParameterValue) -> String {
         // Rust prints f64 without an exponent (0.9, 1.1, 100), which PostgreSQL reads.
         ParameterValue::Float(f) => f.to_string(),
         ParameterValue::String(s) => quote_literal(s),
+        ParameterValue::Bool(b) => quote_literal(if *b { "on" } else { "off" }),
     }
 }
 

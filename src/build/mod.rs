@@ -33,3 +33,4 @@ pub(crate) mod test_support {
         (postgres, OperatorSettings::default())
     }
 }
+pub use objects::{ManagedObject, desired_objects};
