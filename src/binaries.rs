@@ -56,7 +56,10 @@ mod tests {
         let target = dir.path().join("out");
         fs::create_dir(&target).unwrap();
         let installed = copy_binaries(&target, &restic).unwrap();
-        assert_eq!(installed, vec![target.join("postgres-operator"), target.join("restic")]);
+        assert_eq!(
+            installed,
+            vec![target.join("postgres-operator"), target.join("restic")]
+        );
         for path in installed {
             let mode = fs::metadata(&path).unwrap().permissions().mode();
             assert_eq!(mode & 0o777, 0o755, "{}", path.display());

@@ -5,7 +5,9 @@ use kube::CustomResourceExt;
 use crate::api::{Postgres, PostgresBackup};
 
 /// Every CRD of the operator, in install order.
-pub fn crds() -> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> {
+pub fn crds()
+-> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>
+{
     vec![Postgres::crd(), PostgresBackup::crd()]
 }
 

@@ -14,7 +14,11 @@ use postgres_operator::render::{self, OutputFormat};
 use postgres_operator::{binaries, crdgen};
 
 #[derive(Parser)]
-#[command(name = "postgres-operator", version, about = "Kubernetes operator for highly available PostgreSQL")]
+#[command(
+    name = "postgres-operator",
+    version,
+    about = "Kubernetes operator for highly available PostgreSQL"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -103,15 +107,16 @@ fn run_render(args: RenderArgs) -> ExitCode {
         default_storage_class: Some(args.default_storage_class).filter(|c| !c.is_empty()),
         operator_namespace: args.operator_namespace,
     };
-    let rendered = match render::render_inputs(&inputs, &args.namespace, &settings, &mut RandomPasswords) {
-        Ok(rendered) => rendered,
-        Err(errors) => {
-            for e in errors {
-                eprintln!("error: {e}");
+    let rendered =
+        match render::render_inputs(&inputs, &args.namespace, &settings, &mut RandomPasswords) {
+            Ok(rendered) => rendered,
+            Err(errors) => {
+                for e in errors {
+                    eprintln!("error: {e}");
+                }
+                return ExitCode::FAILURE;
             }
-            return ExitCode::FAILURE;
-        }
-    };
+        };
     match render::format_objects(&rendered, args.output) {
         Ok(text) => {
             print!("{text}");

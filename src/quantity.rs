@@ -129,7 +129,8 @@ fn parse(text: &str) -> Result<i128, QuantityError> {
             .ok_or_else(too_large)?;
     }
     let fraction_digits = i32::try_from(fraction.len()).map_err(|_| too_large())?;
-    let (binary_shift, decimal_exponent) = suffix_scale(suffix).map_err(|reason| invalid(&reason))?;
+    let (binary_shift, decimal_exponent) =
+        suffix_scale(suffix).map_err(|reason| invalid(&reason))?;
     // value = mantissa * 2^binary_shift * 10^(decimal_exponent - fraction_digits), in nanos:
     // multiply by 10^9 first so fractions of a unit stay exact.
     let mut nanos = mantissa;
@@ -177,7 +178,8 @@ fn suffix_scale(suffix: &str) -> Result<(u32, i32), String> {
                 .or_else(|| suffix.strip_prefix('E'))
                 .ok_or_else(|| format!("unknown suffix {suffix:?}"))?;
             let digits = exponent.strip_prefix(['+', '-']).unwrap_or(exponent);
-            if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) || digits.len() > 3 {
+            if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) || digits.len() > 3
+            {
                 return Err(format!("unknown suffix {suffix:?}"));
             }
             let value: i32 = exponent
@@ -276,7 +278,9 @@ mod tests {
     fn huge_quantities_are_errors_not_panics() {
         let err = "9".repeat(60).parse::<Quantity>().unwrap_err();
         assert!(matches!(err, QuantityError::TooLarge { .. }), "{err}");
-        let err = "999999999999999999999999Ei".parse::<Quantity>().unwrap_err();
+        let err = "999999999999999999999999Ei"
+            .parse::<Quantity>()
+            .unwrap_err();
         assert!(matches!(err, QuantityError::TooLarge { .. }), "{err}");
         assert!("1e-999".parse::<Quantity>().is_ok());
     }

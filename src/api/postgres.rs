@@ -275,7 +275,7 @@ pub struct DatabaseSpec {
     /// Role kind → users granted the group role `<db>_<kind>`. Built-in kinds: `admin`
     /// (owner), `readwrite`, `readonly`; any other kind is a group role with CONNECT.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    #[schemars(extend("maxProperties" = 20))]
+    #[schemars(schema_with = "role_lists_schema")]
     #[x_kube(validation = Rule::new("self.all(k, k.matches('^[a-z][a-z0-9_]{0,30}$'))").message("role kinds must be lowercase identifiers of at most 31 characters (e.g. admin, readonly, app)"))]
     pub roles: BTreeMap<String, RoleMembers>,
     /// Extensions created in this database.
@@ -287,6 +287,20 @@ pub struct DatabaseSpec {
 
 /// The users granted one role kind.
 pub type RoleMembers = Vec<String>;
+
+/// Bounds on the role lists keep the CEL rule that checks every member against `users`
+/// within the API server's cost budget.
+fn role_lists_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "maxProperties": 20,
+        "additionalProperties": {
+            "type": "array",
+            "maxItems": 100,
+            "items": {"type": "string", "maxLength": 63}
+        }
+    })
+}
 
 /// Backup configuration.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
@@ -362,7 +376,9 @@ pub struct SecretReference {
 }
 
 /// Supported PostgreSQL major versions.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, JsonSchema)]
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, JsonSchema,
+)]
 pub enum PostgresVersion {
     #[serde(rename = "v13")]
     V13,

@@ -182,7 +182,10 @@ mod tests {
         for preset in ResourcesPreset::all() {
             let json = serde_json::to_value(preset).unwrap();
             assert_eq!(json, preset.name());
-            assert_eq!(serde_json::from_value::<ResourcesPreset>(json).unwrap(), *preset);
+            assert_eq!(
+                serde_json::from_value::<ResourcesPreset>(json).unwrap(),
+                *preset
+            );
         }
     }
 

@@ -25,8 +25,10 @@ pub struct OperatorSettings {
 }
 
 /// Image of the operator built from this source tree.
-pub const DEFAULT_OPERATOR_IMAGE: &str =
-    concat!("ghcr.io/cozystack/postgres-operator:", env!("CARGO_PKG_VERSION"));
+pub const DEFAULT_OPERATOR_IMAGE: &str = concat!(
+    "ghcr.io/cozystack/postgres-operator:",
+    env!("CARGO_PKG_VERSION")
+);
 /// Official PostgreSQL images (Debian based, user `postgres` = uid 999).
 pub const DEFAULT_POSTGRES_IMAGE_REPOSITORY: &str = "docker.io/library/postgres";
 /// Namespace the Helm chart installs the operator into by default.

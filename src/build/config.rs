@@ -91,7 +91,10 @@ pub fn postgresql_conf(cluster: &Cluster) -> String {
         ("listen_addresses", quote_literal("*")),
         ("port", POSTGRES_PORT.to_string()),
         ("unix_socket_directories", quote_literal(SOCKET_DIR)),
-        ("hba_file", quote_literal(&format!("{CONFIG_DIR}/{PG_HBA_CONF}"))),
+        (
+            "hba_file",
+            quote_literal(&format!("{CONFIG_DIR}/{PG_HBA_CONF}")),
+        ),
         ("wal_level", quote_literal("replica")),
         ("hot_standby", quote_literal("on")),
         ("max_wal_senders", senders.to_string()),
@@ -105,7 +108,10 @@ pub fn postgresql_conf(cluster: &Cluster) -> String {
     ];
     let libraries = preload_libraries(cluster);
     if !libraries.is_empty() {
-        owned.push(("shared_preload_libraries", quote_literal(&libraries.join(","))));
+        owned.push((
+            "shared_preload_libraries",
+            quote_literal(&libraries.join(",")),
+        ));
     }
 
     let mut user: BTreeMap<&str, String> = cluster
@@ -129,8 +135,14 @@ pub fn postgresql_conf(cluster: &Cluster) -> String {
     for (name, value) in user {
         let _ = writeln!(conf, "{name} = {value}");
     }
-    conf.push_str("\n# Set at run time by the instance manager (replication source, synchronous quorum)\n");
-    let _ = writeln!(conf, "include_if_exists = {}", quote_literal(&runtime_conf_path()));
+    conf.push_str(
+        "\n# Set at run time by the instance manager (replication source, synchronous quorum)\n",
+    );
+    let _ = writeln!(
+        conf,
+        "include_if_exists = {}",
+        quote_literal(&runtime_conf_path())
+    );
     conf
 }
 
@@ -143,13 +155,28 @@ pub fn pg_hba_conf(_cluster: &Cluster) -> String {
     let rules = [
         ("local", "all", SUPERUSER, "", "peer"),
         ("local", "all", "all", "", "scram-sha-256"),
-        ("host", "replication", REPLICATION_USER, "0.0.0.0/0", "scram-sha-256"),
-        ("host", "replication", REPLICATION_USER, "::0/0", "scram-sha-256"),
+        (
+            "host",
+            "replication",
+            REPLICATION_USER,
+            "0.0.0.0/0",
+            "scram-sha-256",
+        ),
+        (
+            "host",
+            "replication",
+            REPLICATION_USER,
+            "::0/0",
+            "scram-sha-256",
+        ),
         ("host", "all", "all", "0.0.0.0/0", "scram-sha-256"),
         ("host", "all", "all", "::0/0", "scram-sha-256"),
     ];
     for (kind, database, user, address, method) in rules {
-        let _ = writeln!(hba, "{kind:<7} {database:<12} {user:<19} {address:<12} {method}");
+        let _ = writeln!(
+            hba,
+            "{kind:<7} {database:<12} {user:<19} {address:<12} {method}"
+        );
     }
     hba
 }
@@ -198,21 +225,36 @@ mod tests {
             let q = if names.is_empty() {
                 0
             } else {
-                names["ANY ".len()..].split(' ').next().unwrap().parse().unwrap()
+                names["ANY ".len()..]
+                    .split(' ')
+                    .next()
+                    .unwrap()
+                    .parse()
+                    .unwrap()
             };
-            assert_eq!(q, expected, "healthy {healthy} min {min} max {max} strict {strict}: {names}");
+            assert_eq!(
+                q, expected,
+                "healthy {healthy} min {min} max {max} strict {strict}: {names}"
+            );
         }
     }
 
     #[test]
     fn quorum_lists_the_healthy_standbys_quoted_and_sorted() {
         let names = sync_standby_names(
-            &["postgres-demo-2".to_string(), "postgres-demo-1".to_string(), "we\"ird".to_string()],
+            &[
+                "postgres-demo-2".to_string(),
+                "postgres-demo-1".to_string(),
+                "we\"ird".to_string(),
+            ],
             1,
             2,
             false,
         );
-        assert_eq!(names, r#"ANY 2 ("postgres-demo-1", "postgres-demo-2", "we""ird")"#);
+        assert_eq!(
+            names,
+            r#"ANY 2 ("postgres-demo-1", "postgres-demo-2", "we""ird")"#
+        );
     }
 
     #[test]
@@ -225,9 +267,15 @@ mod tests {
         assert!(conf.contains("\nshared_buffers = '256MB'\n"));
         assert!(conf.contains("\ncheckpoint_completion_target = 0.9\n"));
         assert!(conf.contains("\nrandom_page_cost = 1.1\n"));
-        assert!(conf.contains("\napplication_name = 'x''; DROP TABLE t; --\\\\'\n"), "{conf}");
+        assert!(
+            conf.contains("\napplication_name = 'x''; DROP TABLE t; --\\\\'\n"),
+            "{conf}"
+        );
         assert!(conf.find("listen_addresses").unwrap() < conf.find("max_connections").unwrap());
-        assert!(conf.trim_end().ends_with(&format!("include_if_exists = '{}'", runtime_conf_path())));
+        assert!(
+            conf.trim_end()
+                .ends_with(&format!("include_if_exists = '{}'", runtime_conf_path()))
+        );
         assert!(!conf.contains("synchronous_standby_names"));
     }
 
@@ -244,9 +292,15 @@ mod tests {
             "databases:\n  a:\n    extensions: [hstore, pg_stat_statements]\n  b:\n    extensions: [pg_stat_statements]\n",
         );
         let conf = postgresql_conf(&Cluster::new(&pg, "ns", &settings));
-        assert!(conf.contains("\nshared_preload_libraries = 'pg_stat_statements'\n"), "{conf}");
+        assert!(
+            conf.contains("\nshared_preload_libraries = 'pg_stat_statements'\n"),
+            "{conf}"
+        );
         let (pg, settings) = cluster_from_yaml("databases:\n  a:\n    extensions: [hstore]\n");
-        assert!(!postgresql_conf(&Cluster::new(&pg, "ns", &settings)).contains("shared_preload_libraries"));
+        assert!(
+            !postgresql_conf(&Cluster::new(&pg, "ns", &settings))
+                .contains("shared_preload_libraries")
+        );
     }
 
     #[test]
@@ -267,8 +321,16 @@ mod tests {
             .map(|l| l.split_whitespace().collect())
             .collect();
         assert_eq!(rules[0], ["local", "all", "postgres", "peer"]);
-        assert!(rules[1..].iter().all(|r| r.last() == Some(&"scram-sha-256")));
-        assert!(rules.iter().any(|r| r[1] == "replication" && r[2] == "streaming_replica"));
+        assert!(
+            rules[1..]
+                .iter()
+                .all(|r| r.last() == Some(&"scram-sha-256"))
+        );
+        assert!(
+            rules
+                .iter()
+                .any(|r| r[1] == "replication" && r[2] == "streaming_replica")
+        );
     }
 
     #[test]

@@ -43,7 +43,11 @@ pub fn desired_backup_cronjob(cluster: &Cluster) -> Option<CronJob> {
     env.extend([
         pod::env("PGHOST", names::service_rw(&cluster.name)),
         pod::env("PGUSER", SUPERUSER),
-        pod::env_from_secret("PGPASSWORD", &names::secret_superuser(&cluster.name), "password"),
+        pod::env_from_secret(
+            "PGPASSWORD",
+            &names::secret_superuser(&cluster.name),
+            "password",
+        ),
         pod::env_from_secret("AWS_ACCESS_KEY_ID", &credentials, BACKUP_ACCESS_KEY),
         pod::env_from_secret("AWS_SECRET_ACCESS_KEY", &credentials, BACKUP_SECRET_KEY),
         pod::env_from_secret("RESTIC_PASSWORD", &credentials, BACKUP_RESTIC_PASSWORD),
@@ -81,7 +85,10 @@ pub fn desired_backup_cronjob(cluster: &Cluster) -> Option<CronJob> {
         ..Container::default()
     };
     Some(CronJob {
-        metadata: cluster.meta(names::backup_cronjob(&cluster.name), labels::COMPONENT_BACKUP),
+        metadata: cluster.meta(
+            names::backup_cronjob(&cluster.name),
+            labels::COMPONENT_BACKUP,
+        ),
         spec: Some(CronJobSpec {
             schedule: backup.schedule.clone(),
             // Two dumps of one cluster at once only slow each other down.
@@ -135,8 +142,25 @@ mod tests {
     }
 
     fn env_of(job: &CronJob) -> BTreeMap<String, k8s_openapi::api::core::v1::EnvVar> {
-        let pod = job.spec.as_ref().unwrap().job_template.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
-        pod.containers[0].env.clone().unwrap().into_iter().map(|e| (e.name.clone(), e)).collect()
+        let pod = job
+            .spec
+            .as_ref()
+            .unwrap()
+            .job_template
+            .spec
+            .as_ref()
+            .unwrap()
+            .template
+            .spec
+            .as_ref()
+            .unwrap();
+        pod.containers[0]
+            .env
+            .clone()
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.name.clone(), e))
+            .collect()
     }
 
     #[test]
@@ -152,21 +176,47 @@ mod tests {
         let spec = job.spec.as_ref().unwrap();
         assert_eq!(spec.schedule, "0 3 * * *");
         assert_eq!(spec.concurrency_policy.as_deref(), Some("Forbid"));
-        let pod = spec.job_template.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
-        assert_eq!(pod.containers[0].command.as_ref().unwrap()[1..], ["backup", "--cluster", "demo"]);
-        assert_eq!(pod.containers[0].image.as_deref(), Some("docker.io/library/postgres:18"));
+        let pod = spec
+            .job_template
+            .spec
+            .as_ref()
+            .unwrap()
+            .template
+            .spec
+            .as_ref()
+            .unwrap();
+        assert_eq!(
+            pod.containers[0].command.as_ref().unwrap()[1..],
+            ["backup", "--cluster", "demo"]
+        );
+        assert_eq!(
+            pod.containers[0].image.as_deref(),
+            Some("docker.io/library/postgres:18")
+        );
     }
 
     #[test]
     fn credentials_come_from_the_backup_secret_or_the_referenced_one() {
         let secret_of = |job: &CronJob, var: &str| {
-            env_of(job)[var].value_from.clone().unwrap().secret_key_ref.unwrap().name
+            env_of(job)[var]
+                .value_from
+                .clone()
+                .unwrap()
+                .secret_key_ref
+                .unwrap()
+                .name
         };
         let job = cron(ENABLED).unwrap();
         assert_eq!(secret_of(&job, "AWS_ACCESS_KEY_ID"), "postgres-demo-backup");
         assert_eq!(secret_of(&job, "PGPASSWORD"), "postgres-demo-superuser");
-        assert_eq!(env_of(&job)["RESTIC_REPOSITORY_BASE"].value.as_deref(), Some("s3:s3.example.org/pg"));
-        assert_eq!(env_of(&job)["PGHOST"].value.as_deref(), Some("postgres-demo-rw"));
+        assert_eq!(
+            env_of(&job)["RESTIC_REPOSITORY_BASE"].value.as_deref(),
+            Some("s3:s3.example.org/pg")
+        );
+        assert_eq!(
+            env_of(&job)["PGHOST"].value.as_deref(),
+            Some("postgres-demo-rw")
+        );
         let job = cron("backup:\n  enabled: true\n  s3Bucket: s3.example.org/pg\n  credentialsSecretRef:\n    name: mine\n").unwrap();
         assert_eq!(secret_of(&job, "RESTIC_PASSWORD"), "mine");
     }
@@ -176,7 +226,10 @@ mod tests {
         let (pg, settings) = cluster_from_yaml(ENABLED);
         let cluster = Cluster::new(&pg, "ns", &settings);
         let pod_labels = backup_pod_labels(&cluster);
-        let selected = cluster.selector().iter().all(|(k, v)| pod_labels.get(k) == Some(v));
+        let selected = cluster
+            .selector()
+            .iter()
+            .all(|(k, v)| pod_labels.get(k) == Some(v));
         assert!(!selected, "{pod_labels:?}");
         assert_eq!(pod_labels[labels::CLUSTER], "demo");
     }

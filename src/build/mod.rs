@@ -17,7 +17,6 @@ pub mod statefulset;
 
 pub use cluster::{Cluster, OperatorSettings};
 
-
 /// Fixtures for the builders' unit tests.
 #[cfg(test)]
 pub(crate) mod test_support {

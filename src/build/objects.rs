@@ -96,7 +96,9 @@ pub fn desired_objects(
             .into_iter()
             .map(ManagedObject::Secret),
     );
-    objects.push(ManagedObject::ConfigMap(config::desired_config_map(cluster)));
+    objects.push(ManagedObject::ConfigMap(config::desired_config_map(
+        cluster,
+    )));
     objects.extend(
         services::desired_services(cluster)
             .into_iter()
@@ -107,8 +109,12 @@ pub fn desired_objects(
             .into_iter()
             .map(ManagedObject::PodDisruptionBudget),
     );
-    objects.push(ManagedObject::NetworkPolicy(policy::desired_network_policy(cluster)));
-    objects.push(ManagedObject::StatefulSet(statefulset::desired_statefulset(cluster)));
+    objects.push(ManagedObject::NetworkPolicy(
+        policy::desired_network_policy(cluster),
+    ));
+    objects.push(ManagedObject::StatefulSet(
+        statefulset::desired_statefulset(cluster),
+    ));
     objects.extend(cronjob::desired_backup_cronjob(cluster).map(ManagedObject::CronJob));
     objects
 }

@@ -43,10 +43,25 @@ pub fn desired_pod_disruption_budgets(cluster: &Cluster) -> Vec<PodDisruptionBud
         return Vec::new();
     }
     let standbys = replicas - 1;
-    let standby_floor = cluster.spec().quorum.min_sync_replicas.max(standbys - 1).max(0);
+    let standby_floor = cluster
+        .spec()
+        .quorum
+        .min_sync_replicas
+        .max(standbys - 1)
+        .max(0);
     vec![
-        budget(cluster, names::pdb_primary(&cluster.name), labels::ROLE_PRIMARY, 1),
-        budget(cluster, names::pdb_standbys(&cluster.name), labels::ROLE_REPLICA, standby_floor),
+        budget(
+            cluster,
+            names::pdb_primary(&cluster.name),
+            labels::ROLE_PRIMARY,
+            1,
+        ),
+        budget(
+            cluster,
+            names::pdb_standbys(&cluster.name),
+            labels::ROLE_REPLICA,
+            standby_floor,
+        ),
     ]
 }
 
@@ -109,7 +124,9 @@ mod tests {
             .map(|b| {
                 let spec = b.spec.unwrap();
                 let role = spec.selector.unwrap().match_labels.unwrap()[labels::ROLE].clone();
-                let IntOrString::Int(min) = spec.min_available.unwrap() else { panic!() };
+                let IntOrString::Int(min) = spec.min_available.unwrap() else {
+                    panic!()
+                };
                 (b.metadata.name.unwrap(), role, min)
             })
             .collect()
@@ -125,7 +142,11 @@ mod tests {
         assert_eq!(
             budgets("replicas: 3\n"),
             [
-                ("postgres-demo-primary".to_string(), "primary".to_string(), 1),
+                (
+                    "postgres-demo-primary".to_string(),
+                    "primary".to_string(),
+                    1
+                ),
                 ("postgres-demo".to_string(), "replica".to_string(), 1)
             ]
         );
@@ -135,8 +156,14 @@ mod tests {
 
     #[test]
     fn standby_evictions_keep_the_minimum_sync_quorum() {
-        assert_eq!(budgets("replicas: 3\nquorum:\n  minSyncReplicas: 2\n  maxSyncReplicas: 2\n")[1].2, 2);
-        assert_eq!(budgets("replicas: 5\nquorum:\n  minSyncReplicas: 2\n  maxSyncReplicas: 3\n")[1].2, 3);
+        assert_eq!(
+            budgets("replicas: 3\nquorum:\n  minSyncReplicas: 2\n  maxSyncReplicas: 2\n")[1].2,
+            2
+        );
+        assert_eq!(
+            budgets("replicas: 5\nquorum:\n  minSyncReplicas: 2\n  maxSyncReplicas: 3\n")[1].2,
+            3
+        );
     }
 
     #[test]
@@ -145,14 +172,30 @@ mod tests {
         let policy = desired_network_policy(&Cluster::new(&pg, "ns", &settings));
         let rules = policy.spec.unwrap().ingress.unwrap();
         let ports = |r: &NetworkPolicyIngressRule| -> Vec<IntOrString> {
-            r.ports.clone().unwrap().into_iter().map(|p| p.port.unwrap()).collect()
+            r.ports
+                .clone()
+                .unwrap()
+                .into_iter()
+                .map(|p| p.port.unwrap())
+                .collect()
         };
-        assert_eq!(ports(&rules[0]), [IntOrString::Int(5432), IntOrString::Int(9187)]);
+        assert_eq!(
+            ports(&rules[0]),
+            [IntOrString::Int(5432), IntOrString::Int(9187)]
+        );
         assert!(rules[0].from.is_none());
         assert_eq!(ports(&rules[1]), [IntOrString::Int(8000)]);
         let from = rules[1].from.clone().unwrap();
         assert_eq!(from.len(), 2);
-        let operator_ns = from[1].namespace_selector.clone().unwrap().match_labels.unwrap();
-        assert_eq!(operator_ns["kubernetes.io/metadata.name"], "postgres-operator");
+        let operator_ns = from[1]
+            .namespace_selector
+            .clone()
+            .unwrap()
+            .match_labels
+            .unwrap();
+        assert_eq!(
+            operator_ns["kubernetes.io/metadata.name"],
+            "postgres-operator"
+        );
     }
 }

@@ -45,14 +45,34 @@ pub fn desired_role(cluster: &Cluster) -> Role {
         metadata: cluster.meta(names::prefix(name), labels::COMPONENT_DATABASE),
         rules: Some(vec![
             rule(GROUP, &["postgreses"], &read, Some(vec![name.clone()])),
-            rule(GROUP, &["postgreses/status"], &["get"], Some(vec![name.clone()])),
+            rule(
+                GROUP,
+                &["postgreses/status"],
+                &["get"],
+                Some(vec![name.clone()]),
+            ),
             rule("", &["secrets"], &read, Some(secrets)),
-            rule("", &["configmaps"], &read, Some(vec![names::config_map(name)])),
+            rule(
+                "",
+                &["configmaps"],
+                &read,
+                Some(vec![names::config_map(name)]),
+            ),
             // Instances find each other (and the primary) through their pods.
             rule("", &["pods"], &read, None),
             // Backup jobs record each run.
-            rule(GROUP, &["postgresbackups"], &["create", "get", "list", "watch"], None),
-            rule(GROUP, &["postgresbackups/status"], &["get", "update", "patch"], None),
+            rule(
+                GROUP,
+                &["postgresbackups"],
+                &["create", "get", "list", "watch"],
+                None,
+            ),
+            rule(
+                GROUP,
+                &["postgresbackups/status"],
+                &["get", "update", "patch"],
+                None,
+            ),
         ]),
     }
 }
@@ -83,15 +103,28 @@ mod tests {
 
     #[test]
     fn the_role_reads_only_this_clusters_secrets() {
-        let (pg, settings) = cluster_from_yaml("backup:\n  credentialsSecretRef:\n    name: my-s3\n");
+        let (pg, settings) =
+            cluster_from_yaml("backup:\n  credentialsSecretRef:\n    name: my-s3\n");
         let role = desired_role(&Cluster::new(&pg, "ns", &settings));
         let rules = role.rules.unwrap();
-        let secrets = rules.iter().find(|r| r.resources.as_ref().unwrap()[0] == "secrets").unwrap();
+        let secrets = rules
+            .iter()
+            .find(|r| r.resources.as_ref().unwrap()[0] == "secrets")
+            .unwrap();
         let allowed = secrets.resource_names.clone().unwrap();
         assert!(allowed.contains(&"postgres-demo-superuser".to_string()));
         assert!(allowed.contains(&"my-s3".to_string()));
-        assert!(secrets.verbs.iter().all(|v| ["get", "list", "watch"].contains(&v.as_str())));
-        assert!(rules.iter().all(|r| !r.verbs.contains(&"delete".to_string())));
+        assert!(
+            secrets
+                .verbs
+                .iter()
+                .all(|v| ["get", "list", "watch"].contains(&v.as_str()))
+        );
+        assert!(
+            rules
+                .iter()
+                .all(|r| !r.verbs.contains(&"delete".to_string()))
+        );
     }
 
     #[test]
@@ -101,7 +134,10 @@ mod tests {
         let binding = desired_role_binding(&cluster);
         assert_eq!(binding.role_ref.name, "postgres-demo");
         let subject = &binding.subjects.unwrap()[0];
-        assert_eq!(subject.name, desired_service_account(&cluster).metadata.name.unwrap());
+        assert_eq!(
+            subject.name,
+            desired_service_account(&cluster).metadata.name.unwrap()
+        );
         assert_eq!(subject.namespace.as_deref(), Some("tenant"));
     }
 }

@@ -77,7 +77,11 @@ fn stored(existing: &ExistingSecrets, secret: &str, key: &str) -> Option<String>
     if let Some(ByteString(bytes)) = secret.data.as_ref().and_then(|d| d.get(key)) {
         return String::from_utf8(bytes.clone()).ok();
     }
-    secret.string_data.as_ref().and_then(|d| d.get(key)).cloned()
+    secret
+        .string_data
+        .as_ref()
+        .and_then(|d| d.get(key))
+        .cloned()
 }
 
 /// Every credentials Secret the spec asks for: users (under both names in use), the
@@ -97,7 +101,8 @@ pub fn desired_secrets(
         .map(|(user, spec)| {
             let current = stored(existing, &credentials_secret, user)
                 .or_else(|| stored(existing, &users_secret, user));
-            let password = resolve_password(spec.password.as_deref(), current.as_deref(), generator);
+            let password =
+                resolve_password(spec.password.as_deref(), current.as_deref(), generator);
             (user.clone(), password)
         })
         .collect();
@@ -116,7 +121,12 @@ pub fn desired_secrets(
             ("username".to_string(), username.to_string()),
             ("password".to_string(), password),
         ]);
-        secrets.push(secret(cluster, secret_name, "kubernetes.io/basic-auth", &data));
+        secrets.push(secret(
+            cluster,
+            secret_name,
+            "kubernetes.io/basic-auth",
+            &data,
+        ));
     }
     if let Some(data) = inline_backup_credentials(cluster) {
         secrets.push(secret(cluster, names::secret_backup(name), "Opaque", &data));
@@ -137,14 +147,24 @@ fn inline_backup_credentials(cluster: &Cluster) -> Option<BTreeMap<String, Strin
         (BACKUP_RESTIC_PASSWORD, &backup.restic_password),
     ]
     .into_iter()
-    .filter_map(|(key, value)| value.clone().filter(|v| !v.is_empty()).map(|v| (key.to_string(), v)))
+    .filter_map(|(key, value)| {
+        value
+            .clone()
+            .filter(|v| !v.is_empty())
+            .map(|v| (key.to_string(), v))
+    })
     .collect();
     (!data.is_empty()).then_some(data)
 }
 
 /// `data`, never `stringData`: the API server folds stringData into data, so applying it
 /// again would show a difference on every reconcile.
-fn secret(cluster: &Cluster, name: String, type_: &str, values: &BTreeMap<String, String>) -> Secret {
+fn secret(
+    cluster: &Cluster,
+    name: String,
+    type_: &str,
+    values: &BTreeMap<String, String>,
+) -> Secret {
     Secret {
         metadata: cluster.meta(name, labels::COMPONENT_DATABASE),
         type_: Some(type_.to_string()),
@@ -189,11 +209,23 @@ mod tests {
     #[test]
     fn policy_prefers_spec_then_existing_then_random() {
         let mut generator = SeededPasswords::default();
-        assert_eq!(resolve_password(Some("spec"), Some("old"), &mut generator), "spec");
+        assert_eq!(
+            resolve_password(Some("spec"), Some("old"), &mut generator),
+            "spec"
+        );
         assert_eq!(resolve_password(None, Some("old"), &mut generator), "old");
-        assert_eq!(resolve_password(Some(""), Some("old"), &mut generator), "old");
-        assert_eq!(resolve_password(None, Some(""), &mut generator), "generated-password-1");
-        assert_eq!(resolve_password(None, None, &mut generator), "generated-password-2");
+        assert_eq!(
+            resolve_password(Some(""), Some("old"), &mut generator),
+            "old"
+        );
+        assert_eq!(
+            resolve_password(None, Some(""), &mut generator),
+            "generated-password-1"
+        );
+        assert_eq!(
+            resolve_password(None, None, &mut generator),
+            "generated-password-2"
+        );
     }
 
     #[test]
@@ -209,18 +241,39 @@ mod tests {
     fn users_secrets_hold_one_key_per_user_under_both_names() {
         let (pg, settings) = cluster_from_yaml("users:\n  alice:\n    password: a\n  bob: {}\n");
         let cluster = Cluster::new(&pg, "ns", &settings);
-        let secrets = desired_secrets(&cluster, &ExistingSecrets::new(), &mut SeededPasswords::default());
-        let names: Vec<&str> = secrets.iter().map(|s| s.metadata.name.as_deref().unwrap()).collect();
+        let secrets = desired_secrets(
+            &cluster,
+            &ExistingSecrets::new(),
+            &mut SeededPasswords::default(),
+        );
+        let names: Vec<&str> = secrets
+            .iter()
+            .map(|s| s.metadata.name.as_deref().unwrap())
+            .collect();
         assert_eq!(
             names,
-            ["postgres-demo", "postgres-demo-credentials", "postgres-demo-superuser", "postgres-demo-replication"]
+            [
+                "postgres-demo",
+                "postgres-demo-credentials",
+                "postgres-demo-superuser",
+                "postgres-demo-replication"
+            ]
         );
         assert_eq!(secrets[0].data, secrets[1].data);
         assert_eq!(value(&secrets[0], "alice").as_deref(), Some("a"));
-        assert_eq!(value(&secrets[0], "bob").as_deref(), Some("generated-password-1"));
+        assert_eq!(
+            value(&secrets[0], "bob").as_deref(),
+            Some("generated-password-1")
+        );
         assert_eq!(value(&secrets[2], "username").as_deref(), Some("postgres"));
-        assert_eq!(secrets[2].type_.as_deref(), Some("kubernetes.io/basic-auth"));
-        assert_eq!(value(&secrets[3], "username").as_deref(), Some("streaming_replica"));
+        assert_eq!(
+            secrets[2].type_.as_deref(),
+            Some("kubernetes.io/basic-auth")
+        );
+        assert_eq!(
+            value(&secrets[3], "username").as_deref(),
+            Some("streaming_replica")
+        );
         assert!(secrets.iter().all(|s| s.string_data.is_none()));
     }
 
@@ -236,9 +289,17 @@ mod tests {
     #[test]
     fn a_changed_spec_password_is_applied_and_a_removed_user_disappears() {
         let (pg, settings) = cluster_from_yaml("users:\n  alice: {}\n  bob: {}\n");
-        let first = desired_secrets(&Cluster::new(&pg, "ns", &settings), &ExistingSecrets::new(), &mut SeededPasswords::default());
+        let first = desired_secrets(
+            &Cluster::new(&pg, "ns", &settings),
+            &ExistingSecrets::new(),
+            &mut SeededPasswords::default(),
+        );
         let (pg, settings) = cluster_from_yaml("users:\n  alice:\n    password: new\n");
-        let second = desired_secrets(&Cluster::new(&pg, "ns", &settings), &by_name(first), &mut NoGeneration);
+        let second = desired_secrets(
+            &Cluster::new(&pg, "ns", &settings),
+            &by_name(first),
+            &mut NoGeneration,
+        );
         assert_eq!(value(&second[1], "alice").as_deref(), Some("new"));
         assert_eq!(value(&second[1], "bob"), None);
     }
@@ -258,9 +319,16 @@ mod tests {
     #[test]
     fn hostile_passwords_are_kept_byte_for_byte() {
         let password = "it's a \"quote\" \\ ; DROP TABLE x; -- é😀";
-        let yaml = format!("users:\n  alice:\n    password: {}\n", serde_json::to_string(password).unwrap());
+        let yaml = format!(
+            "users:\n  alice:\n    password: {}\n",
+            serde_json::to_string(password).unwrap()
+        );
         let (pg, settings) = cluster_from_yaml(&yaml);
-        let secrets = desired_secrets(&Cluster::new(&pg, "ns", &settings), &ExistingSecrets::new(), &mut SeededPasswords::default());
+        let secrets = desired_secrets(
+            &Cluster::new(&pg, "ns", &settings),
+            &ExistingSecrets::new(),
+            &mut SeededPasswords::default(),
+        );
         assert_eq!(value(&secrets[0], "alice").as_deref(), Some(password));
     }
 
@@ -268,9 +336,16 @@ mod tests {
     fn backup_secret_only_for_inline_credentials() {
         let inline = "backup:\n  enabled: true\n  s3Bucket: s3.example.org/b\n  s3AccessKey: AK\n  s3SecretKey: SK\n  resticPassword: RP\n";
         let (pg, settings) = cluster_from_yaml(inline);
-        let secrets = desired_secrets(&Cluster::new(&pg, "ns", &settings), &ExistingSecrets::new(), &mut SeededPasswords::default());
+        let secrets = desired_secrets(
+            &Cluster::new(&pg, "ns", &settings),
+            &ExistingSecrets::new(),
+            &mut SeededPasswords::default(),
+        );
         let backup = secrets.last().unwrap();
-        assert_eq!(backup.metadata.name.as_deref(), Some("postgres-demo-backup"));
+        assert_eq!(
+            backup.metadata.name.as_deref(),
+            Some("postgres-demo-backup")
+        );
         assert_eq!(value(backup, "s3AccessKey").as_deref(), Some("AK"));
         assert_eq!(value(backup, "resticPassword").as_deref(), Some("RP"));
 
@@ -279,8 +354,16 @@ mod tests {
             "backup:\n  enabled: true\n  s3Bucket: s3.example.org/b\n  credentialsSecretRef:\n    name: mine\n",
         ] {
             let (pg, settings) = cluster_from_yaml(spec);
-            let secrets = desired_secrets(&Cluster::new(&pg, "ns", &settings), &ExistingSecrets::new(), &mut SeededPasswords::default());
-            assert!(secrets.iter().all(|s| s.metadata.name.as_deref() != Some("postgres-demo-backup")));
+            let secrets = desired_secrets(
+                &Cluster::new(&pg, "ns", &settings),
+                &ExistingSecrets::new(),
+                &mut SeededPasswords::default(),
+            );
+            assert!(
+                secrets
+                    .iter()
+                    .all(|s| s.metadata.name.as_deref() != Some("postgres-demo-backup"))
+            );
         }
     }
 }

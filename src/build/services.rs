@@ -58,12 +58,18 @@ fn cluster_ip(cluster: &Cluster, name: String, selector: BTreeMap<String, String
 /// are ready, because standbys must reach the primary to become ready at all.
 fn headless(cluster: &Cluster) -> Service {
     Service {
-        metadata: cluster.meta(names::service_headless(&cluster.name), labels::COMPONENT_DATABASE),
+        metadata: cluster.meta(
+            names::service_headless(&cluster.name),
+            labels::COMPONENT_DATABASE,
+        ),
         spec: Some(ServiceSpec {
             cluster_ip: Some("None".to_string()),
             publish_not_ready_addresses: Some(true),
             selector: Some(cluster.selector()),
-            ports: Some(vec![port("postgresql", POSTGRES_PORT), port("status", STATUS_PORT)]),
+            ports: Some(vec![
+                port("postgresql", POSTGRES_PORT),
+                port("status", STATUS_PORT),
+            ]),
             ..ServiceSpec::default()
         }),
         ..Service::default()
@@ -76,7 +82,10 @@ mod tests {
     use crate::build::test_support::cluster_from_yaml;
 
     fn names_of(services: &[Service]) -> Vec<String> {
-        services.iter().map(|s| s.metadata.name.clone().unwrap()).collect()
+        services
+            .iter()
+            .map(|s| s.metadata.name.clone().unwrap())
+            .collect()
     }
 
     #[test]
@@ -85,7 +94,12 @@ mod tests {
         let services = desired_services(&Cluster::new(&pg, "ns", &settings));
         assert_eq!(
             names_of(&services),
-            ["postgres-demo-rw", "postgres-demo-ro", "postgres-demo-r", "postgres-demo-headless"]
+            [
+                "postgres-demo-rw",
+                "postgres-demo-ro",
+                "postgres-demo-r",
+                "postgres-demo-headless"
+            ]
         );
     }
 
@@ -98,7 +112,10 @@ mod tests {
         assert_eq!(selector(1)[labels::ROLE], "replica");
         assert!(!selector(2).contains_key(labels::ROLE));
         assert_eq!(selector(2)[labels::CLUSTER], "demo");
-        assert_eq!(services[0].spec.as_ref().unwrap().ports.as_ref().unwrap()[0].port, 5432);
+        assert_eq!(
+            services[0].spec.as_ref().unwrap().ports.as_ref().unwrap()[0].port,
+            5432
+        );
     }
 
     #[test]
@@ -108,7 +125,13 @@ mod tests {
         let spec = services[3].spec.as_ref().unwrap();
         assert_eq!(spec.cluster_ip.as_deref(), Some("None"));
         assert_eq!(spec.publish_not_ready_addresses, Some(true));
-        let ports: Vec<i32> = spec.ports.as_ref().unwrap().iter().map(|p| p.port).collect();
+        let ports: Vec<i32> = spec
+            .ports
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|p| p.port)
+            .collect();
         assert_eq!(ports, [5432, 8000]);
     }
 
@@ -117,7 +140,10 @@ mod tests {
         let (pg, settings) = cluster_from_yaml("external: true\n");
         let services = desired_services(&Cluster::new(&pg, "ns", &settings));
         let external = services.last().unwrap();
-        assert_eq!(external.metadata.name.as_deref(), Some("postgres-demo-external-write"));
+        assert_eq!(
+            external.metadata.name.as_deref(),
+            Some("postgres-demo-external-write")
+        );
         let spec = external.spec.as_ref().unwrap();
         assert_eq!(spec.type_.as_deref(), Some("LoadBalancer"));
         assert_eq!(spec.external_traffic_policy.as_deref(), Some("Local"));

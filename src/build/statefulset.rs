@@ -9,9 +9,8 @@ use k8s_openapi::api::apps::v1::{
 };
 use k8s_openapi::api::core::v1::{
     Affinity, ConfigMapVolumeSource, Container, ContainerPort, HTTPGetAction,
-    PersistentVolumeClaim, PersistentVolumeClaimSpec, PodAffinityTerm, PodAntiAffinity,
-    PodSpec, PodTemplateSpec, Probe, Volume, VolumeResourceRequirements,
-    WeightedPodAffinityTerm,
+    PersistentVolumeClaim, PersistentVolumeClaimSpec, PodAffinityTerm, PodAntiAffinity, PodSpec,
+    PodTemplateSpec, Probe, Volume, VolumeResourceRequirements, WeightedPodAffinityTerm,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -168,7 +167,11 @@ fn postgres_container(cluster: &Cluster) -> Container {
             container_port("status", pod::STATUS_PORT),
             container_port("metrics", pod::METRICS_PORT),
         ]),
-        startup_probe: Some(http_probe("/healthz", STARTUP_PERIOD_SECONDS, STARTUP_FAILURES)),
+        startup_probe: Some(http_probe(
+            "/healthz",
+            STARTUP_PERIOD_SECONDS,
+            STARTUP_FAILURES,
+        )),
         liveness_probe: Some(http_probe("/healthz", 10, 6)),
         readiness_probe: Some(http_probe("/readyz", 5, 3)),
         resources: Some(instance_resources(cluster.spec())),
@@ -220,15 +223,32 @@ mod tests {
     fn statefulset_is_named_owned_and_selects_only_this_cluster() {
         let s = sts("replicas: 3\n");
         assert_eq!(s.metadata.name.as_deref(), Some("postgres-demo"));
-        assert_eq!(s.metadata.owner_references.as_ref().unwrap()[0].name, "demo");
+        assert_eq!(
+            s.metadata.owner_references.as_ref().unwrap()[0].name,
+            "demo"
+        );
         let spec = s.spec.as_ref().unwrap();
         assert_eq!(spec.replicas, Some(3));
         assert_eq!(spec.service_name.as_deref(), Some("postgres-demo-headless"));
         assert_eq!(spec.pod_management_policy.as_deref(), Some("Parallel"));
-        assert_eq!(spec.update_strategy.as_ref().unwrap().type_.as_deref(), Some("OnDelete"));
+        assert_eq!(
+            spec.update_strategy.as_ref().unwrap().type_.as_deref(),
+            Some("OnDelete")
+        );
         let selector = spec.selector.match_labels.as_ref().unwrap();
-        let template_labels = spec.template.metadata.as_ref().unwrap().labels.as_ref().unwrap();
-        assert!(selector.iter().all(|(k, v)| template_labels.get(k) == Some(v)));
+        let template_labels = spec
+            .template
+            .metadata
+            .as_ref()
+            .unwrap()
+            .labels
+            .as_ref()
+            .unwrap();
+        assert!(
+            selector
+                .iter()
+                .all(|(k, v)| template_labels.get(k) == Some(v))
+        );
         assert_eq!(template_labels["app"], "postgres");
         assert!(!template_labels.contains_key(labels::ROLE));
     }
@@ -237,7 +257,10 @@ mod tests {
     fn the_instance_manager_runs_as_pid_1_with_probes_on_the_status_port() {
         let s = sts("{}");
         let container = &pod_spec(&s).containers[0];
-        assert_eq!(container.command.as_ref().unwrap(), &["/controller/postgres-operator", "instance"]);
+        assert_eq!(
+            container.command.as_ref().unwrap(),
+            &["/controller/postgres-operator", "instance"]
+        );
         let ports: Vec<(String, i32)> = container
             .ports
             .as_ref()
@@ -245,21 +268,50 @@ mod tests {
             .iter()
             .map(|p| (p.name.clone().unwrap(), p.container_port))
             .collect();
-        assert_eq!(ports, [("postgresql".into(), 5432), ("status".into(), 8000), ("metrics".into(), 9187)]);
-        let path = |p: &Option<Probe>| p.as_ref().unwrap().http_get.as_ref().unwrap().path.clone().unwrap();
+        assert_eq!(
+            ports,
+            [
+                ("postgresql".into(), 5432),
+                ("status".into(), 8000),
+                ("metrics".into(), 9187)
+            ]
+        );
+        let path = |p: &Option<Probe>| {
+            p.as_ref()
+                .unwrap()
+                .http_get
+                .as_ref()
+                .unwrap()
+                .path
+                .clone()
+                .unwrap()
+        };
         assert_eq!(path(&container.readiness_probe), "/readyz");
         assert_eq!(path(&container.liveness_probe), "/healthz");
         assert_eq!(path(&container.startup_probe), "/healthz");
         let init = &pod_spec(&s).init_containers.as_ref().unwrap()[0];
-        assert_eq!(init.image.as_deref(), Some(OperatorSettings::default().operator_image.as_str()));
+        assert_eq!(
+            init.image.as_deref(),
+            Some(OperatorSettings::default().operator_image.as_str())
+        );
     }
 
     #[test]
     fn image_follows_the_version_unless_overridden() {
-        assert_eq!(pod_spec(&sts("{}")).containers[0].image.as_deref(), Some("docker.io/library/postgres:18"));
-        assert_eq!(pod_spec(&sts("version: v16\n")).containers[0].image.as_deref(), Some("docker.io/library/postgres:16"));
         assert_eq!(
-            pod_spec(&sts("version: v16\nimage: registry.local/pg:16.4\n")).containers[0].image.as_deref(),
+            pod_spec(&sts("{}")).containers[0].image.as_deref(),
+            Some("docker.io/library/postgres:18")
+        );
+        assert_eq!(
+            pod_spec(&sts("version: v16\n")).containers[0]
+                .image
+                .as_deref(),
+            Some("docker.io/library/postgres:16")
+        );
+        assert_eq!(
+            pod_spec(&sts("version: v16\nimage: registry.local/pg:16.4\n")).containers[0]
+                .image
+                .as_deref(),
             Some("registry.local/pg:16.4")
         );
     }
@@ -273,10 +325,17 @@ mod tests {
             let claim = &s.spec.unwrap().volume_claim_templates.unwrap()[0];
             claim.spec.as_ref().unwrap().storage_class_name.clone()
         };
-        assert_eq!(class("storageClass: replicated\n", Some("local")).as_deref(), Some("replicated"));
+        assert_eq!(
+            class("storageClass: replicated\n", Some("local")).as_deref(),
+            Some("replicated")
+        );
         assert_eq!(class("{}", Some("local")).as_deref(), Some("local"));
         assert_eq!(class("{}", None), None);
-        assert_eq!(class("storageClass: \"\"\n", Some("local")), None, "empty means the cluster default");
+        assert_eq!(
+            class("storageClass: \"\"\n", Some("local")),
+            None,
+            "empty means the cluster default"
+        );
     }
 
     #[test]
@@ -284,9 +343,21 @@ mod tests {
         let s = sts("size: 50Gi\n");
         let spec = s.spec.as_ref().unwrap();
         let claim = &spec.volume_claim_templates.as_ref().unwrap()[0];
-        let requests = claim.spec.as_ref().unwrap().resources.as_ref().unwrap().requests.as_ref().unwrap();
+        let requests = claim
+            .spec
+            .as_ref()
+            .unwrap()
+            .resources
+            .as_ref()
+            .unwrap()
+            .requests
+            .as_ref()
+            .unwrap();
         assert_eq!(requests["storage"].0, "50Gi");
-        let retention = spec.persistent_volume_claim_retention_policy.as_ref().unwrap();
+        let retention = spec
+            .persistent_volume_claim_retention_policy
+            .as_ref()
+            .unwrap();
         assert_eq!(retention.when_deleted.as_deref(), Some("Retain"));
         assert_eq!(retention.when_scaled.as_deref(), Some("Retain"));
     }
@@ -298,7 +369,11 @@ mod tests {
         let pod_security = pod.security_context.as_ref().unwrap();
         assert_eq!(pod_security.run_as_non_root, Some(true));
         assert_eq!(pod_security.run_as_user, Some(999));
-        for container in pod.containers.iter().chain(pod.init_containers.as_ref().unwrap()) {
+        for container in pod
+            .containers
+            .iter()
+            .chain(pod.init_containers.as_ref().unwrap())
+        {
             let security = container.security_context.as_ref().unwrap();
             assert_eq!(security.read_only_root_filesystem, Some(true));
             assert_eq!(security.allow_privilege_escalation, Some(false));
@@ -310,8 +385,16 @@ mod tests {
             .iter()
             .map(|m| m.mount_path.as_str())
             .collect();
-        for writable in ["/var/lib/postgresql/data", "/var/run/postgresql", "/tmp", "/dev/shm"] {
-            assert!(mounts.contains(&writable), "{writable} missing from {mounts:?}");
+        for writable in [
+            "/var/lib/postgresql/data",
+            "/var/run/postgresql",
+            "/tmp",
+            "/dev/shm",
+        ] {
+            assert!(
+                mounts.contains(&writable),
+                "{writable} missing from {mounts:?}"
+            );
         }
     }
 
@@ -328,6 +411,9 @@ mod tests {
             .preferred_during_scheduling_ignored_during_execution
             .clone()
             .unwrap();
-        assert_eq!(terms[0].pod_affinity_term.topology_key, "kubernetes.io/hostname");
+        assert_eq!(
+            terms[0].pod_affinity_term.topology_key,
+            "kubernetes.io/hostname"
+        );
     }
 }

@@ -244,17 +244,27 @@ pub fn render_inputs(
                         postgres.metadata.namespace = Some(namespace.to_string());
                     }
                     let objects = render_postgres(&postgres, namespace, settings, passwords);
-                    rendered.push(RenderedCluster { origin: source, objects });
+                    rendered.push(RenderedCluster {
+                        origin: source,
+                        objects,
+                    });
                 }
                 Err(e) => errors.push(e),
             }
         }
     }
-    if errors.is_empty() { Ok(rendered) } else { Err(errors) }
+    if errors.is_empty() {
+        Ok(rendered)
+    } else {
+        Err(errors)
+    }
 }
 
 /// Writes the objects as a multi-document YAML stream or a JSON `v1 List`.
-pub fn format_objects(clusters: &[RenderedCluster], format: OutputFormat) -> Result<String, RenderError> {
+pub fn format_objects(
+    clusters: &[RenderedCluster],
+    format: OutputFormat,
+) -> Result<String, RenderError> {
     let mut out = String::new();
     let mut items = Vec::new();
     for cluster in clusters {
@@ -269,7 +279,9 @@ pub fn format_objects(clusters: &[RenderedCluster], format: OutputFormat) -> Res
             match format {
                 OutputFormat::Yaml => {
                     out.push_str("---\n");
-                    out.push_str(&serde_yaml::to_string(&value).map_err(|e| failed(e.to_string()))?);
+                    out.push_str(
+                        &serde_yaml::to_string(&value).map_err(|e| failed(e.to_string()))?,
+                    );
                 }
                 OutputFormat::Json => items.push(value),
             }

@@ -14,7 +14,10 @@ pub fn check(schema: &Value, value: &Value, path: &str, errors: &mut Vec<FieldEr
         .and_then(Value::as_bool)
         .unwrap_or(false);
     if value.is_null() {
-        let nullable = schema.get("nullable").and_then(Value::as_bool).unwrap_or(false);
+        let nullable = schema
+            .get("nullable")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
         if !nullable && !open {
             errors.push(error(path, "must not be null"));
         }
@@ -26,7 +29,10 @@ pub fn check(schema: &Value, value: &Value, path: &str, errors: &mut Vec<FieldEr
         .unwrap_or(false)
     {
         if !(value.is_i64() || value.is_u64() || value.is_string()) {
-            errors.push(error(path, &format!("must be an integer or a string, got {}", describe(value))));
+            errors.push(error(
+                path,
+                &format!("must be an integer or a string, got {}", describe(value)),
+            ));
         }
         return;
     }
@@ -35,39 +41,63 @@ pub fn check(schema: &Value, value: &Value, path: &str, errors: &mut Vec<FieldEr
         Some("array") => check_array(schema, value, path, errors),
         Some("string") => match value.as_str() {
             Some(text) => check_string(schema, text, path, errors),
-            None => errors.push(error(path, &format!("must be a string, got {}", describe(value)))),
+            None => errors.push(error(
+                path,
+                &format!("must be a string, got {}", describe(value)),
+            )),
         },
         Some("integer") => {
             if value.is_i64() || value.is_u64() {
                 check_number(schema, value, path, errors);
             } else {
-                errors.push(error(path, &format!("must be an integer, got {}", describe(value))));
+                errors.push(error(
+                    path,
+                    &format!("must be an integer, got {}", describe(value)),
+                ));
             }
         }
         Some("number") => {
             if value.is_number() {
                 check_number(schema, value, path, errors);
             } else {
-                errors.push(error(path, &format!("must be a number, got {}", describe(value))));
+                errors.push(error(
+                    path,
+                    &format!("must be a number, got {}", describe(value)),
+                ));
             }
         }
         Some("boolean") => {
             if !value.is_boolean() {
-                errors.push(error(path, &format!("must be true or false, got {}", describe(value))));
+                errors.push(error(
+                    path,
+                    &format!("must be true or false, got {}", describe(value)),
+                ));
             }
         }
         _ => {}
     }
 }
 
-fn check_object(schema: &Value, value: &Value, path: &str, errors: &mut Vec<FieldError>, open: bool) {
+fn check_object(
+    schema: &Value,
+    value: &Value,
+    path: &str,
+    errors: &mut Vec<FieldError>,
+    open: bool,
+) {
     let Some(map) = value.as_object() else {
-        errors.push(error(path, &format!("must be an object, got {}", describe(value))));
+        errors.push(error(
+            path,
+            &format!("must be an object, got {}", describe(value)),
+        ));
         return;
     };
     if let Some(max) = schema.get("maxProperties").and_then(Value::as_u64) {
         if map.len() as u64 > max {
-            errors.push(error(path, &format!("must have at most {max} entries, got {}", map.len())));
+            errors.push(error(
+                path,
+                &format!("must have at most {max} entries, got {}", map.len()),
+            ));
         }
     }
     if let Some(required) = schema.get("required").and_then(Value::as_array) {
@@ -86,7 +116,9 @@ fn check_object(schema: &Value, value: &Value, path: &str, errors: &mut Vec<Fiel
         } else if let Some(child_schema) = additional.filter(|a| a.is_object()) {
             check(child_schema, child, &keyed(path, key), errors);
         } else if properties.is_some() && !open {
-            let known: Vec<&str> = properties.map(|p| p.keys().map(String::as_str).collect()).unwrap_or_default();
+            let known: Vec<&str> = properties
+                .map(|p| p.keys().map(String::as_str).collect())
+                .unwrap_or_default();
             errors.push(error(
                 &child_path,
                 &format!("unknown field; allowed fields here: {}", known.join(", ")),
@@ -97,12 +129,18 @@ fn check_object(schema: &Value, value: &Value, path: &str, errors: &mut Vec<Fiel
 
 fn check_array(schema: &Value, value: &Value, path: &str, errors: &mut Vec<FieldError>) {
     let Some(items) = value.as_array() else {
-        errors.push(error(path, &format!("must be a list, got {}", describe(value))));
+        errors.push(error(
+            path,
+            &format!("must be a list, got {}", describe(value)),
+        ));
         return;
     };
     if let Some(max) = schema.get("maxItems").and_then(Value::as_u64) {
         if items.len() as u64 > max {
-            errors.push(error(path, &format!("must have at most {max} items, got {}", items.len())));
+            errors.push(error(
+                path,
+                &format!("must have at most {max} items, got {}", items.len()),
+            ));
         }
     }
     if let Some(item_schema) = schema.get("items") {
@@ -118,7 +156,10 @@ fn check_string(schema: &Value, text: &str, path: &str, errors: &mut Vec<FieldEr
             let names: Vec<&str> = allowed.iter().filter_map(Value::as_str).collect();
             errors.push(error(
                 path,
-                &format!("unsupported value {text:?}; allowed values: {}", names.join(", ")),
+                &format!(
+                    "unsupported value {text:?}; allowed values: {}",
+                    names.join(", ")
+                ),
             ));
         }
     }
@@ -144,7 +185,10 @@ fn check_number(schema: &Value, value: &Value, path: &str, errors: &mut Vec<Fiel
     if schema.get("format").and_then(Value::as_str) == Some("int32")
         && value.as_i64().is_none_or(|i| i32::try_from(i).is_err())
     {
-        errors.push(error(path, &format!("must fit in a 32-bit integer, got {value}")));
+        errors.push(error(
+            path,
+            &format!("must fit in a 32-bit integer, got {value}"),
+        ));
     }
 }
 
@@ -156,7 +200,11 @@ fn error(path: &str, message: &str) -> FieldError {
 }
 
 fn join(path: &str, field: &str) -> String {
-    if path.is_empty() { field.to_string() } else { format!("{path}.{field}") }
+    if path.is_empty() {
+        field.to_string()
+    } else {
+        format!("{path}.{field}")
+    }
 }
 
 /// Map entries with arbitrary keys (user names can contain dots) are shown quoted.

@@ -11,9 +11,13 @@ pub enum CronError {
         "expected 5 fields (minute hour day-of-month month day-of-week), got {0}; e.g. \"0 2 * * *\""
     )]
     FieldCount(usize),
-    #[error("time zones cannot be set in the schedule ({0:?}); the schedule runs in the controller's time zone (UTC)")]
+    #[error(
+        "time zones cannot be set in the schedule ({0:?}); the schedule runs in the controller's time zone (UTC)"
+    )]
     TimeZone(String),
-    #[error("unknown descriptor {0:?}: use @yearly, @annually, @monthly, @weekly, @daily, @midnight or @hourly")]
+    #[error(
+        "unknown descriptor {0:?}: use @yearly, @annually, @monthly, @weekly, @daily, @midnight or @hourly"
+    )]
     Descriptor(String),
     #[error("{field} field {value:?}: {reason}")]
     Field {
@@ -38,17 +42,53 @@ const MONTHS: &[&str] = &[
 const DAYS: &[&str] = &["sun", "mon", "tue", "wed", "thu", "fri", "sat"];
 
 const FIELDS: [FieldSpec; 5] = [
-    FieldSpec { name: "minute", min: 0, max: 59, names: &[], question_mark: false },
-    FieldSpec { name: "hour", min: 0, max: 23, names: &[], question_mark: false },
-    FieldSpec { name: "day-of-month", min: 1, max: 31, names: &[], question_mark: true },
-    FieldSpec { name: "month", min: 1, max: 12, names: MONTHS, question_mark: false },
-    FieldSpec { name: "day-of-week", min: 0, max: 6, names: DAYS, question_mark: true },
+    FieldSpec {
+        name: "minute",
+        min: 0,
+        max: 59,
+        names: &[],
+        question_mark: false,
+    },
+    FieldSpec {
+        name: "hour",
+        min: 0,
+        max: 23,
+        names: &[],
+        question_mark: false,
+    },
+    FieldSpec {
+        name: "day-of-month",
+        min: 1,
+        max: 31,
+        names: &[],
+        question_mark: true,
+    },
+    FieldSpec {
+        name: "month",
+        min: 1,
+        max: 12,
+        names: MONTHS,
+        question_mark: false,
+    },
+    FieldSpec {
+        name: "day-of-week",
+        min: 0,
+        max: 6,
+        names: DAYS,
+        question_mark: true,
+    },
 ];
 
 /// Descriptors of the standard parser; `@every` is refused because Kubernetes's
 /// validation of CronJob schedules does not accept it on every supported version.
 const DESCRIPTORS: &[&str] = &[
-    "@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly",
+    "@yearly",
+    "@annually",
+    "@monthly",
+    "@weekly",
+    "@daily",
+    "@midnight",
+    "@hourly",
 ];
 
 /// Checks a five-field cron schedule or descriptor.
@@ -59,7 +99,11 @@ pub fn validate_schedule(schedule: &str) -> Result<(), CronError> {
     }
     if trimmed.starts_with("TZ=") || trimmed.starts_with("CRON_TZ=") {
         return Err(CronError::TimeZone(
-            trimmed.split_whitespace().next().unwrap_or_default().to_string(),
+            trimmed
+                .split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .to_string(),
         ));
     }
     if trimmed.starts_with('@') {
@@ -131,11 +175,17 @@ fn value(text: &str, spec: &FieldSpec) -> Result<u32, String> {
         if spec.names.is_empty() {
             format!("{text:?} is not a number")
         } else {
-            format!("{text:?} is not a number or a name ({})", spec.names.join(", "))
+            format!(
+                "{text:?} is not a number or a name ({})",
+                spec.names.join(", ")
+            )
         }
     })?;
     if number < spec.min || number > spec.max {
-        return Err(format!("{number} is out of range {}-{}", spec.min, spec.max));
+        return Err(format!(
+            "{number} is out of range {}-{}",
+            spec.min, spec.max
+        ));
     }
     Ok(number)
 }
@@ -172,9 +222,15 @@ mod tests {
             ("0 2 * *", "got 4"),
             ("61 2 * * *", "minute field \"61\": 61 is out of range 0-59"),
             ("0 24 * * *", "hour field"),
-            ("0 0 0 * *", "day-of-month field \"0\": 0 is out of range 1-31"),
+            (
+                "0 0 0 * *",
+                "day-of-month field \"0\": 0 is out of range 1-31",
+            ),
             ("0 0 * 13 *", "month field"),
-            ("0 0 * * 7", "day-of-week field \"7\": 7 is out of range 0-6"),
+            (
+                "0 0 * * 7",
+                "day-of-week field \"7\": 7 is out of range 0-6",
+            ),
             ("0 0 * foo *", "is not a number or a name"),
             ("*/0 * * * *", "a step of 0"),
             ("*/x * * * *", "step \"x\""),

@@ -119,7 +119,10 @@ pub fn validate_spec(spec: &PostgresSpec) -> Result<(), ValidationErrors> {
 
 fn check_topology(spec: &PostgresSpec, errors: &mut Errors) {
     if spec.replicas < 1 {
-        errors.add("spec.replicas", format!("must be at least 1, got {}", spec.replicas));
+        errors.add(
+            "spec.replicas",
+            format!("must be at least 1, got {}", spec.replicas),
+        );
     }
     let quorum = &spec.quorum;
     if quorum.min_sync_replicas < 0 {
@@ -148,7 +151,10 @@ fn check_topology(spec: &PostgresSpec, errors: &mut Errors) {
     }
     match spec.size.parse::<Quantity>() {
         Ok(size) if size.is_positive() => {}
-        Ok(_) => errors.add("spec.size", format!("must be positive, got {:?}", spec.size)),
+        Ok(_) => errors.add(
+            "spec.size",
+            format!("must be positive, got {:?}", spec.size),
+        ),
         Err(e) => errors.add("spec.size", e.to_string()),
     }
 }
@@ -176,9 +182,15 @@ fn check_users(spec: &PostgresSpec, errors: &mut Errors) {
                 format!("user name {name:?} must be 1-63 characters of letters, digits, '.', '_' or '-' (it becomes a key of the credentials Secret)"),
             );
         } else if name.starts_with("pg_") {
-            errors.add(&path, format!("user name {name:?} must not start with pg_ (reserved by PostgreSQL)"));
+            errors.add(
+                &path,
+                format!("user name {name:?} must not start with pg_ (reserved by PostgreSQL)"),
+            );
         } else if RESERVED_ROLES.contains(&name.to_ascii_lowercase().as_str()) {
-            errors.add(&path, format!("user name {name:?} is reserved (by PostgreSQL or the operator)"));
+            errors.add(
+                &path,
+                format!("user name {name:?} is reserved (by PostgreSQL or the operator)"),
+            );
         } else if group_roles.contains(name) {
             errors.add(
                 &path,
@@ -187,7 +199,10 @@ fn check_users(spec: &PostgresSpec, errors: &mut Errors) {
         }
         if let Some(password) = &user.password {
             if password.contains('\0') {
-                errors.add(format!("{path}.password"), "must not contain a NUL character");
+                errors.add(
+                    format!("{path}.password"),
+                    "must not contain a NUL character",
+                );
             }
         }
     }
@@ -204,7 +219,10 @@ fn check_databases(spec: &PostgresSpec, errors: &mut Errors) {
                 format!("database name {name:?} must be 1-63 printable ASCII characters without '/' (it names the backup repository)"),
             );
         } else if name.starts_with("pg_") {
-            errors.add(&path, format!("database name {name:?} must not start with pg_"));
+            errors.add(
+                &path,
+                format!("database name {name:?} must not start with pg_"),
+            );
         } else if RESERVED_DATABASES.contains(&name.as_str()) {
             errors.add(
                 &path,
@@ -237,7 +255,11 @@ fn check_databases(spec: &PostgresSpec, errors: &mut Errors) {
                         &member_path,
                         format!(
                             "user {member:?} is not declared in spec.users (declared: {})",
-                            if declared.is_empty() { "none".to_string() } else { declared.join(", ") }
+                            if declared.is_empty() {
+                                "none".to_string()
+                            } else {
+                                declared.join(", ")
+                            }
                         ),
                     );
                 }
@@ -257,11 +279,16 @@ fn check_databases(spec: &PostgresSpec, errors: &mut Errors) {
             if !valid {
                 errors.add(
                     &extension_path,
-                    format!("extension name {extension:?} must be 1-63 letters, digits, '_' or '-'"),
+                    format!(
+                        "extension name {extension:?} must be 1-63 letters, digits, '_' or '-'"
+                    ),
                 );
             }
             if !seen.insert(extension) {
-                errors.add(&extension_path, format!("extension {extension:?} is listed twice"));
+                errors.add(
+                    &extension_path,
+                    format!("extension {extension:?} is listed twice"),
+                );
             }
         }
     }
@@ -276,16 +303,24 @@ fn check_parameters(spec: &PostgresSpec, errors: &mut Errors) {
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.');
         if !valid_name {
-            errors.add(&path, format!("{name:?} is not a PostgreSQL setting name (letters, digits, '_' and '.')"));
+            errors.add(
+                &path,
+                format!("{name:?} is not a PostgreSQL setting name (letters, digits, '_' and '.')"),
+            );
         } else if CODE_LOADING_PARAMETERS.contains(&lower.as_str()) {
             errors.add(
                 &path,
                 format!("{name} is not allowed: it lets database users run programs or load code (the operator adds the libraries requested extensions need)"),
             );
         } else if OWNED_PARAMETERS.contains(&lower.as_str())
-            || OWNED_PREFIXES.iter().any(|prefix| lower.starts_with(prefix))
+            || OWNED_PREFIXES
+                .iter()
+                .any(|prefix| lower.starts_with(prefix))
         {
-            errors.add(&path, format!("{name} is managed by the operator and cannot be set"));
+            errors.add(
+                &path,
+                format!("{name} is managed by the operator and cannot be set"),
+            );
         }
         if let crate::api::ParameterValue::String(text) = value {
             if text.contains(['\0', '\n', '\r']) {
@@ -348,12 +383,19 @@ fn check_backup(backup: &BackupSpec, errors: &mut Errors) {
             .collect();
         errors.add(
             "spec.backup",
-            format!("s3AccessKey, s3SecretKey and resticPassword go together: {} given, {} missing", given.join(", "), missing.join(", ")),
+            format!(
+                "s3AccessKey, s3SecretKey and resticPassword go together: {} given, {} missing",
+                given.join(", "),
+                missing.join(", ")
+            ),
         );
     }
     if let Some(reference) = &backup.credentials_secret_ref {
         if reference.name.is_empty() {
-            errors.add("spec.backup.credentialsSecretRef.name", "must name a Secret");
+            errors.add(
+                "spec.backup.credentialsSecretRef.name",
+                "must name a Secret",
+            );
         }
     }
 }
@@ -363,11 +405,17 @@ fn check_bootstrap(bootstrap: &BootstrapSpec, errors: &mut Errors) {
         return;
     }
     if bootstrap.old_name.as_deref().is_none_or(str::is_empty) {
-        errors.add("spec.bootstrap.oldName", "is required when spec.bootstrap.enabled is true");
+        errors.add(
+            "spec.bootstrap.oldName",
+            "is required when spec.bootstrap.enabled is true",
+        );
     }
     if let Some(time) = bootstrap.recovery_time.as_deref().filter(|t| !t.is_empty()) {
         if !is_rfc3339(time) {
-            errors.add("spec.bootstrap.recoveryTime", format!("{time:?} is not an RFC 3339 time such as 2026-01-31T12:00:00Z"));
+            errors.add(
+                "spec.bootstrap.recoveryTime",
+                format!("{time:?} is not an RFC 3339 time such as 2026-01-31T12:00:00Z"),
+            );
         }
     }
     errors.add(
@@ -380,7 +428,9 @@ fn check_bootstrap(bootstrap: &BootstrapSpec, errors: &mut Errors) {
 fn is_rfc3339(text: &str) -> bool {
     let bytes = text.as_bytes();
     let digits = |range: std::ops::Range<usize>| {
-        bytes.get(range).is_some_and(|b| b.iter().all(u8::is_ascii_digit))
+        bytes
+            .get(range)
+            .is_some_and(|b| b.iter().all(u8::is_ascii_digit))
     };
     if bytes.len() < 20
         || !digits(0..4)
@@ -399,7 +449,9 @@ fn is_rfc3339(text: &str) -> bool {
     }
     let mut rest = &text[19..];
     if let Some(fraction) = rest.strip_prefix('.') {
-        let end = fraction.find(|c: char| !c.is_ascii_digit()).unwrap_or(fraction.len());
+        let end = fraction
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(fraction.len());
         if end == 0 {
             return false;
         }
@@ -418,14 +470,20 @@ fn check_resources(spec: &PostgresSpec, errors: &mut Errors) {
             if let Some(value) = value {
                 match value.0.parse::<Quantity>() {
                     Ok(q) if q.is_positive() => {}
-                    Ok(_) => errors.add(format!("spec.resources.{field}"), format!("must be positive, got {:?}", value.0)),
+                    Ok(_) => errors.add(
+                        format!("spec.resources.{field}"),
+                        format!("must be positive, got {:?}", value.0),
+                    ),
                     Err(e) => errors.add(format!("spec.resources.{field}"), e.to_string()),
                 }
             }
         }
     }
     if spec.image.as_deref() == Some("") {
-        errors.add("spec.image", "must not be empty; omit it to use the default image");
+        errors.add(
+            "spec.image",
+            "must not be empty; omit it to use the default image",
+        );
     }
 }
 
@@ -471,7 +529,10 @@ pub fn validate_update(old: &PostgresSpec, new: &PostgresSpec) -> Result<(), Val
 static CRD_SCHEMA: LazyLock<(Value, CompiledSchema)> = LazyLock::new(|| {
     let schema = serde_json::to_value(Postgres::crd())
         .ok()
-        .and_then(|crd| crd.pointer("/spec/versions/0/schema/openAPIV3Schema").cloned())
+        .and_then(|crd| {
+            crd.pointer("/spec/versions/0/schema/openAPIV3Schema")
+                .cloned()
+        })
         .unwrap_or(Value::Null);
     let compiled = compile_schema(&schema);
     (schema, compiled)
@@ -480,7 +541,10 @@ static CRD_SCHEMA: LazyLock<(Value, CompiledSchema)> = LazyLock::new(|| {
 /// Evaluates the CRD's own CEL rules on a whole `Postgres` object (with the schema
 /// defaults applied, as the API server does), so `render` refuses exactly what
 /// `kubectl apply` would. `old` enables the transition rules (updates).
-pub fn validate_with_crd_rules(object: &Value, old: Option<&Value>) -> Result<(), ValidationErrors> {
+pub fn validate_with_crd_rules(
+    object: &Value,
+    old: Option<&Value>,
+) -> Result<(), ValidationErrors> {
     let (schema, compiled) = &*CRD_SCHEMA;
     let object = apply_defaults(schema, object);
     let old = old.map(|old| apply_defaults(schema, old));
@@ -514,17 +578,28 @@ mod tests {
 
     #[test]
     fn rfc3339_times() {
-        for good in ["2026-01-31T12:00:00Z", "2026-01-31T12:00:00.123+02:00", "2026-01-31t12:00:00z"] {
+        for good in [
+            "2026-01-31T12:00:00Z",
+            "2026-01-31T12:00:00.123+02:00",
+            "2026-01-31t12:00:00z",
+        ] {
             assert!(is_rfc3339(good), "{good}");
         }
-        for bad in ["2026-01-31", "2026-01-31 12:00:00Z", "2026-01-31T12:00:00", "2026-01-31T12:00:00.Z", "x"] {
+        for bad in [
+            "2026-01-31",
+            "2026-01-31 12:00:00Z",
+            "2026-01-31T12:00:00",
+            "2026-01-31T12:00:00.Z",
+            "x",
+        ] {
             assert!(!is_rfc3339(bad), "{bad}");
         }
     }
 
     #[test]
     fn a_user_named_like_a_group_role_is_refused() {
-        let err = validate_spec(&spec("users:\n  app_admin: {}\ndatabases:\n  app: {}\n")).unwrap_err();
+        let err =
+            validate_spec(&spec("users:\n  app_admin: {}\ndatabases:\n  app: {}\n")).unwrap_err();
         assert!(err.to_string().contains("collides"), "{err}");
     }
 
@@ -532,7 +607,8 @@ mod tests {
     fn update_rules() {
         let old = spec("size: 10Gi\nstorageClass: fast\n");
         assert!(validate_update(&old, &spec("size: 20Gi\nstorageClass: fast\n")).is_ok());
-        let err = validate_update(&old, &spec("size: 5Gi\nstorageClass: slow\nversion: v17\n")).unwrap_err();
+        let err = validate_update(&old, &spec("size: 5Gi\nstorageClass: slow\nversion: v17\n"))
+            .unwrap_err();
         let paths: Vec<&str> = err.0.iter().map(|e| e.path.as_str()).collect();
         assert_eq!(paths, ["spec.size", "spec.storageClass", "spec.version"]);
     }

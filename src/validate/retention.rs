@@ -79,7 +79,11 @@ fn allowed_list() -> String {
 }
 
 fn example(flag: &str) -> &'static str {
-    match FLAGS.iter().find(|(name, _)| *name == flag).map(|(_, kind)| *kind) {
+    match FLAGS
+        .iter()
+        .find(|(name, _)| *name == flag)
+        .map(|(_, kind)| *kind)
+    {
         Some(ValueKind::Duration) => "1m",
         Some(ValueKind::Tags) => "keep",
         _ => "3",
@@ -137,7 +141,11 @@ impl RetentionPolicy {
     /// nothing.
     pub fn keeps_newest(&self) -> bool {
         self.flags.iter().any(|flag| {
-            match FLAGS.iter().find(|(name, _)| *name == flag.name).map(|(_, kind)| *kind) {
+            match FLAGS
+                .iter()
+                .find(|(name, _)| *name == flag.name)
+                .map(|(_, kind)| *kind)
+            {
                 Some(ValueKind::Count) => flag.value != "0",
                 Some(ValueKind::Duration) => true,
                 _ => false,
@@ -164,7 +172,9 @@ fn check_value(name: &'static str, kind: ValueKind, value: &str) -> Result<(), R
             if is_restic_duration(value) {
                 Ok(())
             } else {
-                Err(bad("a duration such as 2h, 7d, 1m or 1y5m7d2h (units y, m, d, h)"))
+                Err(bad(
+                    "a duration such as 2h, 7d, 1m or 1y5m7d2h (units y, m, d, h)",
+                ))
             }
         }
         ValueKind::Tags => {
@@ -177,7 +187,9 @@ fn check_value(name: &'static str, kind: ValueKind, value: &str) -> Result<(), R
             if valid {
                 Ok(())
             } else {
-                Err(bad("comma-separated tags of letters, digits, '-', '_', '.', ':'"))
+                Err(bad(
+                    "comma-separated tags of letters, digits, '-', '_', '.', ':'",
+                ))
             }
         }
     }
@@ -223,7 +235,9 @@ mod tests {
 
     #[test]
     fn space_separated_values_are_normalized() {
-        let policy = RetentionPolicy::parse("  --keep-last 2\t--keep-within 1y5m7d2h --keep-tag a,b ").unwrap();
+        let policy =
+            RetentionPolicy::parse("  --keep-last 2\t--keep-within 1y5m7d2h --keep-tag a,b ")
+                .unwrap();
         assert_eq!(
             policy.to_args(),
             vec!["--keep-last=2", "--keep-within=1y5m7d2h", "--keep-tag=a,b"]
@@ -245,7 +259,10 @@ mod tests {
             ("--repo=s3:x", "unknown flag \"--repo\""),
             ("-r x", "\"-r\" is not a flag"),
             ("keep-last=3", "is not a flag"),
-            ("--keep-last=3; rm -rf /", "--keep-last needs a whole number"),
+            (
+                "--keep-last=3; rm -rf /",
+                "--keep-last needs a whole number",
+            ),
             ("--keep-last=$(id)", "--keep-last needs a whole number"),
             ("--keep-daily=x", "--keep-daily needs a whole number"),
             ("--keep-daily", "--keep-daily needs a value"),
@@ -265,8 +282,20 @@ mod tests {
 
     #[test]
     fn policies_that_could_delete_the_newest_snapshot_are_detected() {
-        assert!(!RetentionPolicy::parse("--keep-tag=x").unwrap().keeps_newest());
-        assert!(!RetentionPolicy::parse("--keep-last=0").unwrap().keeps_newest());
-        assert!(RetentionPolicy::parse("--keep-last=0 --keep-within=1d").unwrap().keeps_newest());
+        assert!(
+            !RetentionPolicy::parse("--keep-tag=x")
+                .unwrap()
+                .keeps_newest()
+        );
+        assert!(
+            !RetentionPolicy::parse("--keep-last=0")
+                .unwrap()
+                .keeps_newest()
+        );
+        assert!(
+            RetentionPolicy::parse("--keep-last=0 --keep-within=1d")
+                .unwrap()
+                .keeps_newest()
+        );
     }
 }

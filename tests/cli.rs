@@ -1,0 +1,143 @@
+//! The binary as users run it: exit codes, stdout/stderr, stdin input.
+
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+
+fn operator(args: &[&str], stdin: Option<&str>) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_postgres-operator"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut pipe = child.stdin.take().unwrap();
+    pipe.write_all(stdin.unwrap_or("").as_bytes()).unwrap();
+    drop(pipe);
+    child.wait_with_output().unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn render_of_all_examples_succeeds_and_prints_yaml_documents() {
+    let out = operator(
+        &[
+            "render",
+            "-f",
+            "examples/minimal.yaml",
+            "-f",
+            "examples/complete.yaml",
+            "-f",
+            "examples/ha.yaml",
+            "-f",
+            "examples/dev.yaml",
+        ],
+        None,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let kinds: Vec<String> = serde_yaml::Deserializer::from_str(&stdout)
+        .map(|d| {
+            let v: serde_json::Value = serde::Deserialize::deserialize(d).unwrap();
+            v["kind"].as_str().unwrap().to_string()
+        })
+        .collect();
+    assert_eq!(kinds.iter().filter(|k| *k == "StatefulSet").count(), 4);
+    assert_eq!(
+        kinds.iter().filter(|k| *k == "CronJob").count(),
+        2,
+        "complete and HA have backups"
+    );
+}
+
+#[test]
+fn render_reads_standard_input_and_honours_namespace_and_json() {
+    let manifest = std::fs::read_to_string(format!(
+        "{}/examples/minimal.yaml",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap();
+    let out = operator(
+        &["render", "-f", "-", "-n", "team-a", "-o", "json"],
+        Some(&manifest),
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let items = list["items"].as_array().unwrap();
+    assert!(!items.is_empty());
+    assert!(items.iter().all(|i| i["metadata"]["namespace"] == "team-a"));
+}
+
+#[test]
+fn render_of_invalid_input_fails_with_the_field_on_stderr_and_nothing_on_stdout() {
+    let bad = "apiVersion: apps.cozystack.io/v1alpha1\nkind: Postgres\nmetadata:\n  name: demo\nspec:\n  replicas: 2\n  quorum:\n    maxSyncReplicas: 2\n";
+    let out = operator(&["render", "-f", "-"], Some(bad));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty());
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("-") && stderr.contains("spec.quorum.maxSyncReplicas"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn render_of_a_missing_file_names_it() {
+    let out = operator(&["render", "-f", "does-not-exist.yaml"], None);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("does-not-exist.yaml"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn render_without_files_is_a_usage_error() {
+    let out = operator(&["render"], None);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("--filename"));
+}
+
+#[test]
+fn crds_subcommand_prints_the_committed_crds() {
+    let out = operator(&["crds"], None);
+    assert!(out.status.success());
+    let committed =
+        std::fs::read_to_string(format!("{}/crds/crds.yaml", env!("CARGO_MANIFEST_DIR"))).unwrap();
+    assert_eq!(text(&out.stdout), committed);
+}
+
+#[test]
+fn help_lists_only_the_modes_that_work() {
+    let out = operator(&["--help"], None);
+    let help = text(&out.stdout);
+    let listed = |mode: &str| {
+        help.lines()
+            .any(|line| line.trim_start().starts_with(&format!("{mode} ")))
+    };
+    for mode in ["render", "crds", "copy-binaries"] {
+        assert!(listed(mode), "{mode} missing:\n{help}");
+    }
+    for mode in ["controller", "instance", "backup"] {
+        assert!(
+            !listed(mode),
+            "{mode} is not implemented yet but listed:\n{help}"
+        );
+    }
+}
+
+#[test]
+fn readme_lists_every_resource_preset_with_its_values() {
+    let readme =
+        std::fs::read_to_string(format!("{}/README.md", env!("CARGO_MANIFEST_DIR"))).unwrap();
+    let table = postgres_operator::api::presets::markdown_table();
+    assert!(
+        readme.contains(&table),
+        "README's preset table is stale; expected:\n{table}"
+    );
+}

@@ -1,0 +1,235 @@
+//! `render` on bad input: every case fails, and the message names the place (file,
+//! document, object, field path) and what is allowed. Nothing is rendered for a bad input.
+
+use postgres_operator::build::OperatorSettings;
+use postgres_operator::build::secrets::SeededPasswords;
+use postgres_operator::render::render_inputs;
+
+const HEAD: &str =
+    "apiVersion: apps.cozystack.io/v1alpha1\nkind: Postgres\nmetadata:\n  name: demo\n";
+
+/// Renders one input named `bad.yaml` and returns the joined error messages.
+fn render_error(text: &str) -> String {
+    let inputs = vec![("bad.yaml".to_string(), text.to_string())];
+    match render_inputs(
+        &inputs,
+        "default",
+        &OperatorSettings::default(),
+        &mut SeededPasswords::default(),
+    ) {
+        Ok(rendered) => panic!(
+            "expected an error, rendered {} objects for:\n{text}",
+            rendered.iter().map(|c| c.objects.len()).sum::<usize>()
+        ),
+        Err(errors) => errors
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("\n"),
+    }
+}
+
+fn spec(body: &str) -> String {
+    format!("{HEAD}spec:\n{body}")
+}
+
+/// (case, input, fragments every one of which the message must contain)
+fn cases() -> Vec<(&'static str, String, Vec<&'static str>)> {
+    vec![
+        ("empty file", String::new(), vec!["bad.yaml", "no Postgres manifest found"]),
+        ("only separators", "---\n---\n".to_string(), vec!["no Postgres manifest found"]),
+        ("not yaml", "spec: [unclosed\n".to_string(), vec!["bad.yaml", "not valid YAML"]),
+        ("tabs are not yaml", "spec:\n\tsize: 1Gi\n".to_string(), vec!["not valid YAML"]),
+        ("scalar document", "just a string\n".to_string(), vec!["document 1", "expected an object"]),
+        ("list document", "- a\n- b\n".to_string(), vec!["expected an object", "a list"]),
+        (
+            "wrong kind",
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: x\n".to_string(),
+            vec!["kind Deployment (apiVersion apps/v1) is not supported", "kind: Postgres"],
+        ),
+        (
+            "wrong version",
+            "apiVersion: apps.cozystack.io/v1\nkind: Postgres\nmetadata:\n  name: x\n".to_string(),
+            vec!["apiVersion apps.cozystack.io/v1", "apps.cozystack.io/v1alpha1"],
+        ),
+        ("missing kind", "metadata:\n  name: x\n".to_string(), vec!["without apiVersion and kind"]),
+        (
+            "missing name",
+            "apiVersion: apps.cozystack.io/v1alpha1\nkind: Postgres\nmetadata: {}\n".to_string(),
+            vec!["metadata.name", "is required"],
+        ),
+        (
+            "name too long",
+            "apiVersion: apps.cozystack.io/v1alpha1\nkind: Postgres\nmetadata:\n  name: a-very-long-cluster-name-that-does-not-fit-anywhere\n".to_string(),
+            vec!["metadata.name", "at most 39"],
+        ),
+        (
+            "name with upper case",
+            "apiVersion: apps.cozystack.io/v1alpha1\nkind: Postgres\nmetadata:\n  name: Demo\n".to_string(),
+            vec!["metadata.name", "lowercase"],
+        ),
+        ("replicas as word", spec("  replicas: three\n"), vec!["spec.replicas", "must be an integer", "\"three\""]),
+        ("replicas as float", spec("  replicas: 2.5\n"), vec!["spec.replicas", "must be an integer"]),
+        ("negative replicas", spec("  replicas: -1\n"), vec!["spec.replicas", "at least 1"]),
+        ("zero replicas", spec("  replicas: 0\n"), vec!["spec.replicas", "at least 1"]),
+        ("external as string", spec("  external: maybe\n"), vec!["spec.external", "true or false"]),
+        ("unknown field", spec("  replica: 3\n"), vec!["spec.replica", "unknown field", "replicas"]),
+        ("unknown nested field", spec("  backup:\n    bucket: x\n"), vec!["spec.backup.bucket", "unknown field", "s3Bucket"]),
+        ("users as list", spec("  users:\n    - alice\n"), vec!["spec.users", "must be an object"]),
+        ("parameter as list", spec("  postgresql:\n    parameters:\n      work_mem: [1, 2]\n"), vec!["spec.postgresql.parameters", "work_mem"]),
+        ("parameter as object", spec("  postgresql:\n    parameters:\n      fsync:\n        a: 1\n"), vec!["spec.postgresql.parameters.fsync", "a number, a string or a boolean"]),
+        ("invalid quantity", spec("  size: 10GB\n"), vec!["spec.size", "10GB"]),
+        ("negative size", spec("  size: -5Gi\n"), vec!["spec.size"]),
+        ("zero size", spec("  size: \"0\"\n"), vec!["spec.size"]),
+        ("bad version", spec("  version: v12\n"), vec!["spec.version", "v12", "v13"]),
+        ("bad preset", spec("  resourcesPreset: huge\n"), vec!["spec.resourcesPreset", "huge", "nano"]),
+        ("bad cpu", spec("  resources:\n    cpu: lots\n"), vec!["spec.resources.cpu", "lots"]),
+        (
+            "min greater than max",
+            spec("  replicas: 3\n  quorum:\n    minSyncReplicas: 2\n    maxSyncReplicas: 1\n"),
+            vec!["spec.quorum.minSyncReplicas", "maxSyncReplicas"],
+        ),
+        (
+            "max not below replicas",
+            spec("  replicas: 2\n  quorum:\n    minSyncReplicas: 0\n    maxSyncReplicas: 2\n"),
+            vec!["spec.quorum.maxSyncReplicas", "less than spec.replicas"],
+        ),
+        (
+            "unknown role user",
+            spec("  users:\n    alice: {}\n  databases:\n    app:\n      roles:\n        admin:\n          - bob\n"),
+            vec!["spec.databases", "bob", "alice"],
+        ),
+        ("user with space", spec("  users:\n    \"bad user\": {}\n"), vec!["spec.users", "bad user"]),
+        ("user with quote", spec("  users:\n    \"o'neil\": {}\n"), vec!["spec.users", "o'neil"]),
+        ("reserved user", spec("  users:\n    postgres: {}\n"), vec!["spec.users", "postgres", "reserved"]),
+        ("pg_ user", spec("  users:\n    pg_monitor2: {}\n"), vec!["spec.users", "pg_"]),
+        ("database with slash", spec("  databases:\n    \"a/b\": {}\n"), vec!["spec.databases", "a/b", "/"]),
+        ("template database", spec("  databases:\n    template1: {}\n"), vec!["spec.databases", "template1"]),
+        ("bad role kind", spec("  databases:\n    app:\n      roles:\n        Admin: []\n"), vec!["spec.databases", "Admin"]),
+        ("bad extension", spec("  databases:\n    app:\n      extensions:\n        - \"x; DROP\"\n"), vec!["spec.databases", "extension"]),
+        ("owned parameter port", spec("  postgresql:\n    parameters:\n      port: 5433\n"), vec!["spec.postgresql.parameters", "port", "operator"]),
+        ("owned parameter ssl", spec("  postgresql:\n    parameters:\n      ssl_ciphers: HIGH\n"), vec!["spec.postgresql.parameters", "ssl_ciphers"]),
+        (
+            "code loading parameter",
+            spec("  postgresql:\n    parameters:\n      shared_preload_libraries: evil\n"),
+            vec!["spec.postgresql.parameters", "shared_preload_libraries"],
+        ),
+        (
+            "archive command",
+            spec("  postgresql:\n    parameters:\n      archive_command: \"rm -rf /\"\n"),
+            vec!["spec.postgresql.parameters", "archive_command"],
+        ),
+        (
+            "bad cron six fields",
+            spec("  backup:\n    enabled: true\n    s3Bucket: s3.example.org/b\n    schedule: \"0 0 2 * * *\"\n"),
+            vec!["spec.backup.schedule", "5 fields"],
+        ),
+        (
+            "bad cron range",
+            spec("  backup:\n    enabled: true\n    s3Bucket: s3.example.org/b\n    schedule: \"61 2 * * *\"\n"),
+            vec!["spec.backup.schedule", "61"],
+        ),
+        (
+            "bad cleanup flag",
+            spec("  backup:\n    enabled: true\n    s3Bucket: s3.example.org/b\n    cleanupStrategy: \"--keep-last=3 --prune\"\n"),
+            vec!["spec.backup.cleanupStrategy", "--prune", "--keep-last"],
+        ),
+        (
+            "cleanup value not a number",
+            spec("  backup:\n    enabled: true\n    s3Bucket: s3.example.org/b\n    cleanupStrategy: \"--keep-daily=x\"\n"),
+            vec!["spec.backup.cleanupStrategy", "--keep-daily"],
+        ),
+        ("backup without bucket", spec("  backup:\n    enabled: true\n"), vec!["spec.backup.s3Bucket", "required"]),
+        (
+            "partial credentials",
+            spec("  backup:\n    enabled: true\n    s3Bucket: s3.example.org/b\n    s3AccessKey: AK\n"),
+            vec!["spec.backup", "s3SecretKey"],
+        ),
+    ]
+}
+
+#[test]
+fn every_bad_input_is_refused_with_a_precise_message() {
+    let cases = cases();
+    assert!(cases.len() >= 25);
+    let mut failures = Vec::new();
+    for (case, input, fragments) in &cases {
+        let message = render_error(input);
+        for fragment in fragments {
+            if !message.contains(fragment) {
+                failures.push(format!("{case}: {fragment:?} missing from:\n{message}\n"));
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn errors_name_the_file_document_and_object() {
+    let text = format!(
+        "{HEAD}spec:\n  replicas: 1\n---\n{}",
+        HEAD.replace("demo", "second") + "spec:\n  replicas: 0\n"
+    );
+    let message = render_error(&text);
+    assert!(
+        message.contains("bad.yaml (document 2): Postgres \"second\""),
+        "{message}"
+    );
+    assert!(
+        !message.contains("\"demo\""),
+        "the valid document is not reported: {message}"
+    );
+}
+
+#[test]
+fn every_invalid_document_is_reported_not_just_the_first() {
+    let text = format!(
+        "{}spec:\n  replicas: 0\n---\n{}spec:\n  size: huge\n",
+        HEAD,
+        HEAD.replace("demo", "other")
+    );
+    let message = render_error(&text);
+    assert!(
+        message.contains("spec.replicas") && message.contains("spec.size"),
+        "{message}"
+    );
+}
+
+#[test]
+fn all_problems_of_one_object_are_reported_together() {
+    let message = render_error(&spec(
+        "  replicas: 2\n  quorum:\n    minSyncReplicas: 0\n    maxSyncReplicas: 2\n  users:\n    postgres: {}\n",
+    ));
+    assert!(message.contains("spec.quorum.maxSyncReplicas"), "{message}");
+    assert!(message.contains("spec.users"), "{message}");
+}
+
+#[test]
+fn cozystack_string_numbers_and_empty_storage_class_are_accepted() {
+    let text = spec(
+        "  storageClass: \"\"\n  postgresql:\n    parameters:\n      max_connections: \"100\"\n",
+    );
+    let inputs = vec![("ok.yaml".to_string(), text)];
+    let rendered = render_inputs(
+        &inputs,
+        "default",
+        &OperatorSettings::default(),
+        &mut SeededPasswords::default(),
+    )
+    .unwrap_or_else(|e| {
+        panic!(
+            "{}",
+            e.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("\n")
+        )
+    });
+    assert_eq!(rendered.len(), 1);
+}

@@ -1,0 +1,198 @@
+//! Real validators for what we emit: the `kubernetes-validate` CLI (Kubernetes OpenAPI
+//! schemas), a JSON-Schema validation of custom resources against our CRDs, and the
+//! Kubernetes structural-schema rules. The tools come from `scripts/install-test-deps.sh`;
+//! a missing tool fails the test rather than skipping it.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use serde_json::Value;
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A tool of the test virtualenv.
+pub fn tools_bin(name: &str) -> PathBuf {
+    let path = repo().join(".tools/venv/bin").join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `bash scripts/install-test-deps.sh` (or scripts/test.sh)",
+        path.display()
+    );
+    path
+}
+
+fn write_temp(text: &str) -> tempfile::NamedTempFile {
+    let file = tempfile::Builder::new().suffix(".yaml").tempfile().unwrap();
+    std::fs::write(file.path(), text).unwrap();
+    file
+}
+
+/// Validates every document in strict mode (unknown fields are errors). A kind without a
+/// schema in the tool (a custom resource) is reported by the tool only as a warning; here
+/// it is an error, since everything we validate this way must be a built-in kind.
+pub fn kubernetes_validate(yaml: &str, version: &str) -> Result<(), String> {
+    let file = write_temp(yaml);
+    let out = Command::new(tools_bin("kubernetes-validate"))
+        .args(["-k", version, "--strict", "--quiet"])
+        .arg(file.path())
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if !out.status.success() || text.contains("ERROR") || text.contains("Couldn't find schema") {
+        return Err(text);
+    }
+    Ok(())
+}
+
+/// The oldest Kubernetes version we support (1.30) and the newest the tool ships.
+pub fn kubernetes_validate_versions() -> Vec<String> {
+    let python = tools_bin("python");
+    let out = Command::new(python)
+        .args([
+            "-c",
+            "import kubernetes_validate, os; d = os.path.join(os.path.dirname(kubernetes_validate.__file__), 'kubernetes-json-schema'); print('\\n'.join(os.listdir(d)))",
+        ])
+        .output()
+        .unwrap();
+    let mut versions: Vec<(u32, u32, u32)> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|name| {
+            let version = name.strip_prefix('v')?.strip_suffix("-local-strict")?;
+            let mut parts = version.split('.').map(|p| p.parse::<u32>().ok());
+            Some((parts.next()??, parts.next()??, parts.next()??))
+        })
+        .collect();
+    versions.sort();
+    let newest = *versions
+        .last()
+        .expect("kubernetes-validate ships no schemas");
+    assert!(
+        versions.contains(&(1, 30, 0)),
+        "kubernetes-validate lacks 1.30: {versions:?}"
+    );
+    vec![
+        "1.30.0".to_string(),
+        format!("{}.{}.{}", newest.0, newest.1, newest.2),
+    ]
+}
+
+/// Validates custom-resource documents against the matching CRD's schema.
+pub fn validate_against_crd(crds_yaml: &str, instances_yaml: &str) -> Result<(), String> {
+    let crds = write_temp(crds_yaml);
+    let instances = write_temp(instances_yaml);
+    let out = Command::new(tools_bin("python"))
+        .arg(repo().join("scripts/validate_crd_instance.py"))
+        .arg(crds.path())
+        .arg(instances.path())
+        .output()
+        .unwrap();
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+/// Kubernetes structural-schema rules, on every version of every CRD in the stream.
+pub fn check_structural_schema(crds_yaml: &str) -> Result<(), String> {
+    let mut problems = Vec::new();
+    for document in serde_yaml::Deserializer::from_str(crds_yaml) {
+        let crd: Value = serde::Deserialize::deserialize(document).map_err(|e| e.to_string())?;
+        if crd.is_null() {
+            continue;
+        }
+        let kind = crd["spec"]["names"]["kind"]
+            .as_str()
+            .unwrap_or("?")
+            .to_string();
+        for version in crd["spec"]["versions"].as_array().into_iter().flatten() {
+            let root = &version["schema"]["openAPIV3Schema"];
+            let path = format!("{kind}/{}", version["name"].as_str().unwrap_or("?"));
+            structural(root, &path, false, &mut problems);
+            if root["properties"]["spec"]
+                .get("x-kubernetes-preserve-unknown-fields")
+                .is_some()
+            {
+                problems.push(format!(
+                    "{path}.spec: x-kubernetes-preserve-unknown-fields at the root of spec"
+                ));
+            }
+            let metadata = &root["properties"]["metadata"];
+            if let Some(props) = metadata.get("properties").and_then(Value::as_object) {
+                if props.keys().any(|k| k != "name" && k != "generateName") {
+                    problems.push(format!(
+                        "{path}.metadata: only name and generateName may be restricted"
+                    ));
+                }
+            }
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems.join("\n"))
+    }
+}
+
+fn structural(node: &Value, path: &str, in_junction: bool, problems: &mut Vec<String>) {
+    let Some(map) = node.as_object() else { return };
+    let flag = |key: &str| map.get(key).and_then(Value::as_bool).unwrap_or(false);
+    if in_junction {
+        for forbidden in [
+            "type",
+            "default",
+            "additionalProperties",
+            "nullable",
+            "description",
+        ] {
+            if map.contains_key(forbidden) {
+                problems.push(format!("{path}: {forbidden} inside allOf/anyOf/oneOf/not"));
+            }
+        }
+    } else if map
+        .get("type")
+        .and_then(Value::as_str)
+        .is_none_or(str::is_empty)
+        && !flag("x-kubernetes-int-or-string")
+        && !flag("x-kubernetes-preserve-unknown-fields")
+    {
+        problems.push(format!("{path}: no type"));
+    }
+    if map.contains_key("properties") && map.contains_key("additionalProperties") {
+        problems.push(format!("{path}: both properties and additionalProperties"));
+    }
+    if let Some(props) = map.get("properties").and_then(Value::as_object) {
+        for (name, child) in props {
+            structural(child, &format!("{path}.{name}"), in_junction, problems);
+        }
+    }
+    for key in ["items", "additionalProperties"] {
+        if let Some(child) = map.get(key).filter(|c| c.is_object()) {
+            structural(child, &format!("{path}.{key}"), in_junction, problems);
+        }
+    }
+    for key in ["allOf", "anyOf", "oneOf"] {
+        for (i, child) in map
+            .get(key)
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
+            structural(child, &format!("{path}.{key}[{i}]"), true, problems);
+        }
+    }
+    if let Some(child) = map.get("not") {
+        structural(child, &format!("{path}.not"), true, problems);
+    }
+}
