@@ -11,4 +11,3 @@ if [ -n "${CI:-}" ]; then export INSTA_UPDATE=no; fi
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
 cargo test --all-targets --locked
-cargo test --doc --locked

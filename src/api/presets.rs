@@ -119,7 +119,7 @@ impl ResourcesPreset {
 }
 
 fn cpu_text(millicores: u64) -> String {
-    if millicores % 1000 == 0 {
+    if millicores.is_multiple_of(1000) {
         (millicores / 1000).to_string()
     } else {
         format!("{millicores}m")
@@ -127,7 +127,7 @@ fn cpu_text(millicores: u64) -> String {
 }
 
 fn memory_text(mebibytes: u64) -> String {
-    if mebibytes % 1024 == 0 {
+    if mebibytes.is_multiple_of(1024) {
         format!("{}Gi", mebibytes / 1024)
     } else {
         format!("{mebibytes}Mi")

@@ -16,6 +16,7 @@ pub mod services;
 pub mod statefulset;
 
 pub use cluster::{Cluster, OperatorSettings};
+pub use objects::{ManagedObject, desired_objects};
 
 /// Fixtures for the builders' unit tests.
 #[cfg(test)]
@@ -32,4 +33,3 @@ pub(crate) mod test_support {
         (postgres, OperatorSettings::default())
     }
 }
-pub use objects::{ManagedObject, desired_objects};

@@ -7,73 +7,65 @@ use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use super::secrets::{ExistingSecrets, PasswordGenerator};
 use super::{Cluster, config, cronjob, policy, rbac, secrets, services, statefulset};
 
-/// One object the operator owns.
-#[derive(Clone, Debug, PartialEq)]
-pub enum ManagedObject {
-    ServiceAccount(ServiceAccount),
-    Role(Role),
-    RoleBinding(RoleBinding),
-    Secret(Secret),
-    ConfigMap(ConfigMap),
-    Service(Service),
-    PodDisruptionBudget(PodDisruptionBudget),
-    NetworkPolicy(NetworkPolicy),
-    StatefulSet(StatefulSet),
-    CronJob(CronJob),
+/// Declares [`ManagedObject`] with one variant per kind, and its accessors.
+macro_rules! managed_objects {
+    ($($kind:ident),* $(,)?) => {
+        /// One object the operator owns.
+        // A reconcile holds about twenty of these at once; boxing the large variants
+        // would buy nothing.
+        #[allow(clippy::large_enum_variant)]
+        #[derive(Clone, Debug, PartialEq)]
+        pub enum ManagedObject {
+            $($kind($kind),)*
+        }
+
+        impl ManagedObject {
+            /// The object's `kind`.
+            pub fn kind(&self) -> &'static str {
+                match self {
+                    $(ManagedObject::$kind(_) => stringify!($kind),)*
+                }
+            }
+
+            /// The object's metadata.
+            pub fn metadata(&self) -> &ObjectMeta {
+                match self {
+                    $(ManagedObject::$kind(o) => &o.metadata,)*
+                }
+            }
+
+            /// The object as JSON, with `apiVersion` and `kind`.
+            pub fn to_json(&self) -> Result<serde_json::Value, serde_json::Error> {
+                match self {
+                    $(ManagedObject::$kind(o) => serde_json::to_value(o),)*
+                }
+            }
+        }
+    };
 }
 
-impl ManagedObject {
-    /// The object's `kind`.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            ManagedObject::ServiceAccount(_) => "ServiceAccount",
-            ManagedObject::Role(_) => "Role",
-            ManagedObject::RoleBinding(_) => "RoleBinding",
-            ManagedObject::Secret(_) => "Secret",
-            ManagedObject::ConfigMap(_) => "ConfigMap",
-            ManagedObject::Service(_) => "Service",
-            ManagedObject::PodDisruptionBudget(_) => "PodDisruptionBudget",
-            ManagedObject::NetworkPolicy(_) => "NetworkPolicy",
-            ManagedObject::StatefulSet(_) => "StatefulSet",
-            ManagedObject::CronJob(_) => "CronJob",
-        }
-    }
+managed_objects!(
+    ServiceAccount,
+    Role,
+    RoleBinding,
+    Secret,
+    ConfigMap,
+    Service,
+    PodDisruptionBudget,
+    NetworkPolicy,
+    StatefulSet,
+    CronJob,
+);
 
+impl ManagedObject {
     /// The object's `metadata.name`.
     pub fn name(&self) -> &str {
-        let meta = match self {
-            ManagedObject::ServiceAccount(o) => &o.metadata,
-            ManagedObject::Role(o) => &o.metadata,
-            ManagedObject::RoleBinding(o) => &o.metadata,
-            ManagedObject::Secret(o) => &o.metadata,
-            ManagedObject::ConfigMap(o) => &o.metadata,
-            ManagedObject::Service(o) => &o.metadata,
-            ManagedObject::PodDisruptionBudget(o) => &o.metadata,
-            ManagedObject::NetworkPolicy(o) => &o.metadata,
-            ManagedObject::StatefulSet(o) => &o.metadata,
-            ManagedObject::CronJob(o) => &o.metadata,
-        };
-        meta.name.as_deref().unwrap_or_default()
-    }
-
-    /// The object as JSON, with `apiVersion` and `kind`.
-    pub fn to_json(&self) -> Result<serde_json::Value, serde_json::Error> {
-        match self {
-            ManagedObject::ServiceAccount(o) => serde_json::to_value(o),
-            ManagedObject::Role(o) => serde_json::to_value(o),
-            ManagedObject::RoleBinding(o) => serde_json::to_value(o),
-            ManagedObject::Secret(o) => serde_json::to_value(o),
-            ManagedObject::ConfigMap(o) => serde_json::to_value(o),
-            ManagedObject::Service(o) => serde_json::to_value(o),
-            ManagedObject::PodDisruptionBudget(o) => serde_json::to_value(o),
-            ManagedObject::NetworkPolicy(o) => serde_json::to_value(o),
-            ManagedObject::StatefulSet(o) => serde_json::to_value(o),
-            ManagedObject::CronJob(o) => serde_json::to_value(o),
-        }
+        self.metadata().name.as_deref().unwrap_or_default()
     }
 }
 
@@ -117,4 +109,96 @@ pub fn desired_objects(
     ));
     objects.extend(cronjob::desired_backup_cronjob(cluster).map(ManagedObject::CronJob));
     objects
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::build::secrets::SeededPasswords;
+    use crate::build::test_support::cluster_from_yaml;
+    use crate::build::{labels, names};
+
+    fn objects(yaml: &str) -> Vec<ManagedObject> {
+        let (pg, settings) = cluster_from_yaml(yaml);
+        desired_objects(
+            &Cluster::new(&pg, "ns", &settings),
+            &ExistingSecrets::new(),
+            &mut SeededPasswords::default(),
+        )
+    }
+
+    fn kinds_and_names(objects: &[ManagedObject]) -> Vec<String> {
+        objects
+            .iter()
+            .map(|o| format!("{}/{}", o.kind(), o.name()))
+            .collect()
+    }
+
+    #[test]
+    fn every_object_is_owned_by_the_postgres_and_carries_the_cluster_labels() {
+        for object in objects("external: true\nbackup:\n  enabled: true\n  s3Bucket: h/b\n") {
+            let meta = object.metadata();
+            let owner = &meta.owner_references.as_ref().unwrap()[0];
+            assert_eq!(
+                (owner.kind.as_str(), owner.name.as_str(), owner.controller),
+                ("Postgres", "demo", Some(true))
+            );
+            assert_eq!(meta.namespace.as_deref(), Some("ns"));
+            let object_labels = meta.labels.as_ref().unwrap();
+            assert_eq!(object_labels[labels::CLUSTER], "demo", "{}", object.name());
+            assert_eq!(object_labels["app"], "postgres");
+            let json = object.to_json().unwrap();
+            assert_eq!(json["kind"], object.kind());
+            assert!(json["apiVersion"].is_string());
+        }
+    }
+
+    #[test]
+    fn identities_and_credentials_come_before_the_instances() {
+        let list = kinds_and_names(&objects("{}"));
+        let position = |name: &str| list.iter().position(|o| o == name).unwrap();
+        assert_eq!(position("ServiceAccount/postgres-demo"), 0);
+        assert!(position("Secret/postgres-demo-superuser") < position("StatefulSet/postgres-demo"));
+        assert!(position("ConfigMap/postgres-demo-config") < position("StatefulSet/postgres-demo"));
+        assert_eq!(list.last().unwrap(), "StatefulSet/postgres-demo");
+    }
+
+    #[test]
+    fn optional_objects_follow_the_spec() {
+        let plain = kinds_and_names(&objects("{}"));
+        let full = kinds_and_names(&objects(
+            "external: true\nbackup:\n  enabled: true\n  s3Bucket: h/b\n  s3AccessKey: a\n  s3SecretKey: b\n  resticPassword: c\n",
+        ));
+        let added: Vec<&String> = full.iter().filter(|o| !plain.contains(o)).collect();
+        assert_eq!(
+            added,
+            [
+                "Secret/postgres-demo-backup",
+                "Service/postgres-demo-external-write",
+                "CronJob/postgres-demo-backup"
+            ]
+        );
+    }
+
+    #[test]
+    fn object_names_are_unique_per_kind_and_fit_63_characters_for_the_longest_cluster_name() {
+        let longest = "a".repeat(crate::api::MAX_NAME_LENGTH);
+        let spec: crate::api::PostgresSpec =
+            serde_yaml::from_str("external: true\nbackup:\n  enabled: true\n  s3Bucket: h/b\n")
+                .unwrap();
+        let pg = crate::api::Postgres::new(&longest, spec);
+        let settings = crate::build::OperatorSettings::default();
+        let list = desired_objects(
+            &Cluster::new(&pg, "ns", &settings),
+            &ExistingSecrets::new(),
+            &mut SeededPasswords::default(),
+        );
+        let all = kinds_and_names(&list);
+        let unique: std::collections::BTreeSet<&String> = all.iter().collect();
+        assert_eq!(unique.len(), all.len());
+        for object in &list {
+            assert!(object.name().len() <= 63, "{}", object.name());
+        }
+        assert!(names::pod(&longest, 99).len() <= 63);
+    }
 }

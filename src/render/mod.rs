@@ -158,10 +158,10 @@ pub fn parse_postgres(source: &Source, value: &Value) -> Result<Postgres, Render
     };
 
     let mut errors = Vec::new();
-    if let Some(spec) = map.get("spec") {
-        if let Some(spec_schema) = POSTGRES_SCHEMA.pointer("/properties/spec") {
-            schema_check::check(spec_schema, spec, "spec", &mut errors);
-        }
+    if let Some(spec) = map.get("spec")
+        && let Some(spec_schema) = POSTGRES_SCHEMA.pointer("/properties/spec")
+    {
+        schema_check::check(spec_schema, spec, "spec", &mut errors);
     }
     if !errors.is_empty() {
         return Err(invalid(errors));

@@ -66,13 +66,11 @@ pub fn check(schema: &Value, value: &Value, path: &str, errors: &mut Vec<FieldEr
                 ));
             }
         }
-        Some("boolean") => {
-            if !value.is_boolean() {
-                errors.push(error(
-                    path,
-                    &format!("must be true or false, got {}", describe(value)),
-                ));
-            }
+        Some("boolean") if !value.is_boolean() => {
+            errors.push(error(
+                path,
+                &format!("must be true or false, got {}", describe(value)),
+            ));
         }
         _ => {}
     }
@@ -92,13 +90,13 @@ fn check_object(
         ));
         return;
     };
-    if let Some(max) = schema.get("maxProperties").and_then(Value::as_u64) {
-        if map.len() as u64 > max {
-            errors.push(error(
-                path,
-                &format!("must have at most {max} entries, got {}", map.len()),
-            ));
-        }
+    if let Some(max) = schema.get("maxProperties").and_then(Value::as_u64)
+        && map.len() as u64 > max
+    {
+        errors.push(error(
+            path,
+            &format!("must have at most {max} entries, got {}", map.len()),
+        ));
     }
     if let Some(required) = schema.get("required").and_then(Value::as_array) {
         for field in required.iter().filter_map(Value::as_str) {
@@ -135,13 +133,13 @@ fn check_array(schema: &Value, value: &Value, path: &str, errors: &mut Vec<Field
         ));
         return;
     };
-    if let Some(max) = schema.get("maxItems").and_then(Value::as_u64) {
-        if items.len() as u64 > max {
-            errors.push(error(
-                path,
-                &format!("must have at most {max} items, got {}", items.len()),
-            ));
-        }
+    if let Some(max) = schema.get("maxItems").and_then(Value::as_u64)
+        && items.len() as u64 > max
+    {
+        errors.push(error(
+            path,
+            &format!("must have at most {max} items, got {}", items.len()),
+        ));
     }
     if let Some(item_schema) = schema.get("items") {
         for (index, item) in items.iter().enumerate() {
@@ -151,36 +149,36 @@ fn check_array(schema: &Value, value: &Value, path: &str, errors: &mut Vec<Field
 }
 
 fn check_string(schema: &Value, text: &str, path: &str, errors: &mut Vec<FieldError>) {
-    if let Some(allowed) = schema.get("enum").and_then(Value::as_array) {
-        if !allowed.iter().any(|a| a.as_str() == Some(text)) {
-            let names: Vec<&str> = allowed.iter().filter_map(Value::as_str).collect();
-            errors.push(error(
-                path,
-                &format!(
-                    "unsupported value {text:?}; allowed values: {}",
-                    names.join(", ")
-                ),
-            ));
-        }
+    if let Some(allowed) = schema.get("enum").and_then(Value::as_array)
+        && !allowed.iter().any(|a| a.as_str() == Some(text))
+    {
+        let names: Vec<&str> = allowed.iter().filter_map(Value::as_str).collect();
+        errors.push(error(
+            path,
+            &format!(
+                "unsupported value {text:?}; allowed values: {}",
+                names.join(", ")
+            ),
+        ));
     }
-    if let Some(max) = schema.get("maxLength").and_then(Value::as_u64) {
-        if text.chars().count() as u64 > max {
-            errors.push(error(path, &format!("must be at most {max} characters")));
-        }
+    if let Some(max) = schema.get("maxLength").and_then(Value::as_u64)
+        && text.chars().count() as u64 > max
+    {
+        errors.push(error(path, &format!("must be at most {max} characters")));
     }
 }
 
 fn check_number(schema: &Value, value: &Value, path: &str, errors: &mut Vec<FieldError>) {
     let Some(number) = value.as_f64() else { return };
-    if let Some(min) = schema.get("minimum").and_then(Value::as_f64) {
-        if number < min {
-            errors.push(error(path, &format!("must be at least {min}, got {value}")));
-        }
+    if let Some(min) = schema.get("minimum").and_then(Value::as_f64)
+        && number < min
+    {
+        errors.push(error(path, &format!("must be at least {min}, got {value}")));
     }
-    if let Some(max) = schema.get("maximum").and_then(Value::as_f64) {
-        if number > max {
-            errors.push(error(path, &format!("must be at most {max}, got {value}")));
-        }
+    if let Some(max) = schema.get("maximum").and_then(Value::as_f64)
+        && number > max
+    {
+        errors.push(error(path, &format!("must be at most {max}, got {value}")));
     }
     if schema.get("format").and_then(Value::as_str) == Some("int32")
         && value.as_i64().is_none_or(|i| i32::try_from(i).is_err())

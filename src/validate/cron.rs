@@ -157,10 +157,10 @@ fn check_part(part: &str, spec: &FieldSpec) -> Result<(), String> {
         Some((low, high)) => (value(low, spec)?, Some(value(high, spec)?)),
         None => (value(range, spec)?, None),
     };
-    if let Some(high) = high {
-        if low > high {
-            return Err(format!("range start {low} is after its end {high}"));
-        }
+    if let Some(high) = high
+        && low > high
+    {
+        return Err(format!("range start {low} is after its end {high}"));
     }
     Ok(())
 }

@@ -197,13 +197,13 @@ fn check_users(spec: &PostgresSpec, errors: &mut Errors) {
                 format!("user name {name:?} collides with the group role the operator creates for a database role kind"),
             );
         }
-        if let Some(password) = &user.password {
-            if password.contains('\0') {
-                errors.add(
-                    format!("{path}.password"),
-                    "must not contain a NUL character",
-                );
-            }
+        if let Some(password) = &user.password
+            && password.contains('\0')
+        {
+            errors.add(
+                format!("{path}.password"),
+                "must not contain a NUL character",
+            );
         }
     }
 }
@@ -322,10 +322,10 @@ fn check_parameters(spec: &PostgresSpec, errors: &mut Errors) {
                 format!("{name} is managed by the operator and cannot be set"),
             );
         }
-        if let crate::api::ParameterValue::String(text) = value {
-            if text.contains(['\0', '\n', '\r']) {
-                errors.add(&path, "values must not contain NUL or line breaks");
-            }
+        if let crate::api::ParameterValue::String(text) = value
+            && text.contains(['\0', '\n', '\r'])
+        {
+            errors.add(&path, "values must not contain NUL or line breaks");
         }
     }
 }
@@ -390,13 +390,13 @@ fn check_backup(backup: &BackupSpec, errors: &mut Errors) {
             ),
         );
     }
-    if let Some(reference) = &backup.credentials_secret_ref {
-        if reference.name.is_empty() {
-            errors.add(
-                "spec.backup.credentialsSecretRef.name",
-                "must name a Secret",
-            );
-        }
+    if let Some(reference) = &backup.credentials_secret_ref
+        && reference.name.is_empty()
+    {
+        errors.add(
+            "spec.backup.credentialsSecretRef.name",
+            "must name a Secret",
+        );
     }
 }
 
@@ -410,13 +410,13 @@ fn check_bootstrap(bootstrap: &BootstrapSpec, errors: &mut Errors) {
             "is required when spec.bootstrap.enabled is true",
         );
     }
-    if let Some(time) = bootstrap.recovery_time.as_deref().filter(|t| !t.is_empty()) {
-        if !is_rfc3339(time) {
-            errors.add(
-                "spec.bootstrap.recoveryTime",
-                format!("{time:?} is not an RFC 3339 time such as 2026-01-31T12:00:00Z"),
-            );
-        }
+    if let Some(time) = bootstrap.recovery_time.as_deref().filter(|t| !t.is_empty())
+        && !is_rfc3339(time)
+    {
+        errors.add(
+            "spec.bootstrap.recoveryTime",
+            format!("{time:?} is not an RFC 3339 time such as 2026-01-31T12:00:00Z"),
+        );
     }
     errors.add(
         "spec.bootstrap.enabled",
@@ -490,13 +490,13 @@ fn check_resources(spec: &PostgresSpec, errors: &mut Errors) {
 /// Checks a change of spec: what may not change once a cluster exists.
 pub fn validate_update(old: &PostgresSpec, new: &PostgresSpec) -> Result<(), ValidationErrors> {
     let mut errors = Errors(Vec::new());
-    if let (Ok(before), Ok(after)) = (old.size.parse::<Quantity>(), new.size.parse::<Quantity>()) {
-        if after < before {
-            errors.add(
-                "spec.size",
-                format!("may not shrink (from {before} to {after}): volumes can only grow"),
-            );
-        }
+    if let (Ok(before), Ok(after)) = (old.size.parse::<Quantity>(), new.size.parse::<Quantity>())
+        && after < before
+    {
+        errors.add(
+            "spec.size",
+            format!("may not shrink (from {before} to {after}): volumes can only grow"),
+        );
     }
     if old.storage_class != new.storage_class {
         errors.add(

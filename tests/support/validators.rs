@@ -128,12 +128,12 @@ pub fn check_structural_schema(crds_yaml: &str) -> Result<(), String> {
                 ));
             }
             let metadata = &root["properties"]["metadata"];
-            if let Some(props) = metadata.get("properties").and_then(Value::as_object) {
-                if props.keys().any(|k| k != "name" && k != "generateName") {
-                    problems.push(format!(
-                        "{path}.metadata: only name and generateName may be restricted"
-                    ));
-                }
+            if let Some(props) = metadata.get("properties").and_then(Value::as_object)
+                && props.keys().any(|k| k != "name" && k != "generateName")
+            {
+                problems.push(format!(
+                    "{path}.metadata: only name and generateName may be restricted"
+                ));
             }
         }
     }
