@@ -1,21 +1,20 @@
 //! `render` on bad input: every case fails, and the message names the place (file,
 //! document, object, field path) and what is allowed. Nothing is rendered for a bad input.
 
+mod support;
+
 use postgres_operator::build::OperatorSettings;
-use postgres_operator::build::secrets::SeededPasswords;
-use postgres_operator::render::render_inputs;
+use support::{render, render_ok};
 
 const HEAD: &str =
     "apiVersion: apps.cozystack.io/v1alpha1\nkind: Postgres\nmetadata:\n  name: demo\n";
 
 /// Renders one input named `bad.yaml` and returns the joined error messages.
 fn render_error(text: &str) -> String {
-    let inputs = vec![("bad.yaml".to_string(), text.to_string())];
-    match render_inputs(
-        &inputs,
+    match render(
+        &[("bad.yaml", text)],
         "default",
         &OperatorSettings::default(),
-        &mut SeededPasswords::default(),
     ) {
         Ok(rendered) => panic!(
             "expected an error, rendered {} objects for:\n{text}",
@@ -215,21 +214,10 @@ fn cozystack_string_numbers_and_empty_storage_class_are_accepted() {
     let text = spec(
         "  storageClass: \"\"\n  postgresql:\n    parameters:\n      max_connections: \"100\"\n",
     );
-    let inputs = vec![("ok.yaml".to_string(), text)];
-    let rendered = render_inputs(
-        &inputs,
+    let rendered = render_ok(
+        &[("ok.yaml", &text)],
         "default",
         &OperatorSettings::default(),
-        &mut SeededPasswords::default(),
-    )
-    .unwrap_or_else(|e| {
-        panic!(
-            "{}",
-            e.iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join("\n")
-        )
-    });
+    );
     assert_eq!(rendered.len(), 1);
 }

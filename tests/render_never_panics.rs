@@ -1,20 +1,17 @@
 //! Property tests: `render` returns objects or errors, and never panics, on any input —
 //! arbitrary text, arbitrary YAML trees, and the examples with random parts replaced.
 
+mod support;
+
 use postgres_operator::build::OperatorSettings;
-use postgres_operator::build::secrets::SeededPasswords;
-use postgres_operator::render::{OutputFormat, format_objects, render_inputs};
+use postgres_operator::render::{OutputFormat, format_objects};
 use proptest::prelude::*;
 use serde_json::{Value, json};
 
 fn render(text: String) {
-    let inputs = vec![("fuzz.yaml".to_string(), text)];
-    if let Ok(rendered) = render_inputs(
-        &inputs,
-        "ns",
-        &OperatorSettings::default(),
-        &mut SeededPasswords::default(),
-    ) {
+    if let Ok(rendered) =
+        support::render(&[("fuzz.yaml", &text)], "ns", &OperatorSettings::default())
+    {
         for format in [OutputFormat::Yaml, OutputFormat::Json] {
             format_objects(&rendered, format).unwrap();
         }
@@ -73,12 +70,7 @@ fn paths(value: &Value, prefix: &mut Vec<String>, out: &mut Vec<Vec<String>>) {
 }
 
 fn complete_example() -> Value {
-    let text = std::fs::read_to_string(format!(
-        "{}/examples/complete.yaml",
-        env!("CARGO_MANIFEST_DIR")
-    ))
-    .unwrap();
-    serde_yaml::from_str(&text).unwrap()
+    serde_yaml::from_str(&support::example("complete.yaml")).unwrap()
 }
 
 proptest! {

@@ -5,33 +5,28 @@
 mod support;
 
 use postgres_operator::build::OperatorSettings;
-use postgres_operator::build::secrets::SeededPasswords;
 use postgres_operator::crdgen;
-use postgres_operator::render::{OutputFormat, format_objects, render_inputs};
+use postgres_operator::render::{OutputFormat, format_objects};
 use support::validators::{
     check_structural_schema, kubernetes_validate, kubernetes_validate_versions,
     validate_against_crd,
 };
+use support::{example, render_ok};
 
 const EXAMPLES: [&str; 4] = ["minimal.yaml", "complete.yaml", "ha.yaml", "dev.yaml"];
 
-fn example(file: &str) -> String {
-    std::fs::read_to_string(format!("{}/examples/{file}", env!("CARGO_MANIFEST_DIR"))).unwrap()
-}
-
 fn render_all_examples(settings: &OperatorSettings) -> String {
-    let inputs: Vec<(String, String)> = EXAMPLES
+    let texts: Vec<String> = EXAMPLES.iter().map(|f| example(f)).collect();
+    let inputs: Vec<(&str, &str)> = EXAMPLES
         .iter()
-        .map(|f| (f.to_string(), example(f)))
+        .copied()
+        .zip(texts.iter().map(String::as_str))
         .collect();
-    let rendered = render_inputs(
-        &inputs,
-        "tenant-demo",
-        settings,
-        &mut SeededPasswords::default(),
+    format_objects(
+        &render_ok(&inputs, "tenant-demo", settings),
+        OutputFormat::Yaml,
     )
-    .unwrap();
-    format_objects(&rendered, OutputFormat::Yaml).unwrap()
+    .unwrap()
 }
 
 #[test]

@@ -5,10 +5,10 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::batch::v1::{CronJob, CronJobSpec, JobSpec, JobTemplateSpec};
 use k8s_openapi::api::core::v1::{Container, PodSpec, PodTemplateSpec, ResourceRequirements};
-use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use super::pod::{self, CONTROLLER_BINARY};
+use super::resources::amounts;
 use super::secrets::{BACKUP_ACCESS_KEY, BACKUP_RESTIC_PASSWORD, BACKUP_SECRET_KEY, SUPERUSER};
 use super::{Cluster, labels, names};
 
@@ -58,12 +58,6 @@ pub fn desired_backup_cronjob(cluster: &Cluster) -> Option<CronJob> {
         ),
         pod::env("BACKUP_CLEANUP_STRATEGY", backup.cleanup_strategy.clone()),
     ]);
-    let amounts = |cpu: &str, memory: &str| {
-        BTreeMap::from([
-            ("cpu".to_string(), Quantity(cpu.to_string())),
-            ("memory".to_string(), Quantity(memory.to_string())),
-        ])
-    };
     let container = Container {
         name: "backup".to_string(),
         image: Some(cluster.postgres_image()),
@@ -141,20 +135,20 @@ mod tests {
         desired_backup_cronjob(&Cluster::new(&pg, "ns", &settings))
     }
 
-    fn env_of(job: &CronJob) -> BTreeMap<String, k8s_openapi::api::core::v1::EnvVar> {
-        let pod = job
+    fn pod_of(job: &CronJob) -> &PodSpec {
+        let job_spec = job
             .spec
             .as_ref()
             .unwrap()
             .job_template
             .spec
             .as_ref()
-            .unwrap()
-            .template
-            .spec
-            .as_ref()
             .unwrap();
-        pod.containers[0]
+        job_spec.template.spec.as_ref().unwrap()
+    }
+
+    fn env_of(job: &CronJob) -> BTreeMap<String, k8s_openapi::api::core::v1::EnvVar> {
+        pod_of(job).containers[0]
             .env
             .clone()
             .unwrap()
@@ -176,15 +170,7 @@ mod tests {
         let spec = job.spec.as_ref().unwrap();
         assert_eq!(spec.schedule, "0 3 * * *");
         assert_eq!(spec.concurrency_policy.as_deref(), Some("Forbid"));
-        let pod = spec
-            .job_template
-            .spec
-            .as_ref()
-            .unwrap()
-            .template
-            .spec
-            .as_ref()
-            .unwrap();
+        let pod = pod_of(&job);
         assert_eq!(
             pod.containers[0].command.as_ref().unwrap()[1..],
             ["backup", "--cluster", "demo"]

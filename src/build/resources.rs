@@ -12,7 +12,8 @@ use crate::api::PostgresSpec;
 const DEFAULT_CPU_REQUEST: &str = "100m";
 const DEFAULT_MEMORY_REQUEST: &str = "256Mi";
 
-fn amounts(cpu: &str, memory: &str) -> BTreeMap<String, Quantity> {
+/// A cpu/memory map for requests or limits.
+pub fn amounts(cpu: &str, memory: &str) -> BTreeMap<String, Quantity> {
     BTreeMap::from([
         ("cpu".to_string(), Quantity(cpu.to_string())),
         ("memory".to_string(), Quantity(memory.to_string())),

@@ -2,3 +2,48 @@
 #![allow(dead_code)]
 
 pub mod validators;
+
+use postgres_operator::build::OperatorSettings;
+use postgres_operator::build::secrets::SeededPasswords;
+use postgres_operator::render::{RenderError, RenderedCluster, render_inputs};
+
+/// Renders `(file name, text)` inputs with default settings and predictable passwords.
+pub fn render(
+    inputs: &[(&str, &str)],
+    namespace: &str,
+    settings: &OperatorSettings,
+) -> Result<Vec<RenderedCluster>, Vec<RenderError>> {
+    let inputs: Vec<(String, String)> = inputs
+        .iter()
+        .map(|(f, t)| (f.to_string(), t.to_string()))
+        .collect();
+    render_inputs(
+        &inputs,
+        namespace,
+        settings,
+        &mut SeededPasswords::default(),
+    )
+}
+
+/// Like [`render`], failing the test with every message when the input is refused.
+pub fn render_ok(
+    inputs: &[(&str, &str)],
+    namespace: &str,
+    settings: &OperatorSettings,
+) -> Vec<RenderedCluster> {
+    render(inputs, namespace, settings).unwrap_or_else(|errors| {
+        panic!(
+            "{}",
+            errors
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("\n")
+        )
+    })
+}
+
+/// The text of an example manifest.
+pub fn example(file: &str) -> String {
+    std::fs::read_to_string(format!("{}/examples/{file}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+}
