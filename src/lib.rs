@@ -4,6 +4,7 @@
 pub mod api;
 pub mod binaries;
 pub mod build;
+pub mod controller;
 pub mod crdgen;
 pub mod quantity;
 pub mod render;

@@ -8,6 +8,7 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::core::ApiResource;
 
 use super::secrets::{ExistingSecrets, PasswordGenerator};
 use super::{Cluster, config, cronjob, policy, rbac, secrets, services, statefulset};
@@ -36,6 +37,13 @@ macro_rules! managed_objects {
             pub fn metadata(&self) -> &ObjectMeta {
                 match self {
                     $(ManagedObject::$kind(o) => &o.metadata,)*
+                }
+            }
+
+            /// How to reach objects of this kind through the API.
+            pub fn api_resource(&self) -> ApiResource {
+                match self {
+                    $(ManagedObject::$kind(_) => ApiResource::erase::<$kind>(&()),)*
                 }
             }
 

@@ -1,0 +1,318 @@
+//! The status a cluster reports, computed from what exists: the StatefulSet's counts,
+//! the pods' role labels, and the spec's validity. Pure, so every condition is tested.
+
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
+
+use crate::api::{Postgres, PostgresStatus};
+use crate::build::labels;
+
+pub const READY: &str = "Ready";
+pub const PROGRESSING: &str = "Progressing";
+pub const DEGRADED: &str = "Degraded";
+
+/// What the reconcile observed.
+pub struct Observed<'a> {
+    pub statefulset: Option<&'a StatefulSet>,
+    pub pods: &'a [Pod],
+    /// The validation message when the spec is refused.
+    pub invalid: Option<String>,
+}
+
+fn condition(
+    type_: &str,
+    ok: bool,
+    reason: &str,
+    message: String,
+    generation: Option<i64>,
+) -> Condition {
+    Condition {
+        type_: type_.to_string(),
+        status: if ok { "True" } else { "False" }.to_string(),
+        reason: reason.to_string(),
+        message,
+        observed_generation: generation,
+        last_transition_time: Time(Timestamp::UNIX_EPOCH),
+    }
+}
+
+/// The status the cluster should report. Transition times are carried over from the
+/// current status when a condition keeps its value, else set to `now`.
+pub fn desired_status(postgres: &Postgres, observed: &Observed, now: Timestamp) -> PostgresStatus {
+    let generation = postgres.metadata.generation;
+    let current = postgres.status.clone().unwrap_or_default();
+    let desired = postgres.spec.replicas;
+    let mut status = PostgresStatus {
+        observed_generation: generation,
+        version: Some(postgres.spec.version().major().to_string()),
+        target_primary: current.target_primary.clone(),
+        sync_standbys: current.sync_standbys.clone(),
+        last_backup: current.last_backup.clone(),
+        ..PostgresStatus::default()
+    };
+
+    let conditions = if let Some(message) = &observed.invalid {
+        vec![
+            condition(READY, false, "InvalidSpec", message.clone(), generation),
+            condition(
+                PROGRESSING,
+                false,
+                "InvalidSpec",
+                "the spec is refused; nothing was applied".to_string(),
+                generation,
+            ),
+            condition(DEGRADED, true, "InvalidSpec", message.clone(), generation),
+        ]
+    } else {
+        let sts_status = observed.statefulset.and_then(|s| s.status.as_ref());
+        let instances = sts_status.map(|s| s.replicas).unwrap_or(0);
+        let ready = sts_status.and_then(|s| s.ready_replicas).unwrap_or(0);
+        let primary = observed.pods.iter().find_map(|pod| {
+            let pod_labels = pod.metadata.labels.as_ref()?;
+            (pod_labels.get(labels::ROLE).map(String::as_str) == Some(labels::ROLE_PRIMARY))
+                .then(|| pod.metadata.name.clone())
+                .flatten()
+        });
+        status.instances = Some(instances);
+        status.ready_instances = Some(ready);
+        status.current_primary = primary.clone();
+        let all_ready = ready >= desired && instances == desired;
+        let rolled_out = observed
+            .statefulset
+            .and_then(|s| s.status.as_ref()?.observed_generation)
+            .zip(observed.statefulset.and_then(|s| s.metadata.generation))
+            .is_some_and(|(seen, latest)| seen >= latest);
+        let ready_condition = match (&primary, all_ready) {
+            (Some(primary), true) => condition(
+                READY,
+                true,
+                "ClusterReady",
+                format!("{ready}/{desired} instances ready, primary {primary}"),
+                generation,
+            ),
+            (None, _) => condition(
+                READY,
+                false,
+                "NoPrimary",
+                format!("{ready}/{desired} instances ready, no primary elected yet"),
+                generation,
+            ),
+            (Some(_), false) => condition(
+                READY,
+                false,
+                "InstancesNotReady",
+                format!("{ready}/{desired} instances ready"),
+                generation,
+            ),
+        };
+        let progressing = !(all_ready && rolled_out);
+        vec![
+            ready_condition,
+            condition(
+                PROGRESSING,
+                progressing,
+                if progressing {
+                    "Reconciling"
+                } else {
+                    "Settled"
+                },
+                if progressing {
+                    format!("{instances} of {desired} instances created, {ready} ready")
+                } else {
+                    "every object matches the spec".to_string()
+                },
+                generation,
+            ),
+            condition(
+                DEGRADED,
+                primary.is_some() && ready < desired && rolled_out,
+                if primary.is_some() && ready < desired && rolled_out {
+                    "InstancesUnavailable"
+                } else {
+                    "AsExpected"
+                },
+                format!("{ready}/{desired} instances ready"),
+                generation,
+            ),
+        ]
+    };
+    status.conditions = conditions
+        .into_iter()
+        .chain(
+            current
+                .conditions
+                .iter()
+                .filter(|c| ![READY, PROGRESSING, DEGRADED].contains(&c.type_.as_str()))
+                .cloned(),
+        )
+        .map(|mut c| {
+            c.last_transition_time = current
+                .conditions
+                .iter()
+                .find(|old| old.type_ == c.type_ && old.status == c.status)
+                .map(|old| old.last_transition_time.clone())
+                .unwrap_or(Time(now));
+            c
+        })
+        .collect();
+    status
+}
+
+/// The message of a condition, for events and tests.
+pub fn condition_of<'a>(status: &'a PostgresStatus, type_: &str) -> Option<&'a Condition> {
+    status.conditions.iter().find(|c| c.type_ == type_)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::apps::v1::StatefulSetStatus;
+    use std::collections::BTreeMap;
+
+    fn postgres(replicas: i32) -> Postgres {
+        let spec = serde_yaml::from_str(&format!("replicas: {replicas}\n")).unwrap();
+        let mut pg = Postgres::new("demo", spec);
+        pg.metadata.generation = Some(3);
+        pg
+    }
+
+    fn sts(replicas: i32, ready: i32) -> StatefulSet {
+        let mut s = StatefulSet::default();
+        s.metadata.generation = Some(1);
+        s.status = Some(StatefulSetStatus {
+            replicas,
+            ready_replicas: Some(ready),
+            observed_generation: Some(1),
+            ..StatefulSetStatus::default()
+        });
+        s
+    }
+
+    fn pod(name: &str, role: &str) -> Pod {
+        let mut p = Pod::default();
+        p.metadata.name = Some(name.to_string());
+        p.metadata.labels = Some(BTreeMap::from([(
+            labels::ROLE.to_string(),
+            role.to_string(),
+        )]));
+        p
+    }
+
+    fn now() -> Timestamp {
+        Timestamp::from_second(1_800_000_000).unwrap()
+    }
+
+    #[test]
+    fn a_fully_ready_cluster_with_a_primary_is_ready_and_settled() {
+        let pg = postgres(2);
+        let s = sts(2, 2);
+        let pods = [
+            pod("postgres-demo-0", "primary"),
+            pod("postgres-demo-1", "replica"),
+        ];
+        let status = desired_status(
+            &pg,
+            &Observed {
+                statefulset: Some(&s),
+                pods: &pods,
+                invalid: None,
+            },
+            now(),
+        );
+        assert_eq!(status.observed_generation, Some(3));
+        assert_eq!(status.ready_instances, Some(2));
+        assert_eq!(status.current_primary.as_deref(), Some("postgres-demo-0"));
+        assert_eq!(condition_of(&status, READY).unwrap().status, "True");
+        assert_eq!(condition_of(&status, PROGRESSING).unwrap().status, "False");
+        assert_eq!(condition_of(&status, DEGRADED).unwrap().status, "False");
+    }
+
+    #[test]
+    fn a_new_cluster_is_progressing_without_a_primary() {
+        let status = desired_status(
+            &postgres(3),
+            &Observed {
+                statefulset: None,
+                pods: &[],
+                invalid: None,
+            },
+            now(),
+        );
+        let ready = condition_of(&status, READY).unwrap();
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", "NoPrimary")
+        );
+        assert_eq!(condition_of(&status, PROGRESSING).unwrap().status, "True");
+    }
+
+    #[test]
+    fn a_lost_instance_degrades_a_running_cluster() {
+        let pg = postgres(3);
+        let s = sts(3, 2);
+        let pods = [pod("postgres-demo-0", "primary")];
+        let status = desired_status(
+            &pg,
+            &Observed {
+                statefulset: Some(&s),
+                pods: &pods,
+                invalid: None,
+            },
+            now(),
+        );
+        assert_eq!(condition_of(&status, DEGRADED).unwrap().status, "True");
+        assert_eq!(
+            condition_of(&status, READY).unwrap().reason,
+            "InstancesNotReady"
+        );
+    }
+
+    #[test]
+    fn an_invalid_spec_is_not_ready_with_the_message() {
+        let observed = Observed {
+            statefulset: None,
+            pods: &[],
+            invalid: Some("spec.replicas: must be at least 1".to_string()),
+        };
+        let status = desired_status(&postgres(1), &observed, now());
+        let ready = condition_of(&status, READY).unwrap();
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", "InvalidSpec")
+        );
+        assert!(ready.message.contains("spec.replicas"));
+    }
+
+    #[test]
+    fn transition_times_only_move_when_a_condition_changes() {
+        let mut pg = postgres(2);
+        let s = sts(2, 2);
+        let pods = [pod("postgres-demo-0", "primary")];
+        let observed = Observed {
+            statefulset: Some(&s),
+            pods: &pods,
+            invalid: None,
+        };
+        let first = desired_status(&pg, &observed, now());
+        pg.status = Some(first.clone());
+        let later = Timestamp::from_second(1_900_000_000).unwrap();
+        let second = desired_status(&pg, &observed, later);
+        assert_eq!(first, second, "nothing changed, so the status is identical");
+        let degraded = sts(2, 1);
+        let third = desired_status(
+            &pg,
+            &Observed {
+                statefulset: Some(&degraded),
+                pods: &pods,
+                invalid: None,
+            },
+            later,
+        );
+        assert_eq!(
+            condition_of(&third, READY).unwrap().last_transition_time,
+            Time(later)
+        );
+    }
+}
