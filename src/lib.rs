@@ -6,6 +6,7 @@ pub mod binaries;
 pub mod build;
 pub mod controller;
 pub mod crdgen;
+pub mod metrics;
 pub mod quantity;
 pub mod render;
 pub mod validate;

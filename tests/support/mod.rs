@@ -47,3 +47,4 @@ pub fn render_ok(
 pub fn example(file: &str) -> String {
     std::fs::read_to_string(format!("{}/examples/{file}", env!("CARGO_MANIFEST_DIR"))).unwrap()
 }
+pub mod apiserver;

@@ -1,0 +1,389 @@
+//! One reconcile of one `Postgres`: validate, build, apply what drifted, delete what the
+//! spec no longer asks for, record status and events. Fetching and writing only: every
+//! decision about object shapes lives in the builders.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::batch::v1::CronJob;
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret, Service};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::core::{ApiResource, DynamicObject};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType};
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+
+use super::status::{self, Observed};
+use super::{Context, Error, FIELD_MANAGER};
+use crate::api::{API_VERSION, Postgres};
+use crate::build::secrets::{ExistingSecrets, RandomPasswords};
+use crate::build::{Cluster, ManagedObject, desired_objects, labels, names, pod};
+use crate::quantity::Quantity;
+use crate::validate;
+
+/// Reconciles one cluster; errors are retried by the controller with backoff.
+pub async fn reconcile(postgres: Arc<Postgres>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    ctx.metrics.reconciles.inc();
+    let result = reconcile_inner(&postgres, &ctx).await;
+    ctx.metrics
+        .reconcile_duration
+        .observe(started.elapsed().as_secs_f64());
+    if result.is_err() {
+        ctx.metrics.reconcile_errors.inc();
+    }
+    result
+}
+
+async fn reconcile_inner(postgres: &Postgres, ctx: &Context) -> Result<Action, Error> {
+    let namespace = postgres.namespace().unwrap_or_default();
+    let name = postgres.name_any();
+    let key = format!("{namespace}/{name}");
+    if postgres.metadata.deletion_timestamp.is_some() {
+        // Owned objects go with the Postgres (owner references); data volumes stay.
+        ctx.metrics.set_cluster_ready(&key, None);
+        return Ok(Action::await_change());
+    }
+    let cluster = Cluster::new(postgres, &namespace, &ctx.settings.operator);
+
+    if let Err(errors) = validate::validate_spec(&postgres.spec) {
+        let message = errors.to_string();
+        let observed = Observed {
+            statefulset: None,
+            pods: &[],
+            invalid: Some(message.clone()),
+        };
+        if write_status(postgres, ctx, &observed).await? {
+            event(
+                ctx,
+                postgres,
+                EventType::Warning,
+                "InvalidSpec",
+                "Validate",
+                &message,
+            )
+            .await;
+        }
+        ctx.metrics.set_cluster_ready(&key, Some(false));
+        return Ok(Action::requeue(ctx.settings.resync));
+    }
+
+    let existing = existing_secrets(ctx, &namespace, &name).await?;
+    let live_statefulset = Api::<StatefulSet>::namespaced(ctx.client.clone(), &namespace)
+        .get_opt(&names::prefix(&name))
+        .await
+        .map_err(Error::kube("get", "StatefulSet", &name))?;
+    let mut desired = desired_objects(&cluster, &existing, &mut RandomPasswords);
+    keep_immutable_claim_templates(&mut desired, live_statefulset.as_ref());
+
+    let mut created = Vec::new();
+    for object in &desired {
+        if sync_object(ctx, &namespace, object).await? == Outcome::Created {
+            created.push(format!("{} {}", object.kind(), object.name()));
+        }
+    }
+    delete_stale(ctx, postgres, &namespace, &desired).await?;
+    resize_volumes(ctx, &cluster).await?;
+
+    if !created.is_empty() {
+        event(
+            ctx,
+            postgres,
+            EventType::Normal,
+            "Created",
+            "Create",
+            &format!("created {}", created.join(", ")),
+        )
+        .await;
+    }
+    if let Some(live) = &live_statefulset {
+        let before = live
+            .spec
+            .as_ref()
+            .and_then(|s| s.replicas)
+            .unwrap_or_default();
+        if before != postgres.spec.replicas {
+            let note = format!(
+                "scaled from {before} to {} instances",
+                postgres.spec.replicas
+            );
+            event(ctx, postgres, EventType::Normal, "Scaled", "Scale", &note).await;
+        }
+    }
+
+    let statefulset = Api::<StatefulSet>::namespaced(ctx.client.clone(), &namespace)
+        .get_opt(&names::prefix(&name))
+        .await
+        .map_err(Error::kube("get", "StatefulSet", &name))?;
+    let selector = selector_string(&labels::selector(&name));
+    let pods = Api::<Pod>::namespaced(ctx.client.clone(), &namespace)
+        .list(&ListParams::default().labels(&selector))
+        .await
+        .map_err(Error::kube("list", "Pod", &name))?;
+    let observed = Observed {
+        statefulset: statefulset.as_ref(),
+        pods: &pods.items,
+        invalid: None,
+    };
+    write_status(postgres, ctx, &observed).await?;
+    let ready = postgres
+        .status
+        .as_ref()
+        .and_then(|s| status::condition_of(s, status::READY))
+        .is_some_and(|c| c.status == "True");
+    ctx.metrics.set_cluster_ready(&key, Some(ready));
+    Ok(Action::requeue(ctx.settings.resync))
+}
+
+fn selector_string(selector: &BTreeMap<String, String>) -> String {
+    selector
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// The cluster's Secrets as they are, so stored passwords are kept.
+async fn existing_secrets(
+    ctx: &Context,
+    namespace: &str,
+    name: &str,
+) -> Result<ExistingSecrets, Error> {
+    let selector = format!("{}={name}", labels::CLUSTER);
+    let secrets = Api::<Secret>::namespaced(ctx.client.clone(), namespace)
+        .list(&ListParams::default().labels(&selector))
+        .await
+        .map_err(Error::kube("list", "Secret", name))?;
+    Ok(secrets
+        .items
+        .into_iter()
+        .filter_map(|s| Some((s.metadata.name.clone()?, s)))
+        .collect())
+}
+
+/// A StatefulSet's volumeClaimTemplates cannot change once created: volumes are resized
+/// through their claims instead, and the template keeps its original shape.
+fn keep_immutable_claim_templates(desired: &mut [ManagedObject], live: Option<&StatefulSet>) {
+    let Some(live_templates) = live.and_then(|s| s.spec.as_ref()?.volume_claim_templates.clone())
+    else {
+        return;
+    };
+    for object in desired.iter_mut() {
+        if let ManagedObject::StatefulSet(statefulset) = object
+            && let Some(spec) = statefulset.spec.as_mut()
+        {
+            spec.volume_claim_templates = Some(live_templates.clone());
+        }
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Outcome {
+    Unchanged,
+    Created,
+    Updated,
+}
+
+/// Applies `object` with server-side apply unless the live object already holds it.
+async fn sync_object(
+    ctx: &Context,
+    namespace: &str,
+    object: &ManagedObject,
+) -> Result<Outcome, Error> {
+    let desired = object
+        .to_json()
+        .map_err(|e| Error::Serialize(e.to_string()))?;
+    let api = dynamic_api(ctx, namespace, &object.api_resource());
+    let live = api.get_opt(object.name()).await.map_err(Error::kube(
+        "get",
+        object.kind(),
+        object.name(),
+    ))?;
+    let outcome = match &live {
+        Some(live) => {
+            let live = serde_json::to_value(live).map_err(|e| Error::Serialize(e.to_string()))?;
+            if super::drift::contains(&live, &desired) {
+                return Ok(Outcome::Unchanged);
+            }
+            Outcome::Updated
+        }
+        None => Outcome::Created,
+    };
+    api.patch(
+        object.name(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&desired),
+    )
+    .await
+    .map_err(Error::kube("apply", object.kind(), object.name()))?;
+    ctx.metrics.count_write("apply", object.kind());
+    Ok(outcome)
+}
+
+fn dynamic_api(ctx: &Context, namespace: &str, resource: &ApiResource) -> Api<DynamicObject> {
+    Api::namespaced_with(ctx.client.clone(), namespace, resource)
+}
+
+/// Objects the spec may stop asking for: deleted when they exist and are ours.
+async fn delete_stale(
+    ctx: &Context,
+    postgres: &Postgres,
+    namespace: &str,
+    desired: &[ManagedObject],
+) -> Result<(), Error> {
+    let name = postgres.name_any();
+    let uid = postgres.uid().unwrap_or_default();
+    let optional = [
+        (
+            ApiResource::erase::<Service>(&()),
+            "Service",
+            names::service_external(&name),
+        ),
+        (
+            ApiResource::erase::<CronJob>(&()),
+            "CronJob",
+            names::backup_cronjob(&name),
+        ),
+        (
+            ApiResource::erase::<Secret>(&()),
+            "Secret",
+            names::secret_backup(&name),
+        ),
+    ];
+    for (resource, kind, object_name) in optional {
+        if desired
+            .iter()
+            .any(|o| o.kind() == kind && o.name() == object_name)
+        {
+            continue;
+        }
+        let api = dynamic_api(ctx, namespace, &resource);
+        let Some(live) =
+            api.get_opt(&object_name)
+                .await
+                .map_err(Error::kube("get", kind, &object_name))?
+        else {
+            continue;
+        };
+        // A backup Secret the user created is theirs: only objects we own are removed.
+        if !live.owner_references().iter().any(|o| o.uid == uid) {
+            continue;
+        }
+        api.delete(&object_name, &DeleteParams::default())
+            .await
+            .map_err(Error::kube("delete", kind, &object_name))?;
+        ctx.metrics.count_write("delete", kind);
+        event(
+            ctx,
+            postgres,
+            EventType::Normal,
+            "Deleted",
+            "Delete",
+            &format!("deleted {kind} {object_name}: no longer in the spec"),
+        )
+        .await;
+    }
+    Ok(())
+}
+
+/// Grows the data volume claims to `spec.size` (never shrinks: validation refuses it).
+async fn resize_volumes(ctx: &Context, cluster: &Cluster<'_>) -> Result<(), Error> {
+    let Ok(size) = cluster.spec().size.parse::<Quantity>() else {
+        return Ok(());
+    };
+    let api = Api::<PersistentVolumeClaim>::namespaced(ctx.client.clone(), &cluster.namespace);
+    let claims = api
+        .list(&ListParams::default().labels(&selector_string(&cluster.selector())))
+        .await
+        .map_err(Error::kube("list", "PersistentVolumeClaim", &cluster.name))?;
+    let prefix = format!("{}-{}-", pod::DATA_VOLUME, names::prefix(&cluster.name));
+    for claim in claims.items {
+        let claim_name = claim.name_any();
+        if !claim_name.starts_with(&prefix) {
+            continue;
+        }
+        let current = claim
+            .spec
+            .as_ref()
+            .and_then(|s| {
+                s.resources
+                    .as_ref()?
+                    .requests
+                    .as_ref()?
+                    .get("storage")
+                    .cloned()
+            })
+            .and_then(|q| q.0.parse::<Quantity>().ok());
+        if current.is_some_and(|current| current >= size) {
+            continue;
+        }
+        let patch = json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+            "spec": {"resources": {"requests": {"storage": cluster.spec().size}}}});
+        api.patch(
+            &claim_name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await
+        .map_err(Error::kube("apply", "PersistentVolumeClaim", &claim_name))?;
+        ctx.metrics.count_write("apply", "PersistentVolumeClaim");
+    }
+    Ok(())
+}
+
+/// Writes the status when it differs; true when it did.
+async fn write_status(
+    postgres: &Postgres,
+    ctx: &Context,
+    observed: &Observed<'_>,
+) -> Result<bool, Error> {
+    let desired = status::desired_status(postgres, observed, Timestamp::now());
+    if postgres.status.as_ref() == Some(&desired) {
+        return Ok(false);
+    }
+    let name = postgres.name_any();
+    let api = Api::<Postgres>::namespaced(
+        ctx.client.clone(),
+        &postgres.namespace().unwrap_or_default(),
+    );
+    let patch = json!({"apiVersion": API_VERSION, "kind": "Postgres", "status": desired});
+    api.patch_status(
+        &name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await
+    .map_err(Error::kube("apply status", "Postgres", &name))?;
+    ctx.metrics.count_write("apply status", "Postgres");
+    Ok(true)
+}
+
+/// Publishes an event; a failure to record one never fails the reconcile.
+async fn event(
+    ctx: &Context,
+    postgres: &Postgres,
+    type_: EventType,
+    reason: &str,
+    action: &str,
+    note: &str,
+) {
+    let event = Event {
+        type_,
+        reason: reason.to_string(),
+        note: Some(note.chars().take(1000).collect()),
+        action: action.to_string(),
+        secondary: None,
+    };
+    match ctx
+        .recorder
+        .publish(&event, &postgres.object_ref(&()))
+        .await
+    {
+        Ok(()) => ctx.metrics.count_write("create", "Event"),
+        Err(e) => tracing::warn!(error = %e, reason, "cannot record event"),
+    }
+}

@@ -1,0 +1,517 @@
+//! The real kube-runtime Controller against the in-memory API double: objects appear with
+//! owner references, follow spec changes, stale ones go, a settled cluster causes no
+//! writes, invalid specs are refused, and API failures are retried.
+
+mod support;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use postgres_operator::controller::{self, Settings};
+use postgres_operator::metrics::Metrics;
+use serde_json::{Value, json};
+use support::apiserver::{ApiServer, Fault};
+use tokio::sync::oneshot;
+
+const NS: &str = "tenant";
+const POSTGRES: &str = "apps.cozystack.io/postgreses";
+
+struct Running {
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(10), &mut self.task).await;
+    }
+}
+
+fn start(server: &ApiServer) -> Running {
+    let settings = Settings {
+        resync: Duration::from_millis(200),
+        ..Settings::default()
+    };
+    let (stop, stopped) = oneshot::channel::<()>();
+    let client = server.client();
+    let task = tokio::spawn(async move {
+        controller::run(client, settings, Arc::new(Metrics::default()), async move {
+            let _ = stopped.await;
+        })
+        .await;
+    });
+    Running {
+        stop: Some(stop),
+        task,
+    }
+}
+
+/// Polls `condition` until it holds, failing after 10 s with `what`.
+async fn eventually<F, Fut>(what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    for _ in 0..200 {
+        if condition().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting until {what}");
+}
+
+fn postgres(name: &str, spec: Value) -> Value {
+    json!({"apiVersion": "apps.cozystack.io/v1alpha1", "kind": "Postgres",
+           "metadata": {"name": name, "namespace": NS}, "spec": spec})
+}
+
+fn example_spec(file: &str) -> Value {
+    let doc: Value = serde_yaml::from_str(&support::example(file)).unwrap();
+    doc["spec"].clone()
+}
+
+fn names(server: &ApiServer, resource: &str) -> Vec<String> {
+    server
+        .list(resource, NS)
+        .iter()
+        .map(|o| o["metadata"]["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn secret_value(server: &ApiServer, name: &str, key: &str) -> Option<String> {
+    let secret = server.get("/secrets", NS, name)?;
+    let encoded = secret["data"][key].as_str()?;
+    let bytes = k8s_openapi::ByteString::deserialize_from(encoded);
+    Some(String::from_utf8(bytes).unwrap())
+}
+
+trait Decode {
+    fn deserialize_from(encoded: &str) -> Vec<u8>;
+}
+
+impl Decode for k8s_openapi::ByteString {
+    fn deserialize_from(encoded: &str) -> Vec<u8> {
+        serde_json::from_value::<k8s_openapi::ByteString>(json!(encoded))
+            .unwrap()
+            .0
+    }
+}
+
+fn condition(server: &ApiServer, name: &str, type_: &str) -> Option<Value> {
+    let pg = server.get(POSTGRES, NS, name)?;
+    pg["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == type_)
+        .cloned()
+}
+
+/// Lets the settled cluster's StatefulSet and pods look ready, as Kubernetes would.
+fn mark_ready(server: &ApiServer, name: &str, replicas: i64) {
+    let sts_name = format!("postgres-{name}");
+    let mut sts = server.get("apps/statefulsets", NS, &sts_name).unwrap();
+    let generation = sts["metadata"]["generation"].clone();
+    sts["status"] =
+        json!({"replicas": replicas, "readyReplicas": replicas, "observedGeneration": generation});
+    server.put("apps/statefulsets", NS, sts);
+    for ordinal in 0..replicas {
+        let role = if ordinal == 0 { "primary" } else { "replica" };
+        server.put(
+            "/pods",
+            NS,
+            json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": format!("postgres-{name}-{ordinal}"), "namespace": NS,
+                "labels": {"app.kubernetes.io/name": "postgres", "app.kubernetes.io/instance": name,
+                           "postgres.apps.cozystack.io/cluster": name, "postgres.apps.cozystack.io/role": role}}}),
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_example_becomes_every_object_owned_by_the_postgres() {
+    let server = ApiServer::new();
+    let pg = server.put(
+        POSTGRES,
+        NS,
+        postgres("shop", example_spec("complete.yaml")),
+    );
+    let uid = pg["metadata"]["uid"].clone();
+    let running = start(&server);
+    eventually("the StatefulSet exists", || async {
+        server
+            .get("apps/statefulsets", NS, "postgres-shop")
+            .is_some()
+    })
+    .await;
+    eventually("the CronJob exists", || async {
+        server
+            .get("batch/cronjobs", NS, "postgres-shop-backup")
+            .is_some()
+    })
+    .await;
+    for (resource, expected) in [
+        (
+            "/services",
+            vec![
+                "postgres-shop-external-write",
+                "postgres-shop-headless",
+                "postgres-shop-r",
+                "postgres-shop-ro",
+                "postgres-shop-rw",
+            ],
+        ),
+        (
+            "/secrets",
+            vec![
+                "postgres-shop",
+                "postgres-shop-backup",
+                "postgres-shop-credentials",
+                "postgres-shop-replication",
+                "postgres-shop-superuser",
+            ],
+        ),
+        ("/configmaps", vec!["postgres-shop-config"]),
+        (
+            "policy/poddisruptionbudgets",
+            vec!["postgres-shop", "postgres-shop-primary"],
+        ),
+        ("networking.k8s.io/networkpolicies", vec!["postgres-shop"]),
+        ("/serviceaccounts", vec!["postgres-shop"]),
+        ("rbac.authorization.k8s.io/roles", vec!["postgres-shop"]),
+        (
+            "rbac.authorization.k8s.io/rolebindings",
+            vec!["postgres-shop"],
+        ),
+    ] {
+        let mut found = names(&server, resource);
+        found.sort();
+        assert_eq!(found, expected, "{resource}");
+        for object in server.list(resource, NS) {
+            assert_eq!(
+                object["metadata"]["ownerReferences"][0]["uid"], uid,
+                "{resource}"
+            );
+            assert_eq!(
+                object["metadata"]["labels"]["postgres.apps.cozystack.io/cluster"],
+                "shop"
+            );
+        }
+    }
+    assert_eq!(
+        secret_value(&server, "postgres-shop-credentials", "admin").as_deref(),
+        Some("secure-admin-password")
+    );
+    eventually("a Created event is recorded", || async {
+        server
+            .list("events.k8s.io/events", NS)
+            .iter()
+            .any(|e| e["reason"] == "Created")
+    })
+    .await;
+    let ready = condition(&server, "shop", "Ready").unwrap();
+    assert_eq!(ready["status"], "False");
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_settled_cluster_is_reconciled_without_writes() {
+    let server = ApiServer::new();
+    server.put(POSTGRES, NS, postgres("calm", example_spec("ha.yaml")));
+    let running = start(&server);
+    eventually("the StatefulSet exists", || async {
+        server
+            .get("apps/statefulsets", NS, "postgres-calm")
+            .is_some()
+    })
+    .await;
+    mark_ready(&server, "calm", 5);
+    eventually("the cluster is Ready", || async {
+        condition(&server, "calm", "Ready").is_some_and(|c| c["status"] == "True")
+    })
+    .await;
+    // Several resyncs (every 200 ms) pass; none may write.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let before = server.write_count();
+    let reads_before = server.requests().len();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let writes: Vec<String> = server
+        .writes()
+        .into_iter()
+        .skip(before)
+        .map(|w| format!("{} {} {:?}", w.method, w.resource, w.name))
+        .collect();
+    assert!(writes.is_empty(), "a settled cluster wrote: {writes:?}");
+    assert!(server.requests().len() > reads_before, "resyncs did run");
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spec_changes_reach_the_objects_and_stale_objects_go() {
+    let server = ApiServer::new();
+    let spec = example_spec("complete.yaml");
+    server.put(POSTGRES, NS, postgres("shop", spec.clone()));
+    let running = start(&server);
+    eventually("the CronJob exists", || async {
+        server
+            .get("batch/cronjobs", NS, "postgres-shop-backup")
+            .is_some()
+    })
+    .await;
+    let first_password = secret_value(&server, "postgres-shop-superuser", "password").unwrap();
+
+    let mut changed = spec.clone();
+    changed["replicas"] = json!(4);
+    changed["external"] = json!(false);
+    changed["backup"] = json!({"enabled": false});
+    changed["users"] = json!({"admin": {"password": "rotated"}, "app_user": {}});
+    changed["databases"] = json!({"myapp": {"roles": {"admin": ["admin", "app_user"]}}});
+    changed["postgresql"]["parameters"]["work_mem"] = json!("8MB");
+    let mut pg = server.get(POSTGRES, NS, "shop").unwrap();
+    pg["spec"] = changed;
+    server.put(POSTGRES, NS, pg);
+
+    eventually("the StatefulSet has 4 replicas", || async {
+        server
+            .get("apps/statefulsets", NS, "postgres-shop")
+            .is_some_and(|s| s["spec"]["replicas"] == 4)
+    })
+    .await;
+    eventually(
+        "the external Service, CronJob and backup Secret are gone",
+        || async {
+            server
+                .get("/services", NS, "postgres-shop-external-write")
+                .is_none()
+                && server
+                    .get("batch/cronjobs", NS, "postgres-shop-backup")
+                    .is_none()
+                && server.get("/secrets", NS, "postgres-shop-backup").is_none()
+        },
+    )
+    .await;
+    eventually("the users Secret follows the spec", || async {
+        secret_value(&server, "postgres-shop-credentials", "admin").as_deref() == Some("rotated")
+            && secret_value(&server, "postgres-shop-credentials", "readonly_user").is_none()
+            && secret_value(&server, "postgres-shop", "readonly_user").is_none()
+    })
+    .await;
+    let app_password = secret_value(&server, "postgres-shop-credentials", "app_user").unwrap();
+    assert_eq!(
+        app_password, "app-password",
+        "a password stays when the spec drops it"
+    );
+    let config = server
+        .get("/configmaps", NS, "postgres-shop-config")
+        .unwrap();
+    assert!(
+        config["data"]["postgresql.conf"]
+            .as_str()
+            .unwrap()
+            .contains("work_mem = '8MB'")
+    );
+    assert_eq!(
+        secret_value(&server, "postgres-shop-superuser", "password").unwrap(),
+        first_password
+    );
+    eventually("a Scaled event is recorded", || async {
+        server
+            .list("events.k8s.io/events", NS)
+            .iter()
+            .any(|e| e["reason"] == "Scaled")
+    })
+    .await;
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn generated_passwords_survive_an_operator_restart() {
+    let server = ApiServer::new();
+    server.put(
+        POSTGRES,
+        NS,
+        postgres("keep", json!({"users": {"alice": {}}})),
+    );
+    let running = start(&server);
+    eventually("the Secrets exist", || async {
+        secret_value(&server, "postgres-keep", "alice").is_some()
+    })
+    .await;
+    let alice = secret_value(&server, "postgres-keep", "alice").unwrap();
+    let superuser = secret_value(&server, "postgres-keep-superuser", "password").unwrap();
+    assert_eq!(alice.len(), 32);
+    running.stop().await;
+
+    let running = start(&server);
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(
+        secret_value(&server, "postgres-keep", "alice").unwrap(),
+        alice
+    );
+    assert_eq!(
+        secret_value(&server, "postgres-keep-credentials", "alice").unwrap(),
+        alice
+    );
+    assert_eq!(
+        secret_value(&server, "postgres-keep-superuser", "password").unwrap(),
+        superuser
+    );
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalid_spec_is_reported_and_nothing_is_applied() {
+    let server = ApiServer::new();
+    let spec = json!({"replicas": 2, "quorum": {"minSyncReplicas": 0, "maxSyncReplicas": 2}});
+    server.put(POSTGRES, NS, postgres("bad", spec));
+    let running = start(&server);
+    eventually("Ready=False with the validation message", || async {
+        condition(&server, "bad", "Ready").is_some_and(|c| {
+            c["status"] == "False"
+                && c["reason"] == "InvalidSpec"
+                && c["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("spec.quorum.maxSyncReplicas")
+        })
+    })
+    .await;
+    eventually("a Warning event", || async {
+        server
+            .list("events.k8s.io/events", NS)
+            .iter()
+            .any(|e| e["type"] == "Warning" && e["reason"] == "InvalidSpec")
+    })
+    .await;
+    let applied: Vec<_> = server
+        .writes()
+        .into_iter()
+        .filter(|w| {
+            !w.resource.starts_with("apps.cozystack.io") && !w.resource.starts_with("events")
+        })
+        .collect();
+    assert!(
+        applied.is_empty(),
+        "objects were applied for an invalid spec: {applied:?}"
+    );
+    let before = server.write_count();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(
+        server.write_count(),
+        before,
+        "the same refusal is not written again"
+    );
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_the_postgres_removes_owned_objects_and_keeps_the_data_volumes() {
+    let server = ApiServer::new();
+    server.put(POSTGRES, NS, postgres("gone", json!({})));
+    let running = start(&server);
+    eventually("the StatefulSet exists", || async {
+        server
+            .get("apps/statefulsets", NS, "postgres-gone")
+            .is_some()
+    })
+    .await;
+    // The StatefulSet controller creates the claims, without an owner reference.
+    server.put("/persistentvolumeclaims", NS, json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+        "metadata": {"name": "pgdata-postgres-gone-0", "namespace": NS, "labels": {"postgres.apps.cozystack.io/cluster": "gone"}}}));
+    server.remove(POSTGRES, NS, "gone");
+    eventually("owned objects are collected", || async {
+        names(&server, "/services").is_empty()
+            && names(&server, "/secrets").is_empty()
+            && names(&server, "apps/statefulsets").is_empty()
+    })
+    .await;
+    assert_eq!(
+        names(&server, "/persistentvolumeclaims"),
+        ["pgdata-postgres-gone-0"]
+    );
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_failures_are_retried_until_the_cluster_converges() {
+    let server = ApiServer::new();
+    server.inject(Fault {
+        method: Some("PATCH"),
+        resource: Some("/secrets"),
+        status: Some(500),
+        times: 2,
+    });
+    server.inject(Fault {
+        method: Some("PATCH"),
+        resource: Some("apps/statefulsets"),
+        status: Some(409),
+        times: 1,
+    });
+    server.inject(Fault {
+        method: Some("GET"),
+        resource: Some("/configmaps"),
+        status: None,
+        times: 2,
+    });
+    server.put(POSTGRES, NS, postgres("flaky", json!({})));
+    let running = start(&server);
+    eventually("every object exists despite the failures", || async {
+        server
+            .get("apps/statefulsets", NS, "postgres-flaky")
+            .is_some()
+            && server
+                .get("/secrets", NS, "postgres-flaky-superuser")
+                .is_some()
+            && server
+                .get("/configmaps", NS, "postgres-flaky-config")
+                .is_some()
+    })
+    .await;
+    assert!(
+        !running.task.is_finished(),
+        "the controller survived the failures"
+    );
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn growing_size_resizes_the_live_volumes() {
+    let server = ApiServer::new();
+    server.put(
+        POSTGRES,
+        NS,
+        postgres("grow", json!({"size": "10Gi", "replicas": 1})),
+    );
+    let running = start(&server);
+    eventually("the StatefulSet exists", || async {
+        server
+            .get("apps/statefulsets", NS, "postgres-grow")
+            .is_some()
+    })
+    .await;
+    server.put("/persistentvolumeclaims", NS, json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+        "metadata": {"name": "pgdata-postgres-grow-0", "namespace": NS, "labels": {"app.kubernetes.io/name": "postgres",
+            "app.kubernetes.io/instance": "grow", "postgres.apps.cozystack.io/cluster": "grow"}},
+        "spec": {"resources": {"requests": {"storage": "10Gi"}}}}));
+    let mut pg = server.get(POSTGRES, NS, "grow").unwrap();
+    pg["spec"]["size"] = json!("20Gi");
+    server.put(POSTGRES, NS, pg);
+    eventually("the claim asks for 20Gi", || async {
+        server
+            .get("/persistentvolumeclaims", NS, "pgdata-postgres-grow-0")
+            .is_some_and(|c| c["spec"]["resources"]["requests"]["storage"] == "20Gi")
+    })
+    .await;
+    let template = server
+        .get("apps/statefulsets", NS, "postgres-grow")
+        .unwrap();
+    assert_eq!(
+        template["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"],
+        "10Gi",
+        "the immutable claim template is left alone"
+    );
+    running.stop().await;
+}

@@ -1,0 +1,719 @@
+//! An in-memory Kubernetes API server for controller tests, served to a real
+//! `kube::Client` as a tower `Service`: get, list (label and field selectors), watch
+//! (streamed, resumable from a resourceVersion), create, server-side apply (with
+//! per-manager field ownership, so fields a manager stops applying are removed), merge
+//! patch, replace (with optimistic concurrency), delete (with owner-reference garbage
+//! collection), the status subresource, and injected faults. Every request is recorded.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context as TaskContext, Poll};
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body::Frame;
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use serde_json::{Value, json};
+use tokio::sync::broadcast;
+
+type Body = UnsyncBoxBody<Bytes, Infallible>;
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// One request as the double saw it.
+#[derive(Clone, Debug)]
+pub struct Recorded {
+    pub method: String,
+    /// `group/resource` (`/secrets` for the core group), plus `/status` for the subresource.
+    pub resource: String,
+    pub namespace: Option<String>,
+    pub name: Option<String>,
+    pub watch: bool,
+    pub content_type: Option<String>,
+    pub body: Option<Value>,
+}
+
+impl Recorded {
+    pub fn is_write(&self) -> bool {
+        matches!(self.method.as_str(), "POST" | "PUT" | "PATCH" | "DELETE")
+    }
+}
+
+/// A failure to inject into matching requests.
+#[derive(Clone, Debug)]
+pub struct Fault {
+    pub method: Option<&'static str>,
+    /// Substring of `group/resource`.
+    pub resource: Option<&'static str>,
+    /// HTTP status to answer, or `None` for a transport error (like a timeout).
+    pub status: Option<u16>,
+    pub times: usize,
+}
+
+#[derive(Clone, Debug)]
+struct WatchEvent {
+    resource_version: u64,
+    kind: &'static str,
+    resource: String,
+    object: Value,
+}
+
+#[derive(Default)]
+struct Store {
+    /// (group/resource, namespace, name) → object
+    objects: BTreeMap<(String, String, String), Value>,
+    /// Fields last applied by each manager, per object.
+    managed: BTreeMap<(String, String, String), BTreeMap<String, Value>>,
+    resource_version: u64,
+    next_uid: u64,
+    history: Vec<WatchEvent>,
+    requests: Vec<Recorded>,
+    faults: VecDeque<Fault>,
+}
+
+/// The double. Clones share one store.
+#[derive(Clone)]
+pub struct ApiServer {
+    store: Arc<Mutex<Store>>,
+    events: broadcast::Sender<WatchEvent>,
+}
+
+impl Default for ApiServer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+struct Target {
+    resource: String,
+    namespace: Option<String>,
+    name: Option<String>,
+    subresource: Option<String>,
+}
+
+fn parse_path(path: &str) -> Option<Target> {
+    let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
+    let (group, rest) = match parts.as_slice() {
+        ["api", _version, rest @ ..] => ("", rest),
+        ["apis", group, _version, rest @ ..] => (*group, rest),
+        _ => return None,
+    };
+    let (namespace, rest) = match rest {
+        ["namespaces", ns, rest @ ..] if !rest.is_empty() => (Some(ns.to_string()), rest),
+        _ => (None, rest),
+    };
+    let (resource, name, subresource) = match rest {
+        [resource] => (*resource, None, None),
+        [resource, name] => (*resource, Some(name.to_string()), None),
+        [resource, name, sub] => (*resource, Some(name.to_string()), Some(sub.to_string())),
+        _ => return None,
+    };
+    Some(Target {
+        resource: format!("{group}/{resource}"),
+        namespace,
+        name,
+        subresource,
+    })
+}
+
+fn kind_of(resource: &str) -> &'static str {
+    match resource.rsplit('/').next().unwrap_or_default() {
+        "postgreses" => "Postgres",
+        "postgresbackups" => "PostgresBackup",
+        "statefulsets" => "StatefulSet",
+        "services" => "Service",
+        "secrets" => "Secret",
+        "configmaps" => "ConfigMap",
+        "cronjobs" => "CronJob",
+        "jobs" => "Job",
+        "poddisruptionbudgets" => "PodDisruptionBudget",
+        "networkpolicies" => "NetworkPolicy",
+        "serviceaccounts" => "ServiceAccount",
+        "roles" => "Role",
+        "rolebindings" => "RoleBinding",
+        "pods" => "Pod",
+        "persistentvolumeclaims" => "PersistentVolumeClaim",
+        "events" => "Event",
+        "leases" => "Lease",
+        _ => "Unknown",
+    }
+}
+
+fn query_map(query: Option<&str>) -> BTreeMap<String, String> {
+    query
+        .unwrap_or_default()
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .filter_map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            Some((decode(k), decode(v)))
+        })
+        .collect()
+}
+
+fn decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("");
+                out.push(u8::from_str_radix(hex, 16).unwrap_or(b'?'));
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Equality-based label selectors: `a=b`, `a==b`, `a!=b`, `a`, `!a`.
+fn labels_match(object: &Value, selector: Option<&String>) -> bool {
+    let Some(selector) = selector.filter(|s| !s.is_empty()) else {
+        return true;
+    };
+    let labels = object["metadata"]["labels"].as_object();
+    let get = |key: &str| labels.and_then(|l| l.get(key)).and_then(Value::as_str);
+    selector.split(',').all(|term| {
+        if let Some((k, v)) = term.split_once("!=") {
+            get(k) != Some(v)
+        } else if let Some((k, v)) = term.split_once("==").or_else(|| term.split_once('=')) {
+            get(k) == Some(v)
+        } else if let Some(k) = term.strip_prefix('!') {
+            get(k).is_none()
+        } else {
+            get(term).is_some()
+        }
+    })
+}
+
+fn fields_match(object: &Value, selector: Option<&String>) -> bool {
+    let Some(selector) = selector.filter(|s| !s.is_empty()) else {
+        return true;
+    };
+    selector.split(',').all(|term| match term.split_once('=') {
+        Some(("metadata.name", v)) => object["metadata"]["name"] == v,
+        Some(("metadata.namespace", v)) => object["metadata"]["namespace"] == v,
+        _ => true,
+    })
+}
+
+fn status_body(code: u16, reason: &str, message: &str) -> Value {
+    json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+           "message": message, "reason": reason, "code": code})
+}
+
+fn respond(code: u16, value: &Value) -> Response<Body> {
+    Response::builder()
+        .status(StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(value.to_string())).boxed_unsync())
+        .unwrap()
+}
+
+/// Recursive merge: objects merge, everything else is replaced; `null` deletes.
+fn merge(target: &mut Value, patch: &Value) {
+    match (target, patch) {
+        (Value::Object(target), Value::Object(patch)) => {
+            for (key, value) in patch {
+                if value.is_null() {
+                    target.remove(key);
+                } else {
+                    merge(target.entry(key.clone()).or_insert(Value::Null), value);
+                }
+            }
+        }
+        (target, patch) => *target = patch.clone(),
+    }
+}
+
+/// Removes from `target` the fields `previous` applied that `current` no longer applies.
+fn remove_dropped(target: &mut Value, previous: &Value, current: &Value) {
+    let (Value::Object(target), Value::Object(previous)) = (target, previous) else {
+        return;
+    };
+    for (key, old) in previous {
+        match current.get(key) {
+            None => {
+                target.remove(key);
+            }
+            Some(new) if old.is_object() && new.is_object() => {
+                if let Some(child) = target.get_mut(key) {
+                    remove_dropped(child, old, new);
+                }
+            }
+            Some(_) => {}
+        }
+    }
+}
+
+/// Everything but metadata and status: a change bumps `metadata.generation`.
+fn content(object: &Value) -> Value {
+    let mut copy = object.clone();
+    if let Some(map) = copy.as_object_mut() {
+        map.remove("metadata");
+        map.remove("status");
+    }
+    copy
+}
+
+impl ApiServer {
+    pub fn new() -> Self {
+        let (events, _) = broadcast::channel(100_000);
+        Self {
+            store: Arc::new(Mutex::new(Store::default())),
+            events,
+        }
+    }
+
+    /// A client talking to this double.
+    pub fn client(&self) -> kube::Client {
+        kube::Client::new(self.clone(), "default")
+    }
+
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.store.lock().unwrap().requests.clone()
+    }
+
+    pub fn writes(&self) -> Vec<Recorded> {
+        self.requests()
+            .into_iter()
+            .filter(Recorded::is_write)
+            .collect()
+    }
+
+    pub fn write_count(&self) -> usize {
+        self.store
+            .lock()
+            .unwrap()
+            .requests
+            .iter()
+            .filter(|r| r.is_write())
+            .count()
+    }
+
+    pub fn inject(&self, fault: Fault) {
+        self.store.lock().unwrap().faults.push_back(fault);
+    }
+
+    /// The stored object, if any.
+    pub fn get(&self, resource: &str, namespace: &str, name: &str) -> Option<Value> {
+        let key = (
+            resource.to_string(),
+            namespace.to_string(),
+            name.to_string(),
+        );
+        self.store.lock().unwrap().objects.get(&key).cloned()
+    }
+
+    /// Every stored object of a resource in a namespace.
+    pub fn list(&self, resource: &str, namespace: &str) -> Vec<Value> {
+        let store = self.store.lock().unwrap();
+        store
+            .objects
+            .iter()
+            .filter(|((r, ns, _), _)| r == resource && ns == namespace)
+            .map(|(_, v)| v.clone())
+            .collect()
+    }
+
+    /// Writes an object as another actor would (a user, the kubelet, the StatefulSet
+    /// controller): not recorded as a request of the operator.
+    pub fn put(&self, resource: &str, namespace: &str, object: Value) -> Value {
+        let mut store = self.store.lock().unwrap();
+        let name = object["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let key = (resource.to_string(), namespace.to_string(), name);
+        let previous = store.objects.get(&key).cloned();
+        let mut object = object;
+        self.finish_write(&mut store, &key, previous.as_ref(), &mut object);
+        object
+    }
+
+    /// Deletes as another actor would, with garbage collection of owned objects.
+    pub fn remove(&self, resource: &str, namespace: &str, name: &str) {
+        let mut store = self.store.lock().unwrap();
+        self.delete_cascade(
+            &mut store,
+            &(
+                resource.to_string(),
+                namespace.to_string(),
+                name.to_string(),
+            ),
+        );
+    }
+
+    fn finish_write(
+        &self,
+        store: &mut Store,
+        key: &(String, String, String),
+        previous: Option<&Value>,
+        object: &mut Value,
+    ) {
+        store.resource_version += 1;
+        let rv = store.resource_version;
+        let meta = object["metadata"].as_object().cloned().unwrap_or_default();
+        let mut meta = serde_json::Map::from_iter(meta);
+        meta.insert("name".into(), json!(key.2));
+        if !key.1.is_empty() {
+            meta.insert("namespace".into(), json!(key.1));
+        }
+        meta.insert("resourceVersion".into(), json!(rv.to_string()));
+        match previous {
+            Some(previous) => {
+                for field in ["uid", "creationTimestamp"] {
+                    meta.insert(field.into(), previous["metadata"][field].clone());
+                }
+                let generation = previous["metadata"]["generation"].as_i64().unwrap_or(1);
+                let changed = content(previous) != content(object);
+                meta.insert(
+                    "generation".into(),
+                    json!(if changed { generation + 1 } else { generation }),
+                );
+            }
+            None => {
+                store.next_uid += 1;
+                meta.insert(
+                    "uid".into(),
+                    json!(format!("00000000-0000-4000-8000-{:012}", store.next_uid)),
+                );
+                meta.insert("creationTimestamp".into(), json!("2026-01-01T00:00:00Z"));
+                meta.insert("generation".into(), json!(1));
+            }
+        }
+        object["metadata"] = Value::Object(meta);
+        if object.get("kind").is_none() {
+            object["kind"] = json!(kind_of(&key.0));
+        }
+        store.objects.insert(key.clone(), object.clone());
+        let event = WatchEvent {
+            resource_version: rv,
+            kind: if previous.is_some() {
+                "MODIFIED"
+            } else {
+                "ADDED"
+            },
+            resource: key.0.clone(),
+            object: object.clone(),
+        };
+        store.history.push(event.clone());
+        let _ = self.events.send(event);
+    }
+
+    fn delete_cascade(&self, store: &mut Store, key: &(String, String, String)) -> Option<Value> {
+        let object = store.objects.remove(key)?;
+        store.managed.remove(key);
+        store.resource_version += 1;
+        let event = WatchEvent {
+            resource_version: store.resource_version,
+            kind: "DELETED",
+            resource: key.0.clone(),
+            object: object.clone(),
+        };
+        store.history.push(event.clone());
+        let _ = self.events.send(event);
+        let uid = object["metadata"]["uid"].clone();
+        let owned: Vec<_> = store
+            .objects
+            .iter()
+            .filter(|((_, ns, _), o)| {
+                *ns == key.1
+                    && o["metadata"]["ownerReferences"]
+                        .as_array()
+                        .is_some_and(|refs| refs.iter().any(|r| r["uid"] == uid))
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        for child in owned {
+            self.delete_cascade(store, &child);
+        }
+        Some(object)
+    }
+
+    async fn handle(
+        self,
+        request: Request<kube::client::Body>,
+    ) -> Result<Response<Body>, BoxError> {
+        let method = request.method().clone();
+        let uri = request.uri().clone();
+        let content_type = request
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let bytes = request.into_body().collect().await?.to_bytes();
+        let body: Option<Value> = if bytes.is_empty() {
+            None
+        } else {
+            serde_json::from_slice(&bytes).ok()
+        };
+        let query = query_map(uri.query());
+        let Some(target) = parse_path(uri.path()) else {
+            return Ok(respond(404, &status_body(404, "NotFound", uri.path())));
+        };
+        let watch = query.get("watch").is_some_and(|w| w == "true" || w == "1");
+        let resource_key = match &target.subresource {
+            Some(sub) => format!("{}/{sub}", target.resource),
+            None => target.resource.clone(),
+        };
+        {
+            let mut store = self.store.lock().unwrap();
+            store.requests.push(Recorded {
+                method: method.to_string(),
+                resource: resource_key.clone(),
+                namespace: target.namespace.clone(),
+                name: target.name.clone(),
+                watch,
+                content_type: content_type.clone(),
+                body: body.clone(),
+            });
+            let matching = store.faults.iter().position(|f| {
+                f.method.is_none_or(|m| m == method.as_str())
+                    && f.resource.is_none_or(|r| resource_key.contains(r))
+            });
+            if let Some(index) = matching {
+                let fault = store.faults[index].clone();
+                if fault.times <= 1 {
+                    store.faults.remove(index);
+                } else {
+                    store.faults[index].times -= 1;
+                }
+                return match fault.status {
+                    Some(code) => Ok(respond(
+                        code,
+                        &status_body(code, "InjectedFault", "injected by the test"),
+                    )),
+                    None => Err("injected transport failure".into()),
+                };
+            }
+        }
+        if watch {
+            return Ok(self.watch(&target, &query));
+        }
+        let namespace = target.namespace.clone().unwrap_or_default();
+        let mut store = self.store.lock().unwrap();
+        match (&method, &target.name) {
+            (&Method::GET, Some(name)) => {
+                let key = (target.resource.clone(), namespace, name.clone());
+                Ok(match store.objects.get(&key) {
+                    Some(object) => respond(200, object),
+                    None => respond(
+                        404,
+                        &status_body(
+                            404,
+                            "NotFound",
+                            &format!("{} {name} not found", target.resource),
+                        ),
+                    ),
+                })
+            }
+            (&Method::GET, None) => {
+                let items: Vec<Value> = store
+                    .objects
+                    .iter()
+                    .filter(|((r, ns, _), o)| {
+                        *r == target.resource
+                            && target.namespace.as_ref().is_none_or(|want| want == ns)
+                            && labels_match(o, query.get("labelSelector"))
+                            && fields_match(o, query.get("fieldSelector"))
+                    })
+                    .map(|(_, o)| o.clone())
+                    .collect();
+                let list = json!({"apiVersion": "v1", "kind": format!("{}List", kind_of(&target.resource)),
+                    "metadata": {"resourceVersion": store.resource_version.to_string()}, "items": items});
+                Ok(respond(200, &list))
+            }
+            (&Method::POST, _) => {
+                let mut object = body.unwrap_or(Value::Null);
+                let name = object["metadata"]["name"]
+                    .as_str()
+                    .map(str::to_string)
+                    .or_else(|| {
+                        object["metadata"]["generateName"]
+                            .as_str()
+                            .map(|g| format!("{g}{}", store.next_uid + 1))
+                    })
+                    .unwrap_or_default();
+                let key = (target.resource.clone(), namespace, name.clone());
+                if store.objects.contains_key(&key) {
+                    return Ok(respond(
+                        409,
+                        &status_body(409, "AlreadyExists", &format!("{name} already exists")),
+                    ));
+                }
+                self.finish_write(&mut store, &key, None, &mut object);
+                Ok(respond(201, &object))
+            }
+            (&Method::PUT, Some(name)) => {
+                let key = (target.resource.clone(), namespace, name.clone());
+                let Some(previous) = store.objects.get(&key).cloned() else {
+                    return Ok(respond(404, &status_body(404, "NotFound", name)));
+                };
+                let mut object = body.unwrap_or(Value::Null);
+                let sent_rv = object["metadata"]["resourceVersion"]
+                    .as_str()
+                    .map(str::to_string);
+                if sent_rv.is_some()
+                    && sent_rv.as_deref() != previous["metadata"]["resourceVersion"].as_str()
+                {
+                    return Ok(respond(
+                        409,
+                        &status_body(409, "Conflict", "the object has been modified"),
+                    ));
+                }
+                if target.subresource.as_deref() == Some("status") {
+                    let mut merged = previous.clone();
+                    merged["status"] = object["status"].clone();
+                    object = merged;
+                } else {
+                    object["status"] = previous["status"].clone();
+                }
+                self.finish_write(&mut store, &key, Some(&previous), &mut object);
+                Ok(respond(200, &object))
+            }
+            (&Method::PATCH, Some(name)) => {
+                let key = (target.resource.clone(), namespace, name.clone());
+                let previous = store.objects.get(&key).cloned();
+                let patch = body.unwrap_or(Value::Null);
+                let is_apply = content_type
+                    .as_deref()
+                    .is_some_and(|c| c.contains("apply-patch"));
+                if previous.is_none() && !is_apply {
+                    return Ok(respond(404, &status_body(404, "NotFound", name)));
+                }
+                let status_only = target.subresource.as_deref() == Some("status");
+                let mut object = previous.clone().unwrap_or_else(|| json!({"metadata": {}}));
+                let mut patch = patch;
+                if status_only {
+                    patch = json!({"status": patch["status"].clone()});
+                } else if let Some(map) = patch.as_object_mut() {
+                    map.remove("status");
+                }
+                if is_apply {
+                    let manager = query.get("fieldManager").cloned().unwrap_or_default();
+                    let managers = store.managed.entry(key.clone()).or_default();
+                    let slot = format!("{manager}{}", if status_only { "/status" } else { "" });
+                    if let Some(before) = managers.get(&slot) {
+                        remove_dropped(&mut object, before, &patch);
+                    }
+                    managers.insert(slot, patch.clone());
+                }
+                merge(&mut object, &patch);
+                if previous.as_ref() == Some(&object) {
+                    // A no-op write changes nothing, as on a real API server.
+                    return Ok(respond(200, &object));
+                }
+                self.finish_write(&mut store, &key, previous.as_ref(), &mut object);
+                Ok(respond(if previous.is_some() { 200 } else { 201 }, &object))
+            }
+            (&Method::DELETE, Some(name)) => {
+                let key = (target.resource.clone(), namespace, name.clone());
+                Ok(match self.delete_cascade(&mut store, &key) {
+                    Some(object) => respond(200, &object),
+                    None => respond(404, &status_body(404, "NotFound", name)),
+                })
+            }
+            _ => Ok(respond(
+                405,
+                &status_body(405, "MethodNotAllowed", method.as_str()),
+            )),
+        }
+    }
+
+    /// Events after the requested resourceVersion, then live ones, as JSON lines.
+    fn watch(&self, target: &Target, query: &BTreeMap<String, String>) -> Response<Body> {
+        let since: u64 = query
+            .get("resourceVersion")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let mut live = self.events.subscribe();
+        let backlog: Vec<WatchEvent> = self
+            .store
+            .lock()
+            .unwrap()
+            .history
+            .iter()
+            .filter(|e| e.resource_version > since)
+            .cloned()
+            .collect();
+        let resource = target.resource.clone();
+        let namespace = target.namespace.clone();
+        let labels = query.get("labelSelector").cloned();
+        let fields = query.get("fieldSelector").cloned();
+        let wanted = move |event: &WatchEvent| {
+            event.resource == resource
+                && namespace
+                    .as_ref()
+                    .is_none_or(|ns| event.object["metadata"]["namespace"] == ns.as_str())
+                && labels_match(&event.object, labels.as_ref())
+                && fields_match(&event.object, fields.as_ref())
+        };
+        let (sender, receiver) = tokio::sync::mpsc::unbounded_channel::<Bytes>();
+        tokio::spawn(async move {
+            let mut last = since;
+            let line = |event: &WatchEvent| {
+                Bytes::from(format!(
+                    "{}\n",
+                    json!({"type": event.kind, "object": event.object})
+                ))
+            };
+            for event in backlog.iter().filter(|e| wanted(e)) {
+                last = event.resource_version;
+                if sender.send(line(event)).is_err() {
+                    return;
+                }
+            }
+            loop {
+                match live.recv().await {
+                    Ok(event) if event.resource_version > last && wanted(&event) => {
+                        last = event.resource_version;
+                        if sender.send(line(&event)).is_err() {
+                            return;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        });
+        let stream = futures::stream::unfold(receiver, |mut receiver| async move {
+            receiver
+                .recv()
+                .await
+                .map(|bytes| (Ok::<_, Infallible>(Frame::data(bytes)), receiver))
+        });
+        Response::builder()
+            .status(200)
+            .header("content-type", "application/json")
+            .body(BodyExt::boxed_unsync(StreamBody::new(stream)))
+            .unwrap()
+    }
+}
+
+impl tower::Service<Request<kube::client::Body>> for ApiServer {
+    type Response = Response<Body>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut TaskContext<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<kube::client::Body>) -> Self::Future {
+        Box::pin(self.clone().handle(request))
+    }
+}
