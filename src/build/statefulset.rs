@@ -10,7 +10,8 @@ use k8s_openapi::api::apps::v1::{
 use k8s_openapi::api::core::v1::{
     Affinity, ConfigMapVolumeSource, Container, ContainerPort, HTTPGetAction,
     PersistentVolumeClaim, PersistentVolumeClaimSpec, PodAffinityTerm, PodAntiAffinity, PodSpec,
-    PodTemplateSpec, Probe, Volume, VolumeResourceRequirements, WeightedPodAffinityTerm,
+    PodTemplateSpec, Probe, Volume, VolumeMount, VolumeResourceRequirements,
+    WeightedPodAffinityTerm,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -20,6 +21,13 @@ use super::pod::{self, CONFIG_DIR, CONTROLLER_BINARY, DATA_MOUNT, DATA_VOLUME};
 use super::resources::instance_resources;
 use super::{Cluster, labels, names};
 
+/// Name of the PostgreSQL container.
+pub const POSTGRES_CONTAINER: &str = "postgres";
+/// Container port names; Services target the ports by these names.
+pub const POSTGRES_PORT_NAME: &str = "postgresql";
+pub const STATUS_PORT_NAME: &str = "status";
+pub const METRICS_PORT_NAME: &str = "metrics";
+
 /// Smart shutdown first, then fast: long enough for clients to finish and for a clean
 /// checkpoint, short of a node drain's patience.
 pub const TERMINATION_GRACE_SECONDS: i64 = 180;
@@ -27,6 +35,17 @@ pub const TERMINATION_GRACE_SECONDS: i64 = 180;
 /// startup probe allows an hour before liveness takes over.
 const STARTUP_PERIOD_SECONDS: i32 = 10;
 const STARTUP_FAILURES: i32 = 360;
+/// A minute of failed health checks before the kubelet restarts the instance manager.
+const LIVENESS_PERIOD_SECONDS: i32 = 10;
+const LIVENESS_FAILURES: i32 = 6;
+/// Readiness reacts faster: it moves the instance out of the Services.
+const READINESS_PERIOD_SECONDS: i32 = 5;
+const READINESS_FAILURES: i32 = 3;
+const PROBE_TIMEOUT_SECONDS: i32 = 5;
+
+const HOSTNAME_TOPOLOGY_KEY: &str = "kubernetes.io/hostname";
+/// PostgreSQL's dynamic shared memory lives here; the runtime's default is 64 MiB.
+const SHM_MOUNT: &str = "/dev/shm";
 
 /// The StatefulSet `postgres-<name>`.
 pub fn desired_statefulset(cluster: &Cluster) -> StatefulSet {
@@ -43,11 +62,8 @@ pub fn desired_statefulset(cluster: &Cluster) -> StatefulSet {
                 type_: Some("OnDelete".to_string()),
                 ..StatefulSetUpdateStrategy::default()
             }),
-            selector: LabelSelector {
-                match_labels: Some(cluster.selector()),
-                ..LabelSelector::default()
-            },
-            // Deleting the Postgres or scaling down keeps the data.
+            selector: match_labels(cluster.selector()),
+            // Deleting the Postgres or scaling it down keeps the data.
             persistent_volume_claim_retention_policy: Some(
                 StatefulSetPersistentVolumeClaimRetentionPolicy {
                     when_deleted: Some("Retain".to_string()),
@@ -62,6 +78,13 @@ pub fn desired_statefulset(cluster: &Cluster) -> StatefulSet {
     }
 }
 
+fn match_labels(labels: BTreeMap<String, String>) -> LabelSelector {
+    LabelSelector {
+        match_labels: Some(labels),
+        ..LabelSelector::default()
+    }
+}
+
 fn pod_template(cluster: &Cluster) -> PodTemplateSpec {
     let mut volumes = vec![
         Volume {
@@ -72,19 +95,23 @@ fn pod_template(cluster: &Cluster) -> PodTemplateSpec {
             }),
             ..Volume::default()
         },
-        // PostgreSQL's dynamic shared memory; the runtime's default /dev/shm is 64 MiB.
         pod::empty_dir(pod::SHM_VOLUME, Some("Memory")),
     ];
     volumes.extend(pod::runtime_volumes());
     PodTemplateSpec {
+        // No role label: the operator sets it on each pod as roles change. No config
+        // checksum annotation either: the instance manager reloads configuration itself,
+        // so the template changes only when pods really need replacing.
         metadata: Some(ObjectMeta {
-            // No role label here: the operator sets it on each pod as roles change.
             labels: Some(cluster.labels(labels::COMPONENT_DATABASE)),
             ..ObjectMeta::default()
         }),
         spec: Some(PodSpec {
             service_account_name: Some(names::prefix(&cluster.name)),
+            // The instance manager watches its Postgres and reads its Secrets.
             automount_service_account_token: Some(true),
+            // Every Service in the namespace as environment variables is noise, and
+            // can collide with PG* variables.
             enable_service_links: Some(false),
             termination_grace_period_seconds: Some(TERMINATION_GRACE_SECONDS),
             security_context: Some(pod::pod_security_context()),
@@ -97,8 +124,9 @@ fn pod_template(cluster: &Cluster) -> PodTemplateSpec {
     }
 }
 
-/// Preferred, not required: a cluster with more instances than nodes still schedules,
-/// while instances spread over nodes whenever they can.
+/// Preferred, not required: a cluster with more instances than schedulable nodes still
+/// runs (and a node drain can still reschedule), while instances spread over nodes
+/// whenever they can.
 fn anti_affinity(cluster: &Cluster) -> Affinity {
     Affinity {
         pod_anti_affinity: Some(PodAntiAffinity {
@@ -106,11 +134,8 @@ fn anti_affinity(cluster: &Cluster) -> Affinity {
                 WeightedPodAffinityTerm {
                     weight: 100,
                     pod_affinity_term: PodAffinityTerm {
-                        topology_key: "kubernetes.io/hostname".to_string(),
-                        label_selector: Some(LabelSelector {
-                            match_labels: Some(cluster.selector()),
-                            ..LabelSelector::default()
-                        }),
+                        topology_key: HOSTNAME_TOPOLOGY_KEY.to_string(),
+                        label_selector: Some(match_labels(cluster.selector())),
                         ..PodAffinityTerm::default()
                     },
                 },
@@ -121,16 +146,17 @@ fn anti_affinity(cluster: &Cluster) -> Affinity {
     }
 }
 
-fn http_probe(path: &str, period: i32, failures: i32) -> Probe {
+/// An HTTP GET on the instance manager's status port.
+fn status_probe(path: &str, period_seconds: i32, failure_threshold: i32) -> Probe {
     Probe {
         http_get: Some(HTTPGetAction {
             path: Some(path.to_string()),
-            port: IntOrString::String("status".to_string()),
+            port: IntOrString::String(STATUS_PORT_NAME.to_string()),
             ..HTTPGetAction::default()
         }),
-        period_seconds: Some(period),
-        failure_threshold: Some(failures),
-        timeout_seconds: Some(5),
+        period_seconds: Some(period_seconds),
+        failure_threshold: Some(failure_threshold),
+        timeout_seconds: Some(PROBE_TIMEOUT_SECONDS),
         ..Probe::default()
     }
 }
@@ -146,34 +172,43 @@ fn container_port(name: &str, port: i32) -> ContainerPort {
 
 fn postgres_container(cluster: &Cluster) -> Container {
     let mut env = pod::cluster_env(cluster);
+    // Where the instance manager reads postgresql.conf and pg_hba.conf from.
     env.push(pod::env("CONFIG_DIR", CONFIG_DIR));
     let mut mounts = vec![
         pod::mount(DATA_VOLUME, DATA_MOUNT),
-        k8s_openapi::api::core::v1::VolumeMount {
+        VolumeMount {
             read_only: Some(true),
             ..pod::mount(pod::CONFIG_VOLUME, CONFIG_DIR)
         },
-        pod::mount(pod::SHM_VOLUME, "/dev/shm"),
+        pod::mount(pod::SHM_VOLUME, SHM_MOUNT),
     ];
     mounts.extend(pod::runtime_mounts());
     Container {
-        name: "postgres".to_string(),
+        name: POSTGRES_CONTAINER.to_string(),
         image: Some(cluster.postgres_image()),
         image_pull_policy: Some("IfNotPresent".to_string()),
         command: Some(vec![CONTROLLER_BINARY.to_string(), "instance".to_string()]),
         env: Some(env),
         ports: Some(vec![
-            container_port("postgresql", pod::POSTGRES_PORT),
-            container_port("status", pod::STATUS_PORT),
-            container_port("metrics", pod::METRICS_PORT),
+            container_port(POSTGRES_PORT_NAME, pod::POSTGRES_PORT),
+            container_port(STATUS_PORT_NAME, pod::STATUS_PORT),
+            container_port(METRICS_PORT_NAME, pod::METRICS_PORT),
         ]),
-        startup_probe: Some(http_probe(
+        startup_probe: Some(status_probe(
             "/healthz",
             STARTUP_PERIOD_SECONDS,
             STARTUP_FAILURES,
         )),
-        liveness_probe: Some(http_probe("/healthz", 10, 6)),
-        readiness_probe: Some(http_probe("/readyz", 5, 3)),
+        liveness_probe: Some(status_probe(
+            "/healthz",
+            LIVENESS_PERIOD_SECONDS,
+            LIVENESS_FAILURES,
+        )),
+        readiness_probe: Some(status_probe(
+            "/readyz",
+            READINESS_PERIOD_SECONDS,
+            READINESS_FAILURES,
+        )),
         resources: Some(instance_resources(cluster.spec())),
         security_context: Some(pod::container_security_context()),
         volume_mounts: Some(mounts),
@@ -208,26 +243,64 @@ fn data_claim(cluster: &Cluster) -> PersistentVolumeClaim {
 mod tests {
     use super::*;
     use crate::build::OperatorSettings;
+    use crate::build::resources::amounts;
     use crate::build::test_support::cluster_from_yaml;
 
-    fn sts(yaml: &str) -> StatefulSet {
-        let (pg, settings) = cluster_from_yaml(yaml);
-        desired_statefulset(&Cluster::new(&pg, "ns", &settings))
+    fn statefulset_with(yaml: &str, settings: impl FnOnce(&mut OperatorSettings)) -> StatefulSet {
+        let (postgres, mut operator_settings) = cluster_from_yaml(yaml);
+        settings(&mut operator_settings);
+        desired_statefulset(&Cluster::new(&postgres, "tenant", &operator_settings))
     }
 
-    fn pod_spec(s: &StatefulSet) -> &PodSpec {
-        s.spec.as_ref().unwrap().template.spec.as_ref().unwrap()
+    fn statefulset(yaml: &str) -> StatefulSet {
+        statefulset_with(yaml, |_| {})
+    }
+
+    fn spec(statefulset: &StatefulSet) -> &StatefulSetSpec {
+        statefulset.spec.as_ref().unwrap()
+    }
+
+    fn pod_spec(statefulset: &StatefulSet) -> &PodSpec {
+        spec(statefulset).template.spec.as_ref().unwrap()
+    }
+
+    fn postgres(statefulset: &StatefulSet) -> &Container {
+        &pod_spec(statefulset).containers[0]
+    }
+
+    fn claim(statefulset: &StatefulSet) -> &PersistentVolumeClaimSpec {
+        spec(statefulset).volume_claim_templates.as_ref().unwrap()[0]
+            .spec
+            .as_ref()
+            .unwrap()
+    }
+
+    fn probe_target(probe: &Option<Probe>) -> (String, IntOrString) {
+        let http = probe.as_ref().unwrap().http_get.as_ref().unwrap();
+        (http.path.clone().unwrap(), http.port.clone())
     }
 
     #[test]
-    fn statefulset_is_named_owned_and_selects_only_this_cluster() {
-        let s = sts("replicas: 3\n");
+    fn statefulset_is_named_after_the_cluster_and_owned_by_it() {
+        let s = statefulset("replicas: 3\n");
         assert_eq!(s.metadata.name.as_deref(), Some("postgres-demo"));
+        assert_eq!(s.metadata.namespace.as_deref(), Some("tenant"));
+        let owner = &s.metadata.owner_references.as_ref().unwrap()[0];
         assert_eq!(
-            s.metadata.owner_references.as_ref().unwrap()[0].name,
-            "demo"
+            (owner.kind.as_str(), owner.name.as_str()),
+            ("Postgres", "demo")
         );
-        let spec = s.spec.as_ref().unwrap();
+        assert_eq!(owner.controller, Some(true));
+        assert_eq!(
+            s.metadata.labels.as_ref().unwrap()[labels::COMPONENT],
+            labels::COMPONENT_DATABASE
+        );
+    }
+
+    #[test]
+    fn the_operator_paces_restarts_and_pods_start_together() {
+        let s = statefulset("replicas: 3\n");
+        let spec = spec(&s);
         assert_eq!(spec.replicas, Some(3));
         assert_eq!(spec.service_name.as_deref(), Some("postgres-demo-headless"));
         assert_eq!(spec.pod_management_policy.as_deref(), Some("Parallel"));
@@ -235,32 +308,63 @@ mod tests {
             spec.update_strategy.as_ref().unwrap().type_.as_deref(),
             Some("OnDelete")
         );
+    }
+
+    #[test]
+    fn the_selector_matches_the_template_which_has_no_role_label() {
+        let s = statefulset("{}");
+        let spec = spec(&s);
         let selector = spec.selector.match_labels.as_ref().unwrap();
-        let template_labels = spec
-            .template
-            .metadata
-            .as_ref()
-            .unwrap()
-            .labels
-            .as_ref()
-            .unwrap();
+        let template = spec.template.metadata.as_ref().unwrap();
+        let template_labels = template.labels.as_ref().unwrap();
         assert!(
             selector
                 .iter()
                 .all(|(k, v)| template_labels.get(k) == Some(v))
         );
-        assert_eq!(template_labels["app"], "postgres");
+        assert_eq!(template_labels[labels::APP], labels::APP_VALUE);
         assert!(!template_labels.contains_key(labels::ROLE));
+        assert_eq!(template.annotations, None);
     }
 
     #[test]
-    fn the_instance_manager_runs_as_pid_1_with_probes_on_the_status_port() {
-        let s = sts("{}");
-        let container = &pod_spec(&s).containers[0];
+    fn pods_run_as_the_clusters_service_account_with_its_token() {
+        let s = statefulset("{}");
+        let pod = pod_spec(&s);
+        assert_eq!(pod.service_account_name.as_deref(), Some("postgres-demo"));
+        assert_eq!(pod.automount_service_account_token, Some(true));
+        assert_eq!(pod.enable_service_links, Some(false));
+        assert_eq!(pod.termination_grace_period_seconds, Some(180));
+    }
+
+    #[test]
+    fn the_instance_manager_runs_as_pid_1_from_the_copied_binary() {
+        let s = statefulset("{}");
         assert_eq!(
-            container.command.as_ref().unwrap(),
+            postgres(&s).command.as_ref().unwrap(),
             &["/controller/postgres-operator", "instance"]
         );
+        let init = &pod_spec(&s).init_containers.as_ref().unwrap()[0];
+        assert_eq!(
+            init.image.as_deref(),
+            Some(OperatorSettings::default().operator_image.as_str())
+        );
+        let env = postgres(&s).env.as_ref().unwrap();
+        for name in [
+            "CLUSTER_NAME",
+            "POD_NAME",
+            "POD_NAMESPACE",
+            "PGDATA",
+            "CONFIG_DIR",
+        ] {
+            assert!(env.iter().any(|e| e.name == name), "{name} missing");
+        }
+    }
+
+    #[test]
+    fn ports_are_named_and_probes_ask_the_status_port() {
+        let s = statefulset("{}");
+        let container = postgres(&s);
         let ports: Vec<(String, i32)> = container
             .ports
             .as_ref()
@@ -271,59 +375,52 @@ mod tests {
         assert_eq!(
             ports,
             [
-                ("postgresql".into(), 5432),
-                ("status".into(), 8000),
-                ("metrics".into(), 9187)
+                ("postgresql".to_string(), 5432),
+                ("status".to_string(), 8000),
+                ("metrics".to_string(), 9187)
             ]
         );
-        let path = |p: &Option<Probe>| {
-            p.as_ref()
-                .unwrap()
-                .http_get
-                .as_ref()
-                .unwrap()
-                .path
-                .clone()
-                .unwrap()
-        };
-        assert_eq!(path(&container.readiness_probe), "/readyz");
-        assert_eq!(path(&container.liveness_probe), "/healthz");
-        assert_eq!(path(&container.startup_probe), "/healthz");
-        let init = &pod_spec(&s).init_containers.as_ref().unwrap()[0];
+        let status = IntOrString::String("status".to_string());
         assert_eq!(
-            init.image.as_deref(),
-            Some(OperatorSettings::default().operator_image.as_str())
+            probe_target(&container.startup_probe),
+            ("/healthz".to_string(), status.clone())
+        );
+        assert_eq!(
+            probe_target(&container.liveness_probe),
+            ("/healthz".to_string(), status.clone())
+        );
+        assert_eq!(
+            probe_target(&container.readiness_probe),
+            ("/readyz".to_string(), status)
         );
     }
 
     #[test]
+    fn the_startup_probe_allows_an_hour_for_initdb_basebackup_or_recovery() {
+        let s = statefulset("{}");
+        let startup = postgres(&s).startup_probe.as_ref().unwrap();
+        assert_eq!(startup.period_seconds, Some(10));
+        assert_eq!(startup.failure_threshold, Some(360));
+    }
+
+    #[test]
     fn image_follows_the_version_unless_overridden() {
+        let image = |yaml: &str| postgres(&statefulset(yaml)).image.clone().unwrap();
+        assert_eq!(image("{}"), "docker.io/library/postgres:18");
+        assert_eq!(image("version: v16\n"), "docker.io/library/postgres:16");
         assert_eq!(
-            pod_spec(&sts("{}")).containers[0].image.as_deref(),
-            Some("docker.io/library/postgres:18")
-        );
-        assert_eq!(
-            pod_spec(&sts("version: v16\n")).containers[0]
-                .image
-                .as_deref(),
-            Some("docker.io/library/postgres:16")
-        );
-        assert_eq!(
-            pod_spec(&sts("version: v16\nimage: registry.local/pg:16.4\n")).containers[0]
-                .image
-                .as_deref(),
-            Some("registry.local/pg:16.4")
+            image("version: v16\nimage: registry.local/pg:16.4\n"),
+            "registry.local/pg:16.4"
         );
     }
 
     #[test]
     fn storage_class_comes_from_the_spec_then_the_operator_default() {
         let class = |yaml: &str, default: Option<&str>| {
-            let (pg, mut settings) = cluster_from_yaml(yaml);
-            settings.default_storage_class = default.map(str::to_string);
-            let s = desired_statefulset(&Cluster::new(&pg, "ns", &settings));
-            let claim = &s.spec.unwrap().volume_claim_templates.unwrap()[0];
-            claim.spec.as_ref().unwrap().storage_class_name.clone()
+            let s = statefulset_with(yaml, |settings| {
+                settings.default_storage_class = default.map(str::to_string)
+            });
+            claim(&s).storage_class_name.clone()
         };
         assert_eq!(
             class("storageClass: replicated\n", Some("local")).as_deref(),
@@ -340,21 +437,21 @@ mod tests {
 
     #[test]
     fn each_pod_gets_a_data_volume_of_the_spec_size_that_outlives_the_cluster() {
-        let s = sts("size: 50Gi\n");
-        let spec = s.spec.as_ref().unwrap();
-        let claim = &spec.volume_claim_templates.as_ref().unwrap()[0];
-        let requests = claim
-            .spec
-            .as_ref()
-            .unwrap()
-            .resources
-            .as_ref()
-            .unwrap()
-            .requests
-            .as_ref()
-            .unwrap();
+        let s = statefulset("size: 50Gi\n");
+        let template = &spec(&s).volume_claim_templates.as_ref().unwrap()[0];
+        assert_eq!(template.metadata.name.as_deref(), Some(pod::DATA_VOLUME));
+        assert_eq!(
+            template.metadata.labels.as_ref(),
+            Some(&labels::selector("demo"))
+        );
+        let claim = claim(&s);
+        assert_eq!(
+            claim.access_modes.as_deref(),
+            Some(&["ReadWriteOnce".to_string()][..])
+        );
+        let requests = claim.resources.as_ref().unwrap().requests.as_ref().unwrap();
         assert_eq!(requests["storage"].0, "50Gi");
-        let retention = spec
+        let retention = spec(&s)
             .persistent_volume_claim_retention_policy
             .as_ref()
             .unwrap();
@@ -363,12 +460,54 @@ mod tests {
     }
 
     #[test]
+    fn container_resources_prefer_explicit_then_preset_then_defaults() {
+        let resources = |yaml: &str| postgres(&statefulset(yaml)).resources.clone().unwrap();
+        let explicit = resources("resourcesPreset: nano\nresources:\n  cpu: 2\n  memory: 4Gi\n");
+        assert_eq!(explicit.limits, Some(amounts("2", "4Gi")));
+        let preset = resources("resourcesPreset: nano\n");
+        assert_ne!(preset.limits, None);
+        assert_ne!(preset.limits, explicit.limits);
+        let default = resources("{}");
+        assert_eq!(default.requests, Some(amounts("100m", "256Mi")));
+        assert_eq!(default.limits, None);
+    }
+
+    #[test]
+    fn instances_prefer_different_nodes() {
+        let s = statefulset("{}");
+        let terms = pod_spec(&s)
+            .affinity
+            .as_ref()
+            .unwrap()
+            .pod_anti_affinity
+            .as_ref()
+            .unwrap();
+        assert_eq!(
+            terms.required_during_scheduling_ignored_during_execution,
+            None
+        );
+        let preferred = &terms
+            .preferred_during_scheduling_ignored_during_execution
+            .as_ref()
+            .unwrap()[0];
+        assert_eq!(preferred.weight, 100);
+        assert_eq!(
+            preferred.pod_affinity_term.topology_key,
+            "kubernetes.io/hostname"
+        );
+        assert_eq!(
+            preferred.pod_affinity_term.label_selector,
+            Some(match_labels(labels::selector("demo")))
+        );
+    }
+
+    #[test]
     fn pods_run_non_root_with_a_read_only_root_filesystem() {
-        let s = sts("{}");
+        let s = statefulset("{}");
         let pod = pod_spec(&s);
         let pod_security = pod.security_context.as_ref().unwrap();
         assert_eq!(pod_security.run_as_non_root, Some(true));
-        assert_eq!(pod_security.run_as_user, Some(999));
+        assert_eq!(pod_security.run_as_user, Some(pod::POSTGRES_UID));
         for container in pod
             .containers
             .iter()
@@ -378,42 +517,41 @@ mod tests {
             assert_eq!(security.read_only_root_filesystem, Some(true));
             assert_eq!(security.allow_privilege_escalation, Some(false));
         }
-        let mounts: Vec<&str> = pod.containers[0]
-            .volume_mounts
-            .as_ref()
-            .unwrap()
-            .iter()
-            .map(|m| m.mount_path.as_str())
-            .collect();
-        for writable in [
-            "/var/lib/postgresql/data",
-            "/var/run/postgresql",
-            "/tmp",
-            "/dev/shm",
-        ] {
-            assert!(
-                mounts.contains(&writable),
-                "{writable} missing from {mounts:?}"
-            );
-        }
     }
 
     #[test]
-    fn instances_prefer_different_nodes() {
-        let s = sts("{}");
-        let terms = pod_spec(&s)
-            .affinity
-            .as_ref()
-            .unwrap()
-            .pod_anti_affinity
-            .as_ref()
-            .unwrap()
-            .preferred_during_scheduling_ignored_during_execution
-            .clone()
-            .unwrap();
+    fn only_data_socket_tmp_and_shared_memory_are_writable() {
+        let s = statefulset("{}");
+        let pod = pod_spec(&s);
+        let mounts = postgres(&s).volume_mounts.as_ref().unwrap();
+        let mount = |path: &str| mounts.iter().find(|m| m.mount_path == path);
+        for writable in [DATA_MOUNT, pod::SOCKET_DIR, "/tmp", "/dev/shm"] {
+            let found = mount(writable).unwrap_or_else(|| panic!("{writable} not mounted"));
+            assert_ne!(found.read_only, Some(true), "{writable}");
+        }
+        assert_eq!(mount(CONFIG_DIR).unwrap().read_only, Some(true));
+
+        let volumes = pod.volumes.as_ref().unwrap();
+        let volume = |name: &str| volumes.iter().find(|v| v.name == name).unwrap();
         assert_eq!(
-            terms[0].pod_affinity_term.topology_key,
-            "kubernetes.io/hostname"
+            volume(pod::CONFIG_VOLUME).config_map.as_ref().unwrap().name,
+            "postgres-demo-config"
         );
+        assert_eq!(
+            volume(pod::SHM_VOLUME)
+                .empty_dir
+                .as_ref()
+                .unwrap()
+                .medium
+                .as_deref(),
+            Some("Memory")
+        );
+        for mount in mounts {
+            assert!(
+                mount.name == DATA_VOLUME || volumes.iter().any(|v| v.name == mount.name),
+                "{} has no volume",
+                mount.name
+            );
+        }
     }
 }

@@ -147,9 +147,9 @@ fn query_map(query: Option<&str>) -> BTreeMap<String, String> {
         .unwrap_or_default()
         .split('&')
         .filter(|p| !p.is_empty())
-        .filter_map(|pair| {
+        .map(|pair| {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            Some((decode(k), decode(v)))
+            (decode(k), decode(v))
         })
         .collect()
 }
