@@ -8,47 +8,44 @@ use k8s_openapi::api::networking::v1::{
     NetworkPolicySpec,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::pod::{METRICS_PORT, POSTGRES_PORT, STATUS_PORT};
+use super::statefulset::match_labels;
 use super::{Cluster, labels, names};
 
-fn selector(match_labels: BTreeMap<String, String>) -> LabelSelector {
-    LabelSelector {
-        match_labels: Some(match_labels),
-        ..LabelSelector::default()
-    }
-}
+/// `app.kubernetes.io/name` of the operator's own pods (the Helm chart's label).
+pub const OPERATOR_NAME_VALUE: &str = "postgres-operator";
+/// Label Kubernetes puts on every namespace with its name.
+const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
 
 fn budget(cluster: &Cluster, name: String, role: &str, min_available: i32) -> PodDisruptionBudget {
     PodDisruptionBudget {
         metadata: cluster.meta(name, labels::COMPONENT_DATABASE),
         spec: Some(PodDisruptionBudgetSpec {
             min_available: Some(IntOrString::Int(min_available)),
-            selector: Some(selector(labels::role_selector(&cluster.name, role))),
+            selector: Some(match_labels(labels::role_selector(&cluster.name, role))),
             ..PodDisruptionBudgetSpec::default()
         }),
         ..PodDisruptionBudget::default()
     }
 }
 
-/// With two or more instances: the primary's budget (minAvailable 1: a drain waits for
-/// the operator to switch over) and the standbys' (one at a time, never fewer than
-/// `minSyncReplicas`). A single instance gets none: nothing could take over, and a
-/// budget would block node drains forever.
+/// With two or more instances, two budgets:
+/// - the primary's, minAvailable 1: a drain waits until the operator has switched over,
+///   after which the old primary is a standby and the new one is protected;
+/// - the standbys', minAvailable max(`minSyncReplicas`, standbys − 1): one standby at a
+///   time, and never fewer than the synchronous quorum needs to acknowledge commits.
+///
+/// A single instance gets none: nothing could take over, so a budget would only block
+/// node drains forever.
 pub fn desired_pod_disruption_budgets(cluster: &Cluster) -> Vec<PodDisruptionBudget> {
     let replicas = cluster.spec().replicas;
     if replicas < 2 {
         return Vec::new();
     }
     let standbys = replicas - 1;
-    let standby_floor = cluster
-        .spec()
-        .quorum
-        .min_sync_replicas
-        .max(standbys - 1)
-        .max(0);
+    let standbys_available = cluster.spec().quorum.min_sync_replicas.max(standbys - 1);
     vec![
         budget(
             cluster,
@@ -60,7 +57,7 @@ pub fn desired_pod_disruption_budgets(cluster: &Cluster) -> Vec<PodDisruptionBud
             cluster,
             names::pdb_standbys(&cluster.name),
             labels::ROLE_REPLICA,
-            standby_floor,
+            standbys_available,
         ),
     ]
 }
@@ -73,39 +70,51 @@ fn tcp(port: i32) -> NetworkPolicyPort {
     }
 }
 
-/// 5432 is open to clients (the Postgres API has no client list; tenants are isolated by
-/// namespace policies) and 9187 to Prometheus; the status port 8000, which drives
-/// failover decisions, only to the cluster's own pods and the operator.
-pub fn desired_network_policy(cluster: &Cluster) -> NetworkPolicy {
-    let operator = NetworkPolicyPeer {
-        namespace_selector: Some(selector(BTreeMap::from([(
-            "kubernetes.io/metadata.name".to_string(),
+/// Ingress on `ports` from `peers`; `None` = from anywhere.
+fn ingress(ports: &[i32], peers: Option<Vec<NetworkPolicyPeer>>) -> NetworkPolicyIngressRule {
+    NetworkPolicyIngressRule {
+        ports: Some(ports.iter().copied().map(tcp).collect()),
+        from: peers,
+    }
+}
+
+/// The operator's pods, in the operator's namespace.
+fn operator_peer(cluster: &Cluster) -> NetworkPolicyPeer {
+    NetworkPolicyPeer {
+        namespace_selector: Some(match_labels(BTreeMap::from([(
+            NAMESPACE_NAME_LABEL.to_string(),
             cluster.settings.operator_namespace.clone(),
         )]))),
-        pod_selector: Some(selector(BTreeMap::from([(
+        pod_selector: Some(match_labels(BTreeMap::from([(
             labels::NAME.to_string(),
-            "postgres-operator".to_string(),
+            OPERATOR_NAME_VALUE.to_string(),
         )]))),
         ..NetworkPolicyPeer::default()
-    };
+    }
+}
+
+/// NetworkPolicy `postgres-<name>` on the cluster's pods (ingress only):
+/// - 5432 from anywhere: the Postgres API has no list of client applications, so
+///   clients are limited by pg_hba and passwords, and tenants by namespace policies;
+/// - 8000, the instance manager's status, which drives failover decisions, only from
+///   the cluster's own instances and the operator;
+/// - 9187 from anywhere, for whichever Prometheus scrapes it.
+pub fn desired_network_policy(cluster: &Cluster) -> NetworkPolicy {
     let instances = NetworkPolicyPeer {
-        pod_selector: Some(selector(cluster.selector())),
+        pod_selector: Some(match_labels(cluster.selector())),
         ..NetworkPolicyPeer::default()
     };
     NetworkPolicy {
         metadata: cluster.meta(names::prefix(&cluster.name), labels::COMPONENT_DATABASE),
         spec: Some(NetworkPolicySpec {
-            pod_selector: Some(selector(cluster.selector())),
+            pod_selector: Some(match_labels(cluster.selector())),
             policy_types: Some(vec!["Ingress".to_string()]),
             ingress: Some(vec![
-                NetworkPolicyIngressRule {
-                    ports: Some(vec![tcp(POSTGRES_PORT), tcp(METRICS_PORT)]),
-                    ..NetworkPolicyIngressRule::default()
-                },
-                NetworkPolicyIngressRule {
-                    ports: Some(vec![tcp(STATUS_PORT)]),
-                    from: Some(vec![instances, operator]),
-                },
+                ingress(&[POSTGRES_PORT, METRICS_PORT], None),
+                ingress(
+                    &[STATUS_PORT],
+                    Some(vec![instances, operator_peer(cluster)]),
+                ),
             ]),
             ..NetworkPolicySpec::default()
         }),
@@ -115,21 +124,58 @@ pub fn desired_network_policy(cluster: &Cluster) -> NetworkPolicy {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::build::OperatorSettings;
     use crate::build::test_support::cluster_from_yaml;
 
+    /// (name, role selected, minAvailable) of each budget.
     fn budgets(yaml: &str) -> Vec<(String, String, i32)> {
-        let (pg, settings) = cluster_from_yaml(yaml);
-        desired_pod_disruption_budgets(&Cluster::new(&pg, "ns", &settings))
+        let (postgres, settings) = cluster_from_yaml(yaml);
+        desired_pod_disruption_budgets(&Cluster::new(&postgres, "tenant", &settings))
             .into_iter()
-            .map(|b| {
-                let spec = b.spec.unwrap();
-                let role = spec.selector.unwrap().match_labels.unwrap()[labels::ROLE].clone();
-                let IntOrString::Int(min) = spec.min_available.unwrap() else {
-                    panic!()
+            .map(|budget| {
+                let spec = budget.spec.unwrap();
+                let selected = spec.selector.unwrap().match_labels.unwrap();
+                assert_eq!(
+                    selected.get(labels::CLUSTER).map(String::as_str),
+                    Some("demo")
+                );
+                let min_available = match spec.min_available {
+                    Some(IntOrString::Int(count)) => count,
+                    other => panic!("minAvailable {other:?} is not a count"),
                 };
-                (b.metadata.name.unwrap(), role, min)
+                (
+                    budget.metadata.name.unwrap(),
+                    selected[labels::ROLE].clone(),
+                    min_available,
+                )
             })
             .collect()
+    }
+
+    fn standbys_available(yaml: &str) -> i32 {
+        budgets(yaml)[1].2
+    }
+
+    fn network_policy(settings: &OperatorSettings) -> NetworkPolicySpec {
+        let (postgres, _) = cluster_from_yaml("{}");
+        desired_network_policy(&Cluster::new(&postgres, "tenant", settings))
+            .spec
+            .unwrap()
+    }
+
+    fn rule_for(spec: &NetworkPolicySpec, port: i32) -> NetworkPolicyIngressRule {
+        spec.ingress
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|rule| {
+                rule.ports
+                    .iter()
+                    .flatten()
+                    .any(|p| p.port == Some(IntOrString::Int(port)))
+            })
+            .cloned()
+            .unwrap()
     }
 
     #[test]
@@ -138,63 +184,101 @@ mod tests {
     }
 
     #[test]
-    fn the_primary_is_never_evicted_and_standbys_go_one_at_a_time() {
+    fn the_primary_is_never_evicted_voluntarily() {
         assert_eq!(
-            budgets("replicas: 3\n"),
-            [
-                (
-                    "postgres-demo-primary".to_string(),
-                    "primary".to_string(),
-                    1
-                ),
-                ("postgres-demo".to_string(), "replica".to_string(), 1)
-            ]
+            budgets("replicas: 3\n")[0],
+            (
+                "postgres-demo-primary".to_string(),
+                "primary".to_string(),
+                1
+            )
         );
-        assert_eq!(budgets("replicas: 2\n")[1].2, 0);
-        assert_eq!(budgets("replicas: 5\n")[1].2, 3);
+        assert_eq!(budgets("replicas: 2\n")[0].2, 1);
+    }
+
+    #[test]
+    fn standbys_are_evicted_one_at_a_time() {
+        assert_eq!(
+            budgets("replicas: 3\n")[1],
+            ("postgres-demo".to_string(), "replica".to_string(), 1)
+        );
+        assert_eq!(standbys_available("replicas: 2\n"), 0);
+        assert_eq!(standbys_available("replicas: 5\n"), 3);
     }
 
     #[test]
     fn standby_evictions_keep_the_minimum_sync_quorum() {
         assert_eq!(
-            budgets("replicas: 3\nquorum:\n  minSyncReplicas: 2\n  maxSyncReplicas: 2\n")[1].2,
+            standbys_available(
+                "replicas: 3\nquorum:\n  minSyncReplicas: 2\n  maxSyncReplicas: 2\n"
+            ),
             2
         );
         assert_eq!(
-            budgets("replicas: 5\nquorum:\n  minSyncReplicas: 2\n  maxSyncReplicas: 3\n")[1].2,
-            3
+            standbys_available(
+                "replicas: 2\nquorum:\n  minSyncReplicas: 1\n  maxSyncReplicas: 1\n"
+            ),
+            1
+        );
+        assert_eq!(
+            standbys_available(
+                "replicas: 5\nquorum:\n  minSyncReplicas: 2\n  maxSyncReplicas: 3\n"
+            ),
+            3,
+            "one at a time already keeps more than the quorum"
         );
     }
 
     #[test]
-    fn status_port_is_only_open_to_instances_and_the_operator() {
-        let (pg, settings) = cluster_from_yaml("{}");
-        let policy = desired_network_policy(&Cluster::new(&pg, "ns", &settings));
-        let rules = policy.spec.unwrap().ingress.unwrap();
-        let ports = |r: &NetworkPolicyIngressRule| -> Vec<IntOrString> {
-            r.ports
-                .clone()
-                .unwrap()
-                .into_iter()
-                .map(|p| p.port.unwrap())
-                .collect()
-        };
+    fn budgets_are_owned_by_the_cluster() {
+        let (postgres, settings) = cluster_from_yaml("replicas: 2\n");
+        for budget in desired_pod_disruption_budgets(&Cluster::new(&postgres, "tenant", &settings))
+        {
+            assert_eq!(budget.metadata.namespace.as_deref(), Some("tenant"));
+            assert_eq!(budget.metadata.owner_references.unwrap()[0].name, "demo");
+        }
+    }
+
+    #[test]
+    fn the_policy_covers_only_this_clusters_pods_and_only_ingress() {
+        let spec = network_policy(&OperatorSettings::default());
         assert_eq!(
-            ports(&rules[0]),
-            [IntOrString::Int(5432), IntOrString::Int(9187)]
+            spec.pod_selector,
+            Some(match_labels(labels::selector("demo")))
         );
-        assert!(rules[0].from.is_none());
-        assert_eq!(ports(&rules[1]), [IntOrString::Int(8000)]);
-        let from = rules[1].from.clone().unwrap();
-        assert_eq!(from.len(), 2);
-        let operator_ns = from[1]
-            .namespace_selector
-            .clone()
-            .unwrap()
-            .match_labels
-            .unwrap();
+        assert_eq!(spec.policy_types, Some(vec!["Ingress".to_string()]));
+        assert_eq!(spec.ingress.as_ref().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn clients_and_prometheus_reach_postgresql_and_metrics_from_anywhere() {
+        let spec = network_policy(&OperatorSettings::default());
+        assert_eq!(rule_for(&spec, 5432).from, None);
+        assert_eq!(rule_for(&spec, 9187).from, None);
+    }
+
+    #[test]
+    fn status_port_is_only_open_to_instances_and_the_operator() {
+        let settings = OperatorSettings {
+            operator_namespace: "cozy-postgres".to_string(),
+            ..OperatorSettings::default()
+        };
+        let spec = network_policy(&settings);
+        let peers = rule_for(&spec, 8000).from.unwrap();
+        assert_eq!(peers.len(), 2);
         assert_eq!(
-            operator_ns["kubernetes.io/metadata.name"],
+            peers[0].pod_selector,
+            Some(match_labels(labels::selector("demo")))
+        );
+        assert_eq!(peers[0].namespace_selector, None, "same namespace only");
+        let operator_namespace = peers[1].namespace_selector.clone().unwrap();
+        assert_eq!(
+            operator_namespace.match_labels.unwrap()["kubernetes.io/metadata.name"],
+            "cozy-postgres"
+        );
+        let operator_pods = peers[1].pod_selector.clone().unwrap();
+        assert_eq!(
+            operator_pods.match_labels.unwrap()["app.kubernetes.io/name"],
             "postgres-operator"
         );
     }

@@ -7,7 +7,12 @@ use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject
 use super::{Cluster, labels, names};
 use crate::api::GROUP;
 
-/// ServiceAccount `postgres-<name>`.
+const CORE_GROUP: &str = "";
+const RBAC_GROUP: &str = "rbac.authorization.k8s.io";
+const READ: &[&str] = &["get", "list", "watch"];
+
+/// ServiceAccount `postgres-<name>`; its token is mounted because the instance manager
+/// watches its Postgres.
 pub fn desired_service_account(cluster: &Cluster) -> ServiceAccount {
     ServiceAccount {
         metadata: cluster.meta(names::prefix(&cluster.name), labels::COMPONENT_DATABASE),
@@ -16,19 +21,25 @@ pub fn desired_service_account(cluster: &Cluster) -> ServiceAccount {
     }
 }
 
-fn rule(group: &str, resources: &[&str], verbs: &[&str], names: Option<Vec<String>>) -> PolicyRule {
+/// `resource_names: None` = every object of the kind in the namespace.
+fn rule(
+    group: &str,
+    resource: &str,
+    verbs: &[&str],
+    resource_names: Option<Vec<String>>,
+) -> PolicyRule {
     PolicyRule {
         api_groups: Some(vec![group.to_string()]),
-        resources: Some(resources.iter().map(|r| r.to_string()).collect()),
-        verbs: verbs.iter().map(|v| v.to_string()).collect(),
-        resource_names: names,
+        resources: Some(vec![resource.to_string()]),
+        verbs: verbs.iter().map(|verb| verb.to_string()).collect(),
+        resource_names,
         ..PolicyRule::default()
     }
 }
 
-/// Role `postgres-<name>`. `resourceNames` pin reads to this cluster's objects
-/// (Kubernetes honours them for get, and for list/watch with a name field selector).
-pub fn desired_role(cluster: &Cluster) -> Role {
+/// Secrets the pods read: the cluster's own, and the user's backup credentials when
+/// the spec references them.
+fn readable_secrets(cluster: &Cluster) -> Vec<String> {
     let name = &cluster.name;
     let mut secrets = vec![
         names::secret_users(name),
@@ -37,39 +48,49 @@ pub fn desired_role(cluster: &Cluster) -> Role {
         names::secret_replication(name),
         names::secret_backup(name),
     ];
-    if let Some(reference) = &cluster.spec().backup.credentials_secret_ref {
+    if let Some(reference) = &cluster.spec().backup.credentials_secret_ref
+        && !secrets.contains(&reference.name)
+    {
         secrets.push(reference.name.clone());
     }
-    let read = ["get", "list", "watch"];
+    secrets
+}
+
+/// Role `postgres-<name>`, least privilege. `resourceNames` pin reads to this cluster's
+/// objects: Kubernetes honours them for get, and for list/watch restricted to one name
+/// by a field selector, which is how the pods watch. They cannot restrict `create`
+/// (the name is not known yet) nor discovery of pods, so those rules have none.
+pub fn desired_role(cluster: &Cluster) -> Role {
+    let name = &cluster.name;
     Role {
         metadata: cluster.meta(names::prefix(name), labels::COMPONENT_DATABASE),
         rules: Some(vec![
-            rule(GROUP, &["postgreses"], &read, Some(vec![name.clone()])),
+            rule(GROUP, "postgreses", READ, Some(vec![name.clone()])),
             rule(
                 GROUP,
-                &["postgreses/status"],
+                "postgreses/status",
                 &["get"],
                 Some(vec![name.clone()]),
             ),
-            rule("", &["secrets"], &read, Some(secrets)),
+            rule(CORE_GROUP, "secrets", READ, Some(readable_secrets(cluster))),
             rule(
-                "",
-                &["configmaps"],
-                &read,
+                CORE_GROUP,
+                "configmaps",
+                READ,
                 Some(vec![names::config_map(name)]),
             ),
-            // Instances find each other (and the primary) through their pods.
-            rule("", &["pods"], &read, None),
-            // Backup jobs record each run.
+            // Instances find each other, and the primary, through their pods.
+            rule(CORE_GROUP, "pods", READ, None),
+            // Each backup run is a PostgresBackup the job creates and then completes.
             rule(
                 GROUP,
-                &["postgresbackups"],
+                "postgresbackups",
                 &["create", "get", "list", "watch"],
                 None,
             ),
             rule(
                 GROUP,
-                &["postgresbackups/status"],
+                "postgresbackups/status",
                 &["get", "update", "patch"],
                 None,
             ),
@@ -83,7 +104,7 @@ pub fn desired_role_binding(cluster: &Cluster) -> RoleBinding {
     RoleBinding {
         metadata: cluster.meta(name.clone(), labels::COMPONENT_DATABASE),
         role_ref: RoleRef {
-            api_group: "rbac.authorization.k8s.io".to_string(),
+            api_group: RBAC_GROUP.to_string(),
             kind: "Role".to_string(),
             name: name.clone(),
         },
@@ -101,42 +122,155 @@ mod tests {
     use super::*;
     use crate::build::test_support::cluster_from_yaml;
 
-    #[test]
-    fn the_role_reads_only_this_clusters_secrets() {
-        let (pg, settings) =
-            cluster_from_yaml("backup:\n  credentialsSecretRef:\n    name: my-s3\n");
-        let role = desired_role(&Cluster::new(&pg, "ns", &settings));
-        let rules = role.rules.unwrap();
-        let secrets = rules
+    fn role_rules(yaml: &str) -> Vec<PolicyRule> {
+        let (postgres, settings) = cluster_from_yaml(yaml);
+        desired_role(&Cluster::new(&postgres, "tenant", &settings))
+            .rules
+            .unwrap()
+    }
+
+    fn rule_for(rules: &[PolicyRule], resource: &str) -> PolicyRule {
+        rules
             .iter()
-            .find(|r| r.resources.as_ref().unwrap()[0] == "secrets")
-            .unwrap();
-        let allowed = secrets.resource_names.clone().unwrap();
-        assert!(allowed.contains(&"postgres-demo-superuser".to_string()));
-        assert!(allowed.contains(&"my-s3".to_string()));
-        assert!(
-            secrets
-                .verbs
-                .iter()
-                .all(|v| ["get", "list", "watch"].contains(&v.as_str()))
+            .find(|rule| rule.resources.as_deref() == Some(&[resource.to_string()][..]))
+            .cloned()
+            .unwrap_or_else(|| panic!("no rule for {resource}"))
+    }
+
+    fn strings(items: &[&str]) -> Vec<String> {
+        items.iter().map(|item| item.to_string()).collect()
+    }
+
+    #[test]
+    fn identity_objects_share_the_cluster_prefix_and_owner() {
+        let (postgres, settings) = cluster_from_yaml("{}");
+        let cluster = Cluster::new(&postgres, "tenant", &settings);
+        for metadata in [
+            desired_service_account(&cluster).metadata,
+            desired_role(&cluster).metadata,
+            desired_role_binding(&cluster).metadata,
+        ] {
+            assert_eq!(metadata.name.as_deref(), Some("postgres-demo"));
+            assert_eq!(metadata.namespace.as_deref(), Some("tenant"));
+            assert_eq!(metadata.owner_references.unwrap()[0].name, "demo");
+        }
+    }
+
+    #[test]
+    fn the_service_account_token_is_mounted() {
+        let (postgres, settings) = cluster_from_yaml("{}");
+        let account = desired_service_account(&Cluster::new(&postgres, "tenant", &settings));
+        assert_eq!(account.automount_service_account_token, Some(true));
+    }
+
+    #[test]
+    fn the_role_reads_only_its_own_postgres() {
+        let rules = role_rules("{}");
+        let postgres = rule_for(&rules, "postgreses");
+        assert_eq!(postgres.api_groups, Some(strings(&["apps.cozystack.io"])));
+        assert_eq!(postgres.verbs, strings(READ));
+        assert_eq!(postgres.resource_names, Some(strings(&["demo"])));
+        let status = rule_for(&rules, "postgreses/status");
+        assert_eq!(status.verbs, strings(&["get"]));
+        assert_eq!(status.resource_names, Some(strings(&["demo"])));
+    }
+
+    #[test]
+    fn the_role_reads_only_this_clusters_secrets_and_config() {
+        let rules = role_rules("{}");
+        let secrets = rule_for(&rules, "secrets");
+        assert_eq!(secrets.verbs, strings(READ));
+        assert_eq!(
+            secrets.resource_names,
+            Some(strings(&[
+                "postgres-demo",
+                "postgres-demo-credentials",
+                "postgres-demo-superuser",
+                "postgres-demo-replication",
+                "postgres-demo-backup",
+            ]))
         );
-        assert!(
-            rules
-                .iter()
-                .all(|r| !r.verbs.contains(&"delete".to_string()))
+        let config = rule_for(&rules, "configmaps");
+        assert_eq!(config.verbs, strings(READ));
+        assert_eq!(
+            config.resource_names,
+            Some(strings(&["postgres-demo-config"]))
         );
     }
 
     #[test]
-    fn the_binding_ties_the_role_to_the_service_account_in_the_namespace() {
-        let (pg, settings) = cluster_from_yaml("{}");
-        let cluster = Cluster::new(&pg, "tenant", &settings);
-        let binding = desired_role_binding(&cluster);
-        assert_eq!(binding.role_ref.name, "postgres-demo");
-        let subject = &binding.subjects.unwrap()[0];
+    fn a_referenced_backup_credentials_secret_becomes_readable_once() {
+        let rules = role_rules("backup:\n  credentialsSecretRef:\n    name: my-s3\n");
+        let allowed = rule_for(&rules, "secrets").resource_names.unwrap();
+        assert!(allowed.contains(&"my-s3".to_string()));
+        let rules =
+            role_rules("backup:\n  credentialsSecretRef:\n    name: postgres-demo-backup\n");
+        let allowed = rule_for(&rules, "secrets").resource_names.unwrap();
         assert_eq!(
-            subject.name,
-            desired_service_account(&cluster).metadata.name.unwrap()
+            allowed
+                .iter()
+                .filter(|secret| *secret == "postgres-demo-backup")
+                .count(),
+            1
+        );
+    }
+
+    #[test]
+    fn instances_discover_each_other_through_any_pod_in_the_namespace() {
+        let pods = rule_for(&role_rules("{}"), "pods");
+        assert_eq!(pods.api_groups, Some(strings(&[""])));
+        assert_eq!(pods.verbs, strings(READ));
+        assert_eq!(pods.resource_names, None);
+    }
+
+    #[test]
+    fn backup_jobs_create_and_complete_their_records() {
+        let rules = role_rules("{}");
+        assert_eq!(
+            rule_for(&rules, "postgresbackups").verbs,
+            strings(&["create", "get", "list", "watch"])
+        );
+        assert_eq!(
+            rule_for(&rules, "postgresbackups/status").verbs,
+            strings(&["get", "update", "patch"])
+        );
+    }
+
+    #[test]
+    fn nothing_is_deleted_and_only_backup_records_are_written() {
+        for rule in role_rules("{}") {
+            let resource = &rule.resources.as_ref().unwrap()[0];
+            assert!(
+                !rule.verbs.iter().any(|verb| verb == "delete"),
+                "{resource}"
+            );
+            let writes = rule
+                .verbs
+                .iter()
+                .any(|verb| ["create", "update", "patch"].contains(&verb.as_str()));
+            assert!(
+                !writes || resource.starts_with("postgresbackups"),
+                "{resource}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_binding_ties_the_role_to_the_service_account_in_the_namespace() {
+        let (postgres, settings) = cluster_from_yaml("{}");
+        let cluster = Cluster::new(&postgres, "tenant", &settings);
+        let binding = desired_role_binding(&cluster);
+        assert_eq!(binding.role_ref.api_group, "rbac.authorization.k8s.io");
+        assert_eq!(binding.role_ref.kind, "Role");
+        assert_eq!(
+            Some(binding.role_ref.name),
+            desired_role(&cluster).metadata.name
+        );
+        let subject = &binding.subjects.unwrap()[0];
+        assert_eq!(subject.kind, "ServiceAccount");
+        assert_eq!(
+            Some(subject.name.clone()),
+            desired_service_account(&cluster).metadata.name
         );
         assert_eq!(subject.namespace.as_deref(), Some("tenant"));
     }

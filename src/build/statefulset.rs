@@ -78,7 +78,8 @@ pub fn desired_statefulset(cluster: &Cluster) -> StatefulSet {
     }
 }
 
-fn match_labels(labels: BTreeMap<String, String>) -> LabelSelector {
+/// A selector of exactly these labels.
+pub fn match_labels(labels: BTreeMap<String, String>) -> LabelSelector {
     LabelSelector {
         match_labels: Some(labels),
         ..LabelSelector::default()
@@ -242,6 +243,7 @@ fn data_claim(cluster: &Cluster) -> PersistentVolumeClaim {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::presets::ResourcesPreset;
     use crate::build::OperatorSettings;
     use crate::build::resources::amounts;
     use crate::build::test_support::cluster_from_yaml;
@@ -464,9 +466,11 @@ mod tests {
         let resources = |yaml: &str| postgres(&statefulset(yaml)).resources.clone().unwrap();
         let explicit = resources("resourcesPreset: nano\nresources:\n  cpu: 2\n  memory: 4Gi\n");
         assert_eq!(explicit.limits, Some(amounts("2", "4Gi")));
-        let preset = resources("resourcesPreset: nano\n");
-        assert_ne!(preset.limits, None);
-        assert_ne!(preset.limits, explicit.limits);
+        let nano = ResourcesPreset::Nano.resources();
+        assert_eq!(
+            resources("resourcesPreset: nano\n").limits,
+            Some(amounts(&nano.limits_cpu, &nano.limits_memory))
+        );
         let default = resources("{}");
         assert_eq!(default.requests, Some(amounts("100m", "256Mi")));
         assert_eq!(default.limits, None);

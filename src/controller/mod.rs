@@ -1,6 +1,7 @@
 //! `postgres-operator controller`: the reconcile loop over `Postgres` objects.
 
 pub mod drift;
+pub mod leader;
 pub mod reconcile;
 pub mod status;
 
