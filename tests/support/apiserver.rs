@@ -461,6 +461,14 @@ impl ApiServer {
             serde_json::from_slice(&bytes).ok()
         };
         let query = query_map(uri.query());
+        if uri.path() == "/version" {
+            return Ok(respond(
+                200,
+                &json!({"major": "1", "minor": "33", "gitVersion": "v1.33.0-double",
+                "gitCommit": "", "gitTreeState": "clean", "buildDate": "2026-01-01T00:00:00Z",
+                "goVersion": "", "compiler": "", "platform": "linux/amd64"}),
+            ));
+        }
         let Some(target) = parse_path(uri.path()) else {
             return Ok(respond(404, &status_body(404, "NotFound", uri.path())));
         };
@@ -715,5 +723,39 @@ impl tower::Service<Request<kube::client::Body>> for ApiServer {
 
     fn call(&mut self, request: Request<kube::client::Body>) -> Self::Future {
         Box::pin(self.clone().handle(request))
+    }
+}
+
+impl ApiServer {
+    /// Serves the double over plain HTTP on `listener`, so a separate operator process
+    /// can use it through a kubeconfig (`server: http://127.0.0.1:PORT`).
+    pub async fn serve_http(self, listener: tokio::net::TcpListener) -> std::io::Result<()> {
+        let app = axum::Router::new().fallback(move |request: Request<axum::body::Body>| {
+            let server = self.clone();
+            async move {
+                let (parts, body) = request.into_parts();
+                let bytes = body
+                    .collect()
+                    .await
+                    .map(|b| b.to_bytes())
+                    .unwrap_or_default();
+                let request = Request::from_parts(parts, kube::client::Body::from(bytes.to_vec()));
+                match server.handle(request).await {
+                    Ok(response) => response.map(axum::body::Body::new),
+                    Err(error) => Response::builder()
+                        .status(503)
+                        .body(axum::body::Body::from(error.to_string()))
+                        .unwrap(),
+                }
+            }
+        });
+        axum::serve(listener, app).await
+    }
+
+    /// A kubeconfig pointing at an HTTP address of this double.
+    pub fn kubeconfig(address: std::net::SocketAddr) -> String {
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: double\n  cluster:\n    server: http://{address}\ncontexts:\n- name: double\n  context:\n    cluster: double\n    user: nobody\n    namespace: default\ncurrent-context: double\nusers:\n- name: nobody\n  user: {{}}\n"
+        )
     }
 }
