@@ -2,6 +2,8 @@
 
 use std::collections::BTreeMap;
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+
 /// The seed documents select pods with `kubectl logs -l app=postgres`.
 pub const APP: &str = "app";
 pub const APP_VALUE: &str = "postgres";
@@ -11,6 +13,8 @@ pub const INSTANCE: &str = "app.kubernetes.io/instance";
 pub const COMPONENT: &str = "app.kubernetes.io/component";
 pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 pub const MANAGED_BY_VALUE: &str = "postgres-operator";
+/// `app.kubernetes.io/name` of the operator's own pods (the Helm chart sets it).
+pub const OPERATOR_NAME_VALUE: &str = "postgres-operator";
 pub const PART_OF: &str = "app.kubernetes.io/part-of";
 /// Cluster name on every owned object; the key selectors and cleanup use.
 pub const CLUSTER: &str = "postgres.apps.cozystack.io/cluster";
@@ -51,4 +55,12 @@ pub fn common(cluster: &str, component: &str) -> BTreeMap<String, String> {
     labels.insert(MANAGED_BY.to_string(), MANAGED_BY_VALUE.to_string());
     labels.insert(PART_OF.to_string(), "cozystack".to_string());
     labels
+}
+
+/// A selector of exactly these labels.
+pub fn match_labels(labels: BTreeMap<String, String>) -> LabelSelector {
+    LabelSelector {
+        match_labels: Some(labels),
+        ..LabelSelector::default()
+    }
 }

@@ -14,6 +14,10 @@ pub const POSTGRES_PORT: i32 = 5432;
 pub const STATUS_PORT: i32 = 8000;
 /// Prometheus metrics port of the instance manager.
 pub const METRICS_PORT: i32 = 9187;
+/// Container port names; Services and probes target the ports by these names.
+pub const POSTGRES_PORT_NAME: &str = "postgresql";
+pub const STATUS_PORT_NAME: &str = "status";
+pub const METRICS_PORT_NAME: &str = "metrics";
 
 /// uid/gid of `postgres` in the official Debian-based PostgreSQL images.
 pub const POSTGRES_UID: i64 = 999;

@@ -11,11 +11,8 @@ use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec}
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::pod::{METRICS_PORT, POSTGRES_PORT, STATUS_PORT};
-use super::statefulset::match_labels;
 use super::{Cluster, labels, names};
 
-/// `app.kubernetes.io/name` of the operator's own pods (the Helm chart's label).
-pub const OPERATOR_NAME_VALUE: &str = "postgres-operator";
 /// Label Kubernetes puts on every namespace with its name.
 const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
 
@@ -24,7 +21,10 @@ fn budget(cluster: &Cluster, name: String, role: &str, min_available: i32) -> Po
         metadata: cluster.meta(name, labels::COMPONENT_DATABASE),
         spec: Some(PodDisruptionBudgetSpec {
             min_available: Some(IntOrString::Int(min_available)),
-            selector: Some(match_labels(labels::role_selector(&cluster.name, role))),
+            selector: Some(labels::match_labels(labels::role_selector(
+                &cluster.name,
+                role,
+            ))),
             ..PodDisruptionBudgetSpec::default()
         }),
         ..PodDisruptionBudget::default()
@@ -81,13 +81,13 @@ fn ingress(ports: &[i32], peers: Option<Vec<NetworkPolicyPeer>>) -> NetworkPolic
 /// The operator's pods, in the operator's namespace.
 fn operator_peer(cluster: &Cluster) -> NetworkPolicyPeer {
     NetworkPolicyPeer {
-        namespace_selector: Some(match_labels(BTreeMap::from([(
+        namespace_selector: Some(labels::match_labels(BTreeMap::from([(
             NAMESPACE_NAME_LABEL.to_string(),
             cluster.settings.operator_namespace.clone(),
         )]))),
-        pod_selector: Some(match_labels(BTreeMap::from([(
+        pod_selector: Some(labels::match_labels(BTreeMap::from([(
             labels::NAME.to_string(),
-            OPERATOR_NAME_VALUE.to_string(),
+            labels::OPERATOR_NAME_VALUE.to_string(),
         )]))),
         ..NetworkPolicyPeer::default()
     }
@@ -101,13 +101,13 @@ fn operator_peer(cluster: &Cluster) -> NetworkPolicyPeer {
 /// - 9187 from anywhere, for whichever Prometheus scrapes it.
 pub fn desired_network_policy(cluster: &Cluster) -> NetworkPolicy {
     let instances = NetworkPolicyPeer {
-        pod_selector: Some(match_labels(cluster.selector())),
+        pod_selector: Some(labels::match_labels(cluster.selector())),
         ..NetworkPolicyPeer::default()
     };
     NetworkPolicy {
         metadata: cluster.meta(names::prefix(&cluster.name), labels::COMPONENT_DATABASE),
         spec: Some(NetworkPolicySpec {
-            pod_selector: Some(match_labels(cluster.selector())),
+            pod_selector: Some(labels::match_labels(cluster.selector())),
             policy_types: Some(vec!["Ingress".to_string()]),
             ingress: Some(vec![
                 ingress(&[POSTGRES_PORT, METRICS_PORT], None),
@@ -244,7 +244,7 @@ mod tests {
         let spec = network_policy(&OperatorSettings::default());
         assert_eq!(
             spec.pod_selector,
-            Some(match_labels(labels::selector("demo")))
+            Some(labels::match_labels(labels::selector("demo")))
         );
         assert_eq!(spec.policy_types, Some(vec!["Ingress".to_string()]));
         assert_eq!(spec.ingress.as_ref().unwrap().len(), 2);
@@ -268,7 +268,7 @@ mod tests {
         assert_eq!(peers.len(), 2);
         assert_eq!(
             peers[0].pod_selector,
-            Some(match_labels(labels::selector("demo")))
+            Some(labels::match_labels(labels::selector("demo")))
         );
         assert_eq!(peers[0].namespace_selector, None, "same namespace only");
         let operator_namespace = peers[1].namespace_selector.clone().unwrap();

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use super::pod::{POSTGRES_PORT, STATUS_PORT};
+use super::pod::{POSTGRES_PORT, POSTGRES_PORT_NAME, STATUS_PORT, STATUS_PORT_NAME};
 use super::{Cluster, labels, names};
 
 /// Every Service the spec asks for: rw, ro, r, headless, then external when enabled.
@@ -47,7 +47,7 @@ fn cluster_ip(cluster: &Cluster, name: String, selector: BTreeMap<String, String
         spec: Some(ServiceSpec {
             type_: Some("ClusterIP".to_string()),
             selector: Some(selector),
-            ports: Some(vec![port("postgresql", POSTGRES_PORT)]),
+            ports: Some(vec![port(POSTGRES_PORT_NAME, POSTGRES_PORT)]),
             ..ServiceSpec::default()
         }),
         ..Service::default()
@@ -67,8 +67,8 @@ fn headless(cluster: &Cluster) -> Service {
             publish_not_ready_addresses: Some(true),
             selector: Some(cluster.selector()),
             ports: Some(vec![
-                port("postgresql", POSTGRES_PORT),
-                port("status", STATUS_PORT),
+                port(POSTGRES_PORT_NAME, POSTGRES_PORT),
+                port(STATUS_PORT_NAME, STATUS_PORT),
             ]),
             ..ServiceSpec::default()
         }),

@@ -14,7 +14,7 @@ use k8s_openapi::api::core::v1::{
     WeightedPodAffinityTerm,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::pod::{self, CONFIG_DIR, CONTROLLER_BINARY, DATA_MOUNT, DATA_VOLUME};
@@ -23,10 +23,6 @@ use super::{Cluster, labels, names};
 
 /// Name of the PostgreSQL container.
 pub const POSTGRES_CONTAINER: &str = "postgres";
-/// Container port names; Services target the ports by these names.
-pub const POSTGRES_PORT_NAME: &str = "postgresql";
-pub const STATUS_PORT_NAME: &str = "status";
-pub const METRICS_PORT_NAME: &str = "metrics";
 
 /// Smart shutdown first, then fast: long enough for clients to finish and for a clean
 /// checkpoint, short of a node drain's patience.
@@ -62,7 +58,7 @@ pub fn desired_statefulset(cluster: &Cluster) -> StatefulSet {
                 type_: Some("OnDelete".to_string()),
                 ..StatefulSetUpdateStrategy::default()
             }),
-            selector: match_labels(cluster.selector()),
+            selector: labels::match_labels(cluster.selector()),
             // Deleting the Postgres or scaling it down keeps the data.
             persistent_volume_claim_retention_policy: Some(
                 StatefulSetPersistentVolumeClaimRetentionPolicy {
@@ -75,14 +71,6 @@ pub fn desired_statefulset(cluster: &Cluster) -> StatefulSet {
             ..StatefulSetSpec::default()
         }),
         ..StatefulSet::default()
-    }
-}
-
-/// A selector of exactly these labels.
-pub fn match_labels(labels: BTreeMap<String, String>) -> LabelSelector {
-    LabelSelector {
-        match_labels: Some(labels),
-        ..LabelSelector::default()
     }
 }
 
@@ -136,7 +124,7 @@ fn anti_affinity(cluster: &Cluster) -> Affinity {
                     weight: 100,
                     pod_affinity_term: PodAffinityTerm {
                         topology_key: HOSTNAME_TOPOLOGY_KEY.to_string(),
-                        label_selector: Some(match_labels(cluster.selector())),
+                        label_selector: Some(labels::match_labels(cluster.selector())),
                         ..PodAffinityTerm::default()
                     },
                 },
@@ -152,7 +140,7 @@ fn status_probe(path: &str, period_seconds: i32, failure_threshold: i32) -> Prob
     Probe {
         http_get: Some(HTTPGetAction {
             path: Some(path.to_string()),
-            port: IntOrString::String(STATUS_PORT_NAME.to_string()),
+            port: IntOrString::String(pod::STATUS_PORT_NAME.to_string()),
             ..HTTPGetAction::default()
         }),
         period_seconds: Some(period_seconds),
@@ -191,9 +179,9 @@ fn postgres_container(cluster: &Cluster) -> Container {
         command: Some(vec![CONTROLLER_BINARY.to_string(), "instance".to_string()]),
         env: Some(env),
         ports: Some(vec![
-            container_port(POSTGRES_PORT_NAME, pod::POSTGRES_PORT),
-            container_port(STATUS_PORT_NAME, pod::STATUS_PORT),
-            container_port(METRICS_PORT_NAME, pod::METRICS_PORT),
+            container_port(pod::POSTGRES_PORT_NAME, pod::POSTGRES_PORT),
+            container_port(pod::STATUS_PORT_NAME, pod::STATUS_PORT),
+            container_port(pod::METRICS_PORT_NAME, pod::METRICS_PORT),
         ]),
         startup_probe: Some(status_probe(
             "/healthz",
@@ -501,7 +489,7 @@ mod tests {
         );
         assert_eq!(
             preferred.pod_affinity_term.label_selector,
-            Some(match_labels(labels::selector("demo")))
+            Some(labels::match_labels(labels::selector("demo")))
         );
     }
 

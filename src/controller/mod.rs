@@ -15,9 +15,10 @@ use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
-use kube::runtime::controller::{Action, Controller};
+use kube::core::PartialObjectMeta;
+use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
 
 use crate::api::Postgres;
@@ -26,6 +27,10 @@ use crate::metrics::Metrics;
 
 /// The one field manager of every server-side apply the operator makes.
 pub const FIELD_MANAGER: &str = "postgres-operator";
+
+/// Reconciles in flight at once: enough to keep up with many clusters, few enough to
+/// bound memory and the load on the API server.
+const CONCURRENT_RECONCILES: u16 = 16;
 
 /// Controller settings (flags of `postgres-operator controller`).
 #[derive(Clone, Debug)]
@@ -151,17 +156,25 @@ pub async fn run(
                     }
                 };
             }
+            // Owned objects only wake their Postgres up: their metadata is all the
+            // controller needs from the watches, which keeps memory flat with many clusters.
+            macro_rules! owned {
+                ($kind:ty) => {
+                    watcher(api!(PartialObjectMeta<$kind>), owned_config()).touched_objects()
+                };
+            }
             Controller::new(api!(Postgres), watcher::Config::default())
-                .owns(api!(StatefulSet), owned_config())
-                .owns(api!(Service), owned_config())
-                .owns(api!(Secret), owned_config())
-                .owns(api!(ConfigMap), owned_config())
-                .owns(api!(CronJob), owned_config())
-                .owns(api!(PodDisruptionBudget), owned_config())
-                .owns(api!(NetworkPolicy), owned_config())
-                .owns(api!(ServiceAccount), owned_config())
-                .owns(api!(Role), owned_config())
-                .owns(api!(RoleBinding), owned_config())
+                .with_config(controller::Config::default().concurrency(CONCURRENT_RECONCILES))
+                .owns_stream(owned!(StatefulSet))
+                .owns_stream(owned!(Service))
+                .owns_stream(owned!(Secret))
+                .owns_stream(owned!(ConfigMap))
+                .owns_stream(owned!(CronJob))
+                .owns_stream(owned!(PodDisruptionBudget))
+                .owns_stream(owned!(NetworkPolicy))
+                .owns_stream(owned!(ServiceAccount))
+                .owns_stream(owned!(Role))
+                .owns_stream(owned!(RoleBinding))
                 .graceful_shutdown_on(shutdown)
                 .run(reconcile::reconcile, error_policy, ctx)
                 .for_each(|result| async move {

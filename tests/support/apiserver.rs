@@ -209,6 +209,11 @@ fn fields_match(object: &Value, selector: Option<&String>) -> bool {
     })
 }
 
+/// The metadata-only form of an object (`Accept: ...;as=PartialObjectMetadata`).
+fn partial(object: &Value) -> Value {
+    json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata", "metadata": object["metadata"]})
+}
+
 fn status_body(code: u16, reason: &str, message: &str) -> Value {
     json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
            "message": message, "reason": reason, "code": code})
@@ -449,6 +454,11 @@ impl ApiServer {
     ) -> Result<Response<Body>, BoxError> {
         let method = request.method().clone();
         let uri = request.uri().clone();
+        let metadata_only = request
+            .headers()
+            .get("accept")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|accept| accept.contains("as=PartialObjectMetadata"));
         let content_type = request
             .headers()
             .get("content-type")
@@ -509,7 +519,7 @@ impl ApiServer {
             }
         }
         if watch {
-            return Ok(self.watch(&target, &query));
+            return Ok(self.watch(&target, &query, metadata_only));
         }
         let namespace = target.namespace.clone().unwrap_or_default();
         let mut store = self.store.lock().unwrap();
@@ -538,10 +548,32 @@ impl ApiServer {
                             && labels_match(o, query.get("labelSelector"))
                             && fields_match(o, query.get("fieldSelector"))
                     })
-                    .map(|(_, o)| o.clone())
+                    .map(|(_, o)| if metadata_only { partial(o) } else { o.clone() })
                     .collect();
-                let list = json!({"apiVersion": "v1", "kind": format!("{}List", kind_of(&target.resource)),
-                    "metadata": {"resourceVersion": store.resource_version.to_string()}, "items": items});
+                // Pages as the real API server does with `limit`; `continue` is an offset.
+                let offset: usize = query
+                    .get("continue")
+                    .and_then(|c| c.parse().ok())
+                    .unwrap_or(0);
+                let limit: usize = query
+                    .get("limit")
+                    .and_then(|l| l.parse().ok())
+                    .filter(|l| *l > 0)
+                    .unwrap_or(usize::MAX);
+                let total = items.len();
+                let page: Vec<Value> = items.into_iter().skip(offset).take(limit).collect();
+                let next = offset.saturating_add(page.len());
+                let mut metadata = json!({"resourceVersion": store.resource_version.to_string()});
+                if next < total {
+                    metadata["continue"] = json!(next.to_string());
+                }
+                let kind = if metadata_only {
+                    "PartialObjectMetadataList".to_string()
+                } else {
+                    format!("{}List", kind_of(&target.resource))
+                };
+                let list =
+                    json!({"apiVersion": "v1", "kind": kind, "metadata": metadata, "items": page});
                 Ok(respond(200, &list))
             }
             (&Method::POST, _) => {
@@ -642,7 +674,12 @@ impl ApiServer {
     }
 
     /// Events after the requested resourceVersion, then live ones, as JSON lines.
-    fn watch(&self, target: &Target, query: &BTreeMap<String, String>) -> Response<Body> {
+    fn watch(
+        &self,
+        target: &Target,
+        query: &BTreeMap<String, String>,
+        metadata_only: bool,
+    ) -> Response<Body> {
         let since: u64 = query
             .get("resourceVersion")
             .and_then(|v| v.parse().ok())
@@ -673,9 +710,14 @@ impl ApiServer {
         tokio::spawn(async move {
             let mut last = since;
             let line = |event: &WatchEvent| {
+                let object = if metadata_only {
+                    partial(&event.object)
+                } else {
+                    event.object.clone()
+                };
                 Bytes::from(format!(
                     "{}\n",
-                    json!({"type": event.kind, "object": event.object})
+                    json!({"type": event.kind, "object": object})
                 ))
             };
             for event in backlog.iter().filter(|e| wanted(e)) {
