@@ -12,7 +12,10 @@ const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/postgres-operat
 
 fn helm(args: &[&str]) -> Result<String, String> {
     let out = Command::new(tools_bin("python"))
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/helm_chart.py"))
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/scripts/helm_chart.py"
+        ))
         .args(args)
         .output()
         .unwrap();
@@ -24,7 +27,13 @@ fn helm(args: &[&str]) -> Result<String, String> {
 }
 
 fn render(values: &Value) -> Result<String, String> {
-    helm(&["render", CHART, &values.to_string(), "postgres-operator", "postgres-operator"])
+    helm(&[
+        "render",
+        CHART,
+        &values.to_string(),
+        "postgres-operator",
+        "postgres-operator",
+    ])
 }
 
 fn documents(yaml: &str) -> Vec<Value> {
@@ -37,7 +46,13 @@ fn documents(yaml: &str) -> Vec<Value> {
 fn kinds(docs: &[Value]) -> Vec<String> {
     let mut kinds: Vec<String> = docs
         .iter()
-        .map(|d| format!("{}/{}", d["kind"].as_str().unwrap(), d["metadata"]["namespace"].as_str().unwrap_or("")))
+        .map(|d| {
+            format!(
+                "{}/{}",
+                d["kind"].as_str().unwrap(),
+                d["metadata"]["namespace"].as_str().unwrap_or("")
+            )
+        })
         .collect();
     kinds.sort();
     kinds
@@ -59,10 +74,17 @@ fn non_default_values() -> Value {
 }
 
 fn validate_builtin_kinds(docs: &[Value]) {
-    let builtin: Vec<&Value> = docs.iter().filter(|d| d["kind"] != "ServiceMonitor").collect();
-    let yaml: String = builtin.iter().map(|d| format!("---\n{}", serde_yaml::to_string(d).unwrap())).collect();
+    let builtin: Vec<&Value> = docs
+        .iter()
+        .filter(|d| d["kind"] != "ServiceMonitor")
+        .collect();
+    let yaml: String = builtin
+        .iter()
+        .map(|d| format!("---\n{}", serde_yaml::to_string(d).unwrap()))
+        .collect();
     for version in kubernetes_validate_versions() {
-        kubernetes_validate(&yaml, &version).unwrap_or_else(|e| panic!("Kubernetes {version}: {e}"));
+        kubernetes_validate(&yaml, &version)
+            .unwrap_or_else(|e| panic!("Kubernetes {version}: {e}"));
     }
 }
 
@@ -72,8 +94,13 @@ fn default_values_render_valid_objects() {
     assert_eq!(
         kinds(&docs),
         [
-            "ClusterRole/", "ClusterRoleBinding/", "Deployment/postgres-operator", "Role/postgres-operator",
-            "RoleBinding/postgres-operator", "Service/postgres-operator", "ServiceAccount/postgres-operator"
+            "ClusterRole/",
+            "ClusterRoleBinding/",
+            "Deployment/postgres-operator",
+            "Role/postgres-operator",
+            "RoleBinding/postgres-operator",
+            "Service/postgres-operator",
+            "ServiceAccount/postgres-operator"
         ]
     );
     validate_builtin_kinds(&docs);
@@ -83,13 +110,30 @@ fn default_values_render_valid_objects() {
     assert_eq!(spec["securityContext"]["runAsNonRoot"], true);
     let container = &spec["containers"][0];
     assert_eq!(container["securityContext"]["readOnlyRootFilesystem"], true);
-    assert_eq!(container["securityContext"]["allowPrivilegeEscalation"], false);
+    assert_eq!(
+        container["securityContext"]["allowPrivilegeEscalation"],
+        false
+    );
     assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/healthz");
     assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
-    assert_eq!(container["image"], "ghcr.io/cozystack/postgres-operator:0.1.0");
+    assert_eq!(
+        container["image"],
+        "ghcr.io/cozystack/postgres-operator:0.1.0"
+    );
     assert!(container["resources"]["limits"]["memory"].is_string());
-    let env: Vec<&str> = container["env"].as_array().unwrap().iter().map(|e| e["name"].as_str().unwrap()).collect();
-    for name in ["WATCH_NAMESPACES", "OPERATOR_NAMESPACE", "POD_NAME", "LEADER_ELECTION", "LOG_FORMAT"] {
+    let env: Vec<&str> = container["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap())
+        .collect();
+    for name in [
+        "WATCH_NAMESPACES",
+        "OPERATOR_NAMESPACE",
+        "POD_NAME",
+        "LEADER_ELECTION",
+        "LOG_FORMAT",
+    ] {
         assert!(env.contains(&name), "{name} missing from {env:?}");
     }
 }
@@ -100,21 +144,39 @@ fn non_default_values_render_namespaced_rbac_and_a_service_monitor() {
     assert_eq!(
         kinds(&docs),
         [
-            "Deployment/postgres-operator", "Role/team-a", "Role/team-b", "RoleBinding/team-a", "RoleBinding/team-b",
-            "Service/postgres-operator", "ServiceAccount/postgres-operator", "ServiceMonitor/postgres-operator"
+            "Deployment/postgres-operator",
+            "Role/team-a",
+            "Role/team-b",
+            "RoleBinding/team-a",
+            "RoleBinding/team-b",
+            "Service/postgres-operator",
+            "ServiceAccount/postgres-operator",
+            "ServiceMonitor/postgres-operator"
         ]
     );
     validate_builtin_kinds(&docs);
     let deployment = docs.iter().find(|d| d["kind"] == "Deployment").unwrap();
     let container = &deployment["spec"]["template"]["spec"]["containers"][0];
-    assert_eq!(container["image"], "ghcr.io/cozystack/postgres-operator:9.9.9");
+    assert_eq!(
+        container["image"],
+        "ghcr.io/cozystack/postgres-operator:9.9.9"
+    );
     let env = |name: &str| {
-        container["env"].as_array().unwrap().iter().find(|e| e["name"] == name).unwrap()["value"].clone()
+        container["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == name)
+            .unwrap()["value"]
+            .clone()
     };
     assert_eq!(env("WATCH_NAMESPACES"), "team-a,team-b");
     assert_eq!(env("LEADER_ELECTION"), "false");
     assert_eq!(env("DEFAULT_STORAGE_CLASS"), "replicated");
-    assert_eq!(deployment["spec"]["template"]["spec"]["serviceAccountName"], "custom-sa");
+    assert_eq!(
+        deployment["spec"]["template"]["spec"]["serviceAccountName"],
+        "custom-sa"
+    );
     let monitor = docs.iter().find(|d| d["kind"] == "ServiceMonitor").unwrap();
     assert_eq!(monitor["metadata"]["labels"]["release"], "prometheus");
     assert_eq!(monitor["spec"]["endpoints"][0]["path"], "/metrics");
@@ -123,7 +185,8 @@ fn non_default_values_render_namespaced_rbac_and_a_service_monitor() {
 #[test]
 fn lint_is_clean() {
     for values in [json!({}), non_default_values()] {
-        let report: Value = serde_json::from_str(&helm(&["lint", CHART, &values.to_string()]).unwrap()).unwrap();
+        let report: Value =
+            serde_json::from_str(&helm(&["lint", CHART, &values.to_string()]).unwrap()).unwrap();
         assert_eq!(report["errors"], json!([]), "{report}");
         let serious: Vec<&Value> = report["messages"]
             .as_array()
@@ -152,5 +215,8 @@ fn the_values_schema_refuses_bad_values() {
 fn the_chart_ships_the_generated_crds() {
     let chart = std::fs::read_to_string(format!("{CHART}/crds/crds.yaml")).unwrap();
     let generated = postgres_operator::crdgen::crds_yaml().unwrap();
-    assert!(chart == generated, "charts/postgres-operator/crds/crds.yaml is stale: copy crds/crds.yaml");
+    assert!(
+        chart == generated,
+        "charts/postgres-operator/crds/crds.yaml is stale: copy crds/crds.yaml"
+    );
 }
