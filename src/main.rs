@@ -201,6 +201,7 @@ fn run_controller(args: ControllerArgs) -> ExitCode {
                 .collect(),
             resync: std::time::Duration::from_secs(args.resync_seconds.max(1)),
             instance: args.pod_name.clone(),
+            ..controller::Settings::default()
         };
         let health = http::Health::default();
         let (stop, stopping) = tokio::sync::watch::channel(false);

@@ -34,6 +34,7 @@ impl Running {
 fn start(server: &ApiServer) -> Running {
     let settings = Settings {
         resync: Duration::from_millis(200),
+        retry_base: Duration::from_millis(100),
         ..Settings::default()
     };
     let (stop, stopped) = oneshot::channel::<()>();
@@ -470,6 +471,13 @@ async fn api_failures_are_retried_until_the_cluster_converges() {
                 .is_some()
     })
     .await;
+    assert!(
+        server
+            .list("events.k8s.io/events", NS)
+            .iter()
+            .any(|e| e["type"] == "Warning" && e["reason"] == "ReconcileFailed"),
+        "the failure is reported as an event"
+    );
     assert!(
         !running.task.is_finished(),
         "the controller survived the failures"

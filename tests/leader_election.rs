@@ -96,6 +96,7 @@ fn replica(
     let lock = lock(server, identity, 3);
     let settings = Settings {
         resync: Duration::from_millis(300),
+        retry_base: Duration::from_millis(100),
         instance: identity.to_string(),
         ..Settings::default()
     };

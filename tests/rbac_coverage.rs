@@ -116,6 +116,7 @@ async fn full_scenario(server: &ApiServer) {
     };
     let settings = Settings {
         resync: Duration::from_millis(200),
+        retry_base: Duration::from_millis(100),
         ..Settings::default()
     };
     let task = tokio::spawn(leader::lead(

@@ -42,6 +42,8 @@ pub struct Settings {
     pub resync: Duration,
     /// Identity in events (the pod name).
     pub instance: String,
+    /// First retry delay after a failed reconcile; it doubles with each failure.
+    pub retry_base: Duration,
 }
 
 impl Default for Settings {
@@ -51,6 +53,7 @@ impl Default for Settings {
             watch_namespaces: Vec::new(),
             resync: Duration::from_secs(300),
             instance: "postgres-operator".to_string(),
+            retry_base: Duration::from_secs(2),
         }
     }
 }
@@ -61,7 +64,35 @@ pub struct Context {
     pub settings: Settings,
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
+    /// Consecutive failed reconciles per `namespace/name`, for the retry backoff.
+    pub failures: std::sync::Mutex<std::collections::HashMap<String, u32>>,
 }
+
+impl Context {
+    /// Records the outcome of a reconcile; returns the failures in a row so far.
+    pub fn record_outcome(&self, key: &str, failed: bool) -> u32 {
+        let Ok(mut failures) = self.failures.lock() else {
+            return 0;
+        };
+        if failed {
+            let count = failures.entry(key.to_string()).or_insert(0);
+            *count = count.saturating_add(1);
+            *count
+        } else {
+            failures.remove(key);
+            0
+        }
+    }
+}
+
+/// Delay before the next try after `failures` failures in a row: doubling from `base`,
+/// at most five minutes.
+pub fn retry_delay(base: Duration, failures: u32) -> Duration {
+    let factor = 2u32.saturating_pow(failures.saturating_sub(1).min(16));
+    base.saturating_mul(factor).min(MAX_RETRY_DELAY)
+}
+
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(300);
 
 /// Why a reconcile failed (it is retried with backoff).
 #[derive(Debug, thiserror::Error)]
@@ -91,15 +122,14 @@ impl Error {
     }
 }
 
-/// Retries failed reconciles: quickly at first, then every 30 s at most.
-fn error_policy(postgres: Arc<Postgres>, error: &Error, _ctx: Arc<Context>) -> Action {
-    tracing::warn!(
-        namespace = postgres.metadata.namespace.as_deref().unwrap_or_default(),
-        name = postgres.metadata.name.as_deref().unwrap_or_default(),
-        %error,
-        "reconcile failed, retrying"
-    );
-    Action::requeue(Duration::from_secs(5))
+/// Retries a failed reconcile with exponential backoff.
+fn error_policy(postgres: Arc<Postgres>, error: &Error, ctx: Arc<Context>) -> Action {
+    let namespace = postgres.metadata.namespace.as_deref().unwrap_or_default();
+    let name = postgres.metadata.name.as_deref().unwrap_or_default();
+    let failures = ctx.record_outcome(&format!("{namespace}/{name}"), true);
+    let delay = retry_delay(ctx.settings.retry_base, failures);
+    tracing::warn!(namespace, name, %error, failures, retry_in = ?delay, "reconcile failed");
+    Action::requeue(delay)
 }
 
 /// Watches only the operator's own objects of the owned kinds.
@@ -141,6 +171,7 @@ pub async fn run(
         settings,
         recorder,
         metrics,
+        failures: std::sync::Mutex::default(),
     });
     let shutdown = futures::future::FutureExt::shared(Box::pin(shutdown));
     let controllers = namespaces.into_iter().map(|namespace| {
@@ -186,4 +217,17 @@ pub async fn run(
         }
     });
     futures::future::join_all(controllers).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_back_off_exponentially_up_to_five_minutes() {
+        let base = Duration::from_secs(2);
+        let delays: Vec<u64> = (1..=10).map(|n| retry_delay(base, n).as_secs()).collect();
+        assert_eq!(delays, [2, 4, 8, 16, 32, 64, 128, 256, 300, 300]);
+        assert_eq!(retry_delay(base, u32::MAX), MAX_RETRY_DELAY);
+    }
 }

@@ -33,8 +33,37 @@ pub async fn reconcile(postgres: Arc<Postgres>, ctx: Arc<Context>) -> Result<Act
     ctx.metrics
         .reconcile_duration
         .observe(started.elapsed().as_secs_f64());
-    if result.is_err() {
-        ctx.metrics.reconcile_errors.inc();
+    let key = format!(
+        "{}/{}",
+        postgres.namespace().unwrap_or_default(),
+        postgres.name_any()
+    );
+    match &result {
+        Ok(_) => {
+            ctx.record_outcome(&key, false);
+        }
+        Err(error) => {
+            ctx.metrics.reconcile_errors.inc();
+            // Tell the user once per failure streak (error_policy counts it), not on
+            // every retry.
+            let streak = ctx
+                .failures
+                .lock()
+                .map(|f| f.get(&key).copied().unwrap_or(0))
+                .unwrap_or(0);
+            if streak == 0 {
+                let note = error.to_string();
+                event(
+                    &ctx,
+                    &postgres,
+                    EventType::Warning,
+                    "ReconcileFailed",
+                    "Reconcile",
+                    &note,
+                )
+                .await;
+            }
+        }
     }
     result
 }
