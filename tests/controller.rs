@@ -523,3 +523,56 @@ async fn growing_size_resizes_the_live_volumes() {
     );
     running.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backup_records_get_a_phase_from_their_cluster() {
+    let server = ApiServer::new();
+    server.put(
+        POSTGRES,
+        NS,
+        postgres("shop", example_spec("complete.yaml")),
+    );
+    let record = |name: &str, cluster: &str| {
+        json!({"apiVersion": "apps.cozystack.io/v1alpha1", "kind": "PostgresBackup",
+               "metadata": {"name": name, "namespace": NS}, "spec": {"postgres": cluster}})
+    };
+    server.put(
+        "apps.cozystack.io/postgresbackups",
+        NS,
+        record("orphan", "nowhere"),
+    );
+    server.put(
+        "apps.cozystack.io/postgresbackups",
+        NS,
+        record("manual", "shop"),
+    );
+    let running = start(&server);
+    let phase = |name: &str| {
+        server
+            .get("apps.cozystack.io/postgresbackups", NS, name)
+            .and_then(|r| r["status"]["phase"].as_str().map(str::to_string))
+    };
+    eventually("both records have a phase", || async {
+        phase("orphan").is_some() && phase("manual").is_some()
+    })
+    .await;
+    assert_eq!(phase("orphan").as_deref(), Some("Failed"));
+    let orphan = server
+        .get("apps.cozystack.io/postgresbackups", NS, "orphan")
+        .unwrap();
+    assert!(
+        orphan["status"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("\"nowhere\" not found")
+    );
+    assert_eq!(phase("manual").as_deref(), Some("Pending"));
+    eventually("a BackupFailed event", || async {
+        server
+            .list("events.k8s.io/events", NS)
+            .iter()
+            .any(|e| e["reason"] == "BackupFailed")
+    })
+    .await;
+    running.stop().await;
+}

@@ -96,6 +96,8 @@ async fn full_scenario(server: &ApiServer) {
     );
     server.put("apps.cozystack.io/postgreses", "ns", json!({"apiVersion": "apps.cozystack.io/v1alpha1", "kind": "Postgres",
         "metadata": {"name": "bad", "namespace": "ns"}, "spec": {"replicas": 2, "quorum": {"maxSyncReplicas": 2}}}));
+    server.put("apps.cozystack.io/postgresbackups", "ns", json!({"apiVersion": "apps.cozystack.io/v1alpha1",
+        "kind": "PostgresBackup", "metadata": {"name": "manual", "namespace": "ns"}, "spec": {"postgres": "missing"}}));
     server.put("/persistentvolumeclaims", "ns", json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
         "metadata": {"name": "pgdata-postgres-all-0", "namespace": "ns", "labels": {"app.kubernetes.io/name": "postgres",
             "app.kubernetes.io/instance": "all", "postgres.apps.cozystack.io/cluster": "all"}},

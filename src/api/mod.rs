@@ -4,7 +4,10 @@ pub mod backup;
 pub mod postgres;
 pub mod presets;
 
-pub use backup::{PostgresBackup, PostgresBackupSpec, PostgresBackupStatus};
+pub use backup::{
+    BackupPhase, BackupSnapshot, PostgresBackup, PostgresBackupSpec, PostgresBackupStatus,
+    SnapshotDeletionPolicy,
+};
 pub use postgres::*;
 
 /// API group of every resource this operator serves.

@@ -1,5 +1,6 @@
 //! `postgres-operator controller`: the reconcile loop over `Postgres` objects.
 
+pub mod backup_records;
 pub mod drift;
 pub mod leader;
 pub mod reconcile;
@@ -21,7 +22,7 @@ use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
 
-use crate::api::Postgres;
+use crate::api::{Postgres, PostgresBackup};
 use crate::build::{OperatorSettings, labels};
 use crate::metrics::Metrics;
 
@@ -132,6 +133,18 @@ fn error_policy(postgres: Arc<Postgres>, error: &Error, ctx: Arc<Context>) -> Ac
     Action::requeue(delay)
 }
 
+async fn log_outcome<T: std::fmt::Debug, E: std::fmt::Display>(result: Result<T, E>) {
+    if let Err(error) = result {
+        tracing::debug!(%error, "controller event");
+    }
+}
+
+/// Retries a failed backup-record reconcile after the base delay.
+fn backup_error_policy(record: Arc<PostgresBackup>, error: &Error, ctx: Arc<Context>) -> Action {
+    tracing::warn!(name = record.metadata.name.as_deref().unwrap_or_default(), %error, "backup record reconcile failed");
+    Action::requeue(ctx.settings.retry_base)
+}
+
 /// Watches only the operator's own objects of the owned kinds.
 fn owned_config() -> watcher::Config {
     watcher::Config::default().labels(&format!(
@@ -194,7 +207,7 @@ pub async fn run(
                     watcher(api!(PartialObjectMeta<$kind>), owned_config()).touched_objects()
                 };
             }
-            Controller::new(api!(Postgres), watcher::Config::default())
+            let clusters = Controller::new(api!(Postgres), watcher::Config::default())
                 .with_config(controller::Config::default().concurrency(CONCURRENT_RECONCILES))
                 .owns_stream(owned!(StatefulSet))
                 .owns_stream(owned!(Service))
@@ -206,14 +219,14 @@ pub async fn run(
                 .owns_stream(owned!(ServiceAccount))
                 .owns_stream(owned!(Role))
                 .owns_stream(owned!(RoleBinding))
+                .graceful_shutdown_on(shutdown.clone())
+                .run(reconcile::reconcile, error_policy, ctx.clone())
+                .for_each(log_outcome);
+            let backups = Controller::new(api!(PostgresBackup), watcher::Config::default())
                 .graceful_shutdown_on(shutdown)
-                .run(reconcile::reconcile, error_policy, ctx)
-                .for_each(|result| async move {
-                    if let Err(error) = result {
-                        tracing::debug!(%error, "controller event");
-                    }
-                })
-                .await;
+                .run(backup_records::reconcile, backup_error_policy, ctx)
+                .for_each(log_outcome);
+            futures::join!(clusters, backups);
         }
     });
     futures::future::join_all(controllers).await;
