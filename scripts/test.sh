@@ -10,4 +10,5 @@ export PATH="$repo/.tools/venv/bin:$PATH"
 if [ -n "${CI:-}" ]; then export INSTA_UPDATE=no; fi
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
-cargo test --all-targets --locked
+# Benchmarks are run on demand (cargo bench), not as tests.
+cargo test --lib --bins --tests --locked
