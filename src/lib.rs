@@ -10,5 +10,6 @@ pub mod http;
 pub mod metrics;
 pub mod quantity;
 pub mod render;
+pub mod sql;
 pub mod telemetry;
 pub mod validate;
