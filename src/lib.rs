@@ -7,6 +7,7 @@ pub mod build;
 pub mod controller;
 pub mod crdgen;
 pub mod http;
+pub mod instance;
 pub mod metrics;
 pub mod quantity;
 pub mod render;

@@ -48,3 +48,4 @@ pub fn example(file: &str) -> String {
     std::fs::read_to_string(format!("{}/examples/{file}", env!("CARGO_MANIFEST_DIR"))).unwrap()
 }
 pub mod apiserver;
+pub mod postgres;

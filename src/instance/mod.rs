@@ -1,0 +1,3 @@
+//! The instance manager's pieces that talk to PostgreSQL.
+
+pub mod provision;

@@ -1,0 +1,234 @@
+//! One helper to run a real PostgreSQL server for a test: its own data directory, port
+//! and socket directory, started with the Debian packaged binaries, stopped (and the
+//! process reaped) when the handle drops. As root, the server runs as `postgres`.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The newest installed PostgreSQL binaries.
+pub fn bin_dir() -> PathBuf {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .expect("PostgreSQL is not installed: run scripts/install-test-deps.sh")
+        .filter_map(|e| Some(e.ok()?.path().join("bin")))
+        .filter(|p| p.join("postgres").exists())
+        .collect();
+    dirs.sort_by_key(|p| {
+        p.parent()
+            .and_then(|v| v.file_name()?.to_str()?.parse::<u32>().ok())
+            .unwrap_or(0)
+    });
+    dirs.pop()
+        .expect("no PostgreSQL server binaries under /usr/lib/postgresql")
+}
+
+fn is_root() -> bool {
+    // SAFETY-free check: /proc/self/status Uid line.
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
+/// A command that runs as `postgres` when the tests run as root (PostgreSQL refuses
+/// root); `setpriv` execs in place, so the pid is the server's own.
+fn command(program: &Path) -> Command {
+    if is_root() {
+        let mut command = Command::new("setpriv");
+        command
+            .args([
+                "--reuid=postgres",
+                "--regid=postgres",
+                "--init-groups",
+                "--",
+            ])
+            .arg(program);
+        command
+    } else {
+        Command::new(program)
+    }
+}
+
+fn chown_to_postgres(path: &Path) {
+    if is_root() {
+        let status = Command::new("chown")
+            .args(["-R", "postgres:postgres"])
+            .arg(path)
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub struct PostgresServer {
+    pub port: u16,
+    pub socket_dir: PathBuf,
+    pub data_dir: PathBuf,
+    child: Option<Child>,
+    _root: tempfile::TempDir,
+}
+
+impl PostgresServer {
+    /// initdb (superuser `postgres`, trusted on the local socket, SCRAM over TCP) and start.
+    pub fn start() -> Self {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let data_dir = root.path().join("data");
+        let socket_dir = root.path().join("run");
+        std::fs::create_dir(&socket_dir).unwrap();
+        chown_to_postgres(root.path());
+        let bin = bin_dir();
+        let out = command(&bin.join("initdb"))
+            .args(["-D"])
+            .arg(&data_dir)
+            .args([
+                "-U",
+                "postgres",
+                "--auth-local=trust",
+                "--auth-host=scram-sha-256",
+                "--data-checksums",
+                "-E",
+                "UTF8",
+                "--locale=C",
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "initdb: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let port = free_port();
+        let child = command(&bin.join("postgres"))
+            .arg("-D")
+            .arg(&data_dir)
+            .args([
+                "-p",
+                &port.to_string(),
+                "-c",
+                "listen_addresses=127.0.0.1",
+                "-c",
+                "fsync=off",
+            ])
+            .args(["-c", "shared_preload_libraries=pg_stat_statements"])
+            .arg("-k")
+            .arg(&socket_dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut server = Self {
+            port,
+            socket_dir,
+            data_dir,
+            child: Some(child),
+            _root: root,
+        };
+        server.wait_ready();
+        server
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            let ready = Command::new(bin_dir().join("pg_isready"))
+                .arg("-h")
+                .arg(&self.socket_dir)
+                .args(["-p", &self.port.to_string(), "-q"])
+                .status()
+                .is_ok_and(|s| s.success());
+            if ready {
+                return;
+            }
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!("postgres exited during start-up: {status}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("postgres did not become ready in 30 s");
+    }
+
+    /// The superuser's connection over the socket.
+    pub fn superuser(&self) -> postgres_operator::instance::provision::Connection {
+        postgres_operator::instance::provision::Connection {
+            host: self.socket_dir.to_string_lossy().into_owned(),
+            port: self.port,
+            user: "postgres".to_string(),
+            password: None,
+        }
+    }
+
+    /// A password login over TCP, as an application would make.
+    pub async fn connect_as(
+        &self,
+        user: &str,
+        password: &str,
+        database: &str,
+    ) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+        let mut config = tokio_postgres::Config::new();
+        config
+            .host("127.0.0.1")
+            .port(self.port)
+            .user(user)
+            .password(password)
+            .dbname(database);
+        let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        Ok(client)
+    }
+
+    /// The superuser over the socket, in `database`.
+    pub async fn admin(&self, database: &str) -> tokio_postgres::Client {
+        let mut config = tokio_postgres::Config::new();
+        config
+            .host(self.socket_dir.to_str().unwrap())
+            .port(self.port)
+            .user("postgres")
+            .dbname(database);
+        let (client, connection) = config.connect(tokio_postgres::NoTls).await.unwrap();
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        client
+    }
+}
+
+impl Drop for PostgresServer {
+    /// Fast shutdown (SIGINT), then SIGKILL if it lingers; the process is always reaped.
+    fn drop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let _ = Command::new("kill")
+            .args(["-INT", &child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if child.try_wait().ok().flatten().is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
