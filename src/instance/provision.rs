@@ -1,11 +1,12 @@
 //! Runs the declarative SQL: reads the catalog, plans (pure, in `crate::sql`), executes.
 //! Connects as the superuser, over the local socket in a pod.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use tokio_postgres::{Client, Config, NoTls};
 
 use crate::sql::plan::{DesiredState, MANAGED_MARKER, ObservedRole, ObservedState, Plan, plan};
+use crate::sql::privileges::{Fact, ObjectClass, desired_facts, kind_privileges};
 
 /// Where and as whom to connect.
 #[derive(Clone, Debug)]
@@ -127,13 +128,27 @@ impl Connection {
             }
             let client = self.connect(database).await?;
             let rows = client
-                .query("SELECT extname FROM pg_extension", &[])
+                .query("SELECT extname::text FROM pg_extension", &[])
                 .await
                 .map_err(ProvisionError::Observe)?;
             observed.extensions.insert(
                 database.clone(),
                 rows.iter().map(|row| row.get(0)).collect(),
             );
+            let rows = client
+                .query(
+                    "SELECT nspname::text FROM pg_namespace WHERE nspname !~ '^pg_' AND nspname <> 'information_schema'",
+                    &[],
+                )
+                .await
+                .map_err(ProvisionError::Observe)?;
+            let schemas: BTreeSet<String> = rows.iter().map(|row| row.get(0)).collect();
+            let candidates = desired_facts(desired, database, &schemas);
+            let facts = holding_facts(&client, &candidates)
+                .await
+                .map_err(ProvisionError::Observe)?;
+            observed.schemas.insert(database.clone(), schemas);
+            observed.facts.insert(database.clone(), facts);
         }
         Ok(observed)
     }
@@ -178,6 +193,134 @@ impl Connection {
             conflicts: plan.conflicts,
         })
     }
+}
+
+/// Which of `candidates` hold in the connected database. Connect and default
+/// privileges are read from explicit ACL entries (a PUBLIC grant does not count: it is
+/// about to be revoked); object privileges with `has_*_privilege`.
+async fn holding_facts(
+    client: &Client,
+    candidates: &BTreeSet<Fact>,
+) -> Result<BTreeSet<Fact>, tokio_postgres::Error> {
+    let mut holding = BTreeSet::new();
+    let connect: BTreeSet<String> = client
+        .query(
+            "SELECT CASE WHEN a.grantee = 0 THEN '' ELSE pg_get_userbyid(a.grantee)::text END \
+             FROM pg_database d, aclexplode(coalesce(d.datacl, acldefault('d', d.datdba))) a \
+             WHERE d.datname = current_database() AND a.privilege_type = 'CONNECT'",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    let mut defaults: BTreeMap<(String, String, String), BTreeSet<String>> = BTreeMap::new();
+    for row in client
+        .query(
+            "SELECT pg_get_userbyid(d.defaclrole)::text, d.defaclobjtype::text, \
+             pg_get_userbyid(a.grantee)::text, a.privilege_type \
+             FROM pg_default_acl d, aclexplode(d.defaclacl) a WHERE d.defaclnamespace = 0",
+            &[],
+        )
+        .await?
+    {
+        defaults
+            .entry((row.get(0), row.get(1), row.get(2)))
+            .or_default()
+            .insert(row.get(3));
+    }
+    let existing: BTreeSet<String> = client
+        .query("SELECT rolname::text FROM pg_roles", &[])
+        .await?
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    for fact in candidates {
+        let holds = match fact {
+            Fact::NoPublicConnect => !connect.contains(""),
+            Fact::Connect { role } => connect.contains(role),
+            Fact::Default {
+                creator,
+                role,
+                class,
+            } => {
+                let wanted = role_privileges(role, *class);
+                defaults
+                    .get(&(creator.clone(), class.code().to_string(), role.clone()))
+                    .is_some_and(|held| wanted.iter().all(|p| held.contains(*p)))
+            }
+            Fact::Schema { role, schema } => {
+                existing.contains(role)
+                    && client
+                        .query_one(
+                            "SELECT has_schema_privilege($1, $2, 'USAGE')",
+                            &[role, schema],
+                        )
+                        .await?
+                        .get::<_, bool>(0)
+            }
+            Fact::AllObjects {
+                role,
+                schema,
+                class,
+            } => {
+                existing.contains(role) && all_objects_granted(client, role, schema, *class).await?
+            }
+        };
+        if holds {
+            holding.insert(fact.clone());
+        }
+    }
+    Ok(holding)
+}
+
+/// The privileges a group role's kind carries on a class.
+fn role_privileges(role: &str, class: ObjectClass) -> Vec<&'static str> {
+    ["readonly", "readwrite"]
+        .iter()
+        .find(|kind| role.ends_with(&format!("_{kind}")))
+        .and_then(|kind| kind_privileges(kind))
+        .map(|p| p.on(class).to_vec())
+        .unwrap_or_default()
+}
+
+/// Whether `role` holds its privileges on every object of `class` in `schema`.
+async fn all_objects_granted(
+    client: &Client,
+    role: &str,
+    schema: &str,
+    class: ObjectClass,
+) -> Result<bool, tokio_postgres::Error> {
+    let privileges = role_privileges(role, class);
+    let (objects, check) = match class {
+        ObjectClass::Tables => (
+            "SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = $2 AND c.relkind IN ('r', 'p', 'v', 'm', 'f')",
+            "has_table_privilege",
+        ),
+        ObjectClass::Sequences => (
+            "SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = $2 AND c.relkind = 'S'",
+            "has_sequence_privilege",
+        ),
+        ObjectClass::Functions => (
+            "SELECT p.oid FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace \
+             WHERE n.nspname = $2 AND p.prokind IN ('f', 'p')",
+            "has_function_privilege",
+        ),
+        ObjectClass::Schemas => return Ok(true),
+    };
+    if privileges.is_empty() {
+        return Ok(true);
+    }
+    // has_*_privilege with several privileges answers "any"; every one must hold.
+    let all_held = privileges
+        .iter()
+        .map(|p| format!("{check}($1, o.oid, '{p}')"))
+        .collect::<Vec<_>>()
+        .join(" AND ");
+    let sql = format!("SELECT NOT EXISTS (SELECT 1 FROM ({objects}) o WHERE NOT ({all_held}))");
+    Ok(client.query_one(&sql, &[&role, &schema]).await?.get(0))
 }
 
 fn random_salt() -> [u8; 16] {

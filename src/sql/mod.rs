@@ -3,6 +3,7 @@
 //! instance manager over the local socket.
 
 pub mod plan;
+pub mod privileges;
 pub mod quote;
 pub mod scram;
 

@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use super::privileges::{ObservedFacts, desired_facts, statement};
 use super::quote::{ident, literal};
 use super::scram;
 use crate::api::PostgresSpec;
@@ -124,6 +125,10 @@ pub struct ObservedState {
     pub databases: BTreeMap<String, String>,
     /// Installed extensions of the databases the spec declares.
     pub extensions: BTreeMap<String, BTreeSet<String>>,
+    /// Non-system schemas of the databases the spec declares.
+    pub schemas: BTreeMap<String, BTreeSet<String>>,
+    /// Privilege facts that hold, per declared database.
+    pub facts: ObservedFacts,
 }
 
 /// One statement, run in `database` (`None`: any database, e.g. role changes).
@@ -296,6 +301,32 @@ pub fn plan(
         }
     }
 
+    for database in desired.databases.keys() {
+        if !usable.contains(&group_role(database, "admin")) {
+            continue;
+        }
+        // A database created by this plan starts as a copy of template1: schema public.
+        let default_schemas = BTreeSet::from(["public".to_string()]);
+        let schemas = observed.schemas.get(database).unwrap_or(&default_schemas);
+        let holding = observed.facts.get(database);
+        for fact in desired_facts(desired, database, schemas) {
+            let roles_exist = match &fact {
+                super::privileges::Fact::NoPublicConnect => true,
+                super::privileges::Fact::Connect { role }
+                | super::privileges::Fact::Schema { role, .. }
+                | super::privileges::Fact::AllObjects { role, .. } => usable.contains(role),
+                super::privileges::Fact::Default { creator, role, .. } => {
+                    usable.contains(role) && usable.contains(creator)
+                }
+            };
+            if roles_exist && !holding.is_some_and(|h| h.contains(&fact)) {
+                if let Some(sql) = statement(database, &fact) {
+                    plan.run_in(database, sql);
+                }
+            }
+        }
+    }
+
     let wanted = desired.memberships();
     for (group, member) in &wanted {
         if usable.contains(group)
@@ -402,6 +433,11 @@ mod tests {
             observed
                 .extensions
                 .insert(db.clone(), spec.extensions.iter().cloned().collect());
+            let schemas = BTreeSet::from(["public".to_string()]);
+            observed
+                .facts
+                .insert(db.clone(), desired_facts(desired, db, &schemas));
+            observed.schemas.insert(db.clone(), schemas);
         }
         observed
     }
