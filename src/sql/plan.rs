@@ -319,10 +319,11 @@ pub fn plan(
                     usable.contains(role) && usable.contains(creator)
                 }
             };
-            if roles_exist && !holding.is_some_and(|h| h.contains(&fact)) {
-                if let Some(sql) = statement(database, &fact) {
-                    plan.run_in(database, sql);
-                }
+            if roles_exist
+                && !holding.is_some_and(|h| h.contains(&fact))
+                && let Some(sql) = statement(database, &fact)
+            {
+                plan.run_in(database, sql);
             }
         }
     }
