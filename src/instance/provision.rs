@@ -3,10 +3,12 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use futures::StreamExt;
 use tokio_postgres::{Client, Config, NoTls};
 
 use crate::sql::plan::{DesiredState, MANAGED_MARKER, ObservedRole, ObservedState, Plan, plan};
 use crate::sql::privileges::{Fact, ObjectClass, desired_facts, kind_privileges};
+use crate::sql::quote::literal;
 
 /// Where and as whom to connect.
 #[derive(Clone, Debug)]
@@ -35,6 +37,17 @@ pub enum ProvisionError {
         #[source]
         source: tokio_postgres::Error,
     },
+}
+
+/// Databases observed at once.
+const OBSERVE_CONCURRENCY: usize = 8;
+
+/// What one database holds.
+struct DatabaseView {
+    database: String,
+    extensions: BTreeSet<String>,
+    schemas: BTreeSet<String>,
+    facts: BTreeSet<Fact>,
 }
 
 /// What one pass did.
@@ -122,35 +135,63 @@ impl Connection {
             .iter()
             .map(|row| (row.get(0), row.get(1)))
             .collect();
-        for database in desired.databases.keys() {
-            if !observed.databases.contains_key(database) {
-                continue;
-            }
-            let client = self.connect(database).await?;
-            let rows = client
-                .query("SELECT extname::text FROM pg_extension", &[])
-                .await
-                .map_err(ProvisionError::Observe)?;
-            observed.extensions.insert(
-                database.clone(),
-                rows.iter().map(|row| row.get(0)).collect(),
-            );
-            let rows = client
-                .query(
-                    "SELECT nspname::text FROM pg_namespace WHERE nspname !~ '^pg_' AND nspname <> 'information_schema'",
-                    &[],
-                )
-                .await
-                .map_err(ProvisionError::Observe)?;
-            let schemas: BTreeSet<String> = rows.iter().map(|row| row.get(0)).collect();
-            let candidates = desired_facts(desired, database, &schemas);
-            let facts = holding_facts(&client, &candidates)
-                .await
-                .map_err(ProvisionError::Observe)?;
-            observed.schemas.insert(database.clone(), schemas);
-            observed.facts.insert(database.clone(), facts);
+        // Databases are read concurrently: each needs its own connection.
+        let existing_roles: BTreeSet<String> = observed.roles.keys().cloned().collect();
+        let present: Vec<&String> = desired
+            .databases
+            .keys()
+            .filter(|db| observed.databases.contains_key(*db))
+            .collect();
+        let per_database: Vec<Result<DatabaseView, ProvisionError>> =
+            futures::stream::iter(present)
+                .map(|database| self.observe_database(desired, database, &existing_roles))
+                .buffer_unordered(OBSERVE_CONCURRENCY)
+                .collect()
+                .await;
+        for view in per_database {
+            let view = view?;
+            observed
+                .extensions
+                .insert(view.database.clone(), view.extensions);
+            observed.schemas.insert(view.database.clone(), view.schemas);
+            observed.facts.insert(view.database, view.facts);
         }
         Ok(observed)
+    }
+
+    /// Extensions, schemas and privilege facts of one database.
+    async fn observe_database(
+        &self,
+        desired: &DesiredState,
+        database: &str,
+        existing_roles: &BTreeSet<String>,
+    ) -> Result<DatabaseView, ProvisionError> {
+        let client = self.connect(database).await?;
+        let rows = client
+            .query(
+                "SELECT 'e', extname::text FROM pg_extension UNION ALL \
+                 SELECT 's', nspname::text FROM pg_namespace WHERE nspname !~ '^pg_' AND nspname <> 'information_schema'",
+                &[],
+            )
+            .await
+            .map_err(ProvisionError::Observe)?;
+        let of_kind = |kind: &str| -> BTreeSet<String> {
+            rows.iter()
+                .filter(|r| r.get::<_, &str>(0) == kind)
+                .map(|r| r.get(1))
+                .collect()
+        };
+        let (extensions, schemas) = (of_kind("e"), of_kind("s"));
+        let candidates = desired_facts(desired, database, &schemas);
+        let facts = holding_facts(&client, &candidates, existing_roles)
+            .await
+            .map_err(ProvisionError::Observe)?;
+        Ok(DatabaseView {
+            database: database.to_string(),
+            extensions,
+            schemas,
+            facts,
+        })
     }
 
     /// Executes a plan in order, one connection per database.
@@ -195,14 +236,14 @@ impl Connection {
     }
 }
 
-/// Which of `candidates` hold in the connected database. Connect and default
-/// privileges are read from explicit ACL entries (a PUBLIC grant does not count: it is
-/// about to be revoked); object privileges with `has_*_privilege`.
+/// Which of `candidates` hold in the connected database, in three round trips. Connect
+/// and default privileges are read from explicit ACL entries (a PUBLIC grant does not
+/// count: it is about to be revoked); object privileges with `has_*_privilege`.
 async fn holding_facts(
     client: &Client,
     candidates: &BTreeSet<Fact>,
+    existing_roles: &BTreeSet<String>,
 ) -> Result<BTreeSet<Fact>, tokio_postgres::Error> {
-    let mut holding = BTreeSet::new();
     let connect: BTreeSet<String> = client
         .query(
             "SELECT CASE WHEN a.grantee = 0 THEN '' ELSE pg_get_userbyid(a.grantee)::text END \
@@ -229,46 +270,57 @@ async fn holding_facts(
             .or_default()
             .insert(row.get(3));
     }
-    let existing: BTreeSet<String> = client
-        .query("SELECT rolname::text FROM pg_roles", &[])
-        .await?
-        .iter()
-        .map(|row| row.get(0))
-        .collect();
+    let mut holding = BTreeSet::new();
+    // Object facts of existing roles, evaluated together in one statement.
+    let mut checked: Vec<&Fact> = Vec::new();
+    let mut expressions: Vec<String> = Vec::new();
     for fact in candidates {
-        let holds = match fact {
-            Fact::NoPublicConnect => !connect.contains(""),
-            Fact::Connect { role } => connect.contains(role),
+        match fact {
+            Fact::NoPublicConnect if !connect.contains("") => {
+                holding.insert(fact.clone());
+            }
+            Fact::Connect { role } if connect.contains(role) => {
+                holding.insert(fact.clone());
+            }
             Fact::Default {
                 creator,
                 role,
                 class,
             } => {
                 let wanted = role_privileges(role, *class);
-                defaults
-                    .get(&(creator.clone(), class.code().to_string(), role.clone()))
-                    .is_some_and(|held| wanted.iter().all(|p| held.contains(*p)))
+                let held = defaults.get(&(creator.clone(), class.code().to_string(), role.clone()));
+                if held.is_some_and(|held| wanted.iter().all(|p| held.contains(*p))) {
+                    holding.insert(fact.clone());
+                }
             }
-            Fact::Schema { role, schema } => {
-                existing.contains(role)
-                    && client
-                        .query_one(
-                            "SELECT has_schema_privilege($1, $2, 'USAGE')",
-                            &[role, schema],
-                        )
-                        .await?
-                        .get::<_, bool>(0)
+            Fact::Schema { role, schema } if existing_roles.contains(role) => {
+                checked.push(fact);
+                expressions.push(format!(
+                    "coalesce((SELECT has_schema_privilege({}, oid, 'USAGE') FROM pg_namespace WHERE nspname = {}), false)",
+                    literal(role),
+                    literal(schema)
+                ));
             }
             Fact::AllObjects {
                 role,
                 schema,
                 class,
-            } => {
-                existing.contains(role) && all_objects_granted(client, role, schema, *class).await?
+            } if existing_roles.contains(role) => {
+                if let Some(expression) = all_objects_granted(role, schema, *class) {
+                    checked.push(fact);
+                    expressions.push(expression);
+                }
             }
-        };
-        if holds {
-            holding.insert(fact.clone());
+            _ => {}
+        }
+    }
+    if !expressions.is_empty() {
+        let sql = format!("SELECT ARRAY[{}]::bool[]", expressions.join(", "));
+        let results: Vec<bool> = client.query_one(&sql, &[]).await?.get(0);
+        for (fact, holds) in checked.into_iter().zip(results) {
+            if holds {
+                holding.insert(fact.clone());
+            }
         }
     }
     Ok(holding)
@@ -284,43 +336,41 @@ fn role_privileges(role: &str, class: ObjectClass) -> Vec<&'static str> {
         .unwrap_or_default()
 }
 
-/// Whether `role` holds its privileges on every object of `class` in `schema`.
-async fn all_objects_granted(
-    client: &Client,
-    role: &str,
-    schema: &str,
-    class: ObjectClass,
-) -> Result<bool, tokio_postgres::Error> {
+/// An SQL expression: does `role` hold its privileges on every object of `class` in
+/// `schema`? `None` when the kind has none on that class.
+fn all_objects_granted(role: &str, schema: &str, class: ObjectClass) -> Option<String> {
     let privileges = role_privileges(role, class);
     let (objects, check) = match class {
         ObjectClass::Tables => (
             "SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-             WHERE n.nspname = $2 AND c.relkind IN ('r', 'p', 'v', 'm', 'f')",
+             WHERE n.nspname = {schema} AND c.relkind IN ('r', 'p', 'v', 'm', 'f')",
             "has_table_privilege",
         ),
         ObjectClass::Sequences => (
             "SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-             WHERE n.nspname = $2 AND c.relkind = 'S'",
+             WHERE n.nspname = {schema} AND c.relkind = 'S'",
             "has_sequence_privilege",
         ),
         ObjectClass::Functions => (
             "SELECT p.oid FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace \
-             WHERE n.nspname = $2 AND p.prokind IN ('f', 'p')",
+             WHERE n.nspname = {schema} AND p.prokind IN ('f', 'p')",
             "has_function_privilege",
         ),
-        ObjectClass::Schemas => return Ok(true),
+        ObjectClass::Schemas => return None,
     };
     if privileges.is_empty() {
-        return Ok(true);
+        return None;
     }
     // has_*_privilege with several privileges answers "any"; every one must hold.
     let all_held = privileges
         .iter()
-        .map(|p| format!("{check}($1, o.oid, '{p}')"))
+        .map(|p| format!("{check}({}, o.oid, '{p}')", literal(role)))
         .collect::<Vec<_>>()
         .join(" AND ");
-    let sql = format!("SELECT NOT EXISTS (SELECT 1 FROM ({objects}) o WHERE NOT ({all_held}))");
-    Ok(client.query_one(&sql, &[&role, &schema]).await?.get(0))
+    let objects = objects.replace("{schema}", &literal(schema));
+    Some(format!(
+        "NOT EXISTS (SELECT 1 FROM ({objects}) o WHERE NOT ({all_held}))"
+    ))
 }
 
 fn random_salt() -> [u8; 16] {
