@@ -58,6 +58,13 @@ struct RenderArgs {
     /// Output format.
     #[arg(short = 'o', long, value_enum, default_value = "yaml")]
     output: OutputFormat,
+    #[command(flatten)]
+    operator: OperatorFlags,
+}
+
+/// Settings that shape the objects, shared by `render` and `controller`.
+#[derive(clap::Args)]
+struct OperatorFlags {
     /// Image of the operator (copied into database and backup pods).
     #[arg(long, env = "OPERATOR_IMAGE", default_value = DEFAULT_OPERATOR_IMAGE)]
     operator_image: String,
@@ -67,9 +74,22 @@ struct RenderArgs {
     /// Storage class for clusters that set none (empty: the cluster default).
     #[arg(long, env = "DEFAULT_STORAGE_CLASS", default_value = "")]
     default_storage_class: String,
-    /// Namespace of the operator (allowed through the NetworkPolicy).
+    /// Namespace of the operator: it holds the leader Lease, and the NetworkPolicy lets
+    /// its pods reach the instances.
     #[arg(long, env = "OPERATOR_NAMESPACE", default_value = DEFAULT_OPERATOR_NAMESPACE)]
     operator_namespace: String,
+}
+
+impl OperatorFlags {
+    fn settings(&self) -> OperatorSettings {
+        OperatorSettings {
+            operator_image: self.operator_image.clone(),
+            postgres_image_repository: self.postgres_image_repository.clone(),
+            default_storage_class: Some(self.default_storage_class.clone())
+                .filter(|c| !c.is_empty()),
+            operator_namespace: self.operator_namespace.clone(),
+        }
+    }
 }
 
 #[derive(clap::Args)]
@@ -82,18 +102,8 @@ struct ControllerArgs {
         value_delimiter = ','
     )]
     watch_namespaces: Vec<String>,
-    /// Image of the operator (copied into database and backup pods).
-    #[arg(long, env = "OPERATOR_IMAGE", default_value = DEFAULT_OPERATOR_IMAGE)]
-    operator_image: String,
-    /// Repository of the PostgreSQL images; the tag is the major version.
-    #[arg(long, env = "POSTGRES_IMAGE_REPOSITORY", default_value = DEFAULT_POSTGRES_IMAGE_REPOSITORY)]
-    postgres_image_repository: String,
-    /// Storage class for clusters that set none (empty: the cluster default).
-    #[arg(long, env = "DEFAULT_STORAGE_CLASS", default_value = "")]
-    default_storage_class: String,
-    /// Namespace the operator runs in (holds the leader Lease).
-    #[arg(long, env = "OPERATOR_NAMESPACE", default_value = DEFAULT_OPERATOR_NAMESPACE)]
-    operator_namespace: String,
+    #[command(flatten)]
+    operator: OperatorFlags,
     /// This replica's identity for leader election and events.
     #[arg(long, env = "POD_NAME", default_value = "postgres-operator")]
     pod_name: String,
@@ -148,12 +158,7 @@ fn run_render(args: RenderArgs) -> ExitCode {
             Err(e) => return fail(&format!("{file}: cannot read: {e}")),
         }
     }
-    let settings = OperatorSettings {
-        operator_image: args.operator_image,
-        postgres_image_repository: args.postgres_image_repository,
-        default_storage_class: Some(args.default_storage_class).filter(|c| !c.is_empty()),
-        operator_namespace: args.operator_namespace,
-    };
+    let settings = args.operator.settings();
     let rendered =
         match render::render_inputs(&inputs, &args.namespace, &settings, &mut RandomPasswords) {
             Ok(rendered) => rendered,
@@ -188,12 +193,7 @@ fn run_controller(args: ControllerArgs) -> ExitCode {
             Err(e) => return fail(&format!("cannot configure the Kubernetes client: {e}")),
         };
         let settings = controller::Settings {
-            operator: OperatorSettings {
-                operator_image: args.operator_image,
-                postgres_image_repository: args.postgres_image_repository,
-                default_storage_class: Some(args.default_storage_class).filter(|c| !c.is_empty()),
-                operator_namespace: args.operator_namespace.clone(),
-            },
+            operator: args.operator.settings(),
             watch_namespaces: args
                 .watch_namespaces
                 .into_iter()
@@ -231,7 +231,7 @@ fn run_controller(args: ControllerArgs) -> ExitCode {
         let code = if args.leader_election {
             let lock = LeaseLock::new(
                 client.clone(),
-                &args.operator_namespace,
+                &args.operator.operator_namespace,
                 "postgres-operator",
                 &args.pod_name,
                 Timing::default().lease_duration,

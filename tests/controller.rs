@@ -4,7 +4,6 @@
 
 mod support;
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -49,21 +48,6 @@ fn start(server: &ApiServer) -> Running {
         stop: Some(stop),
         task,
     }
-}
-
-/// Polls `condition` until it holds, failing after 10 s with `what`.
-async fn eventually<F, Fut>(what: &str, mut condition: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    for _ in 0..200 {
-        if condition().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("timed out waiting until {what}");
 }
 
 fn postgres(name: &str, spec: Value) -> Value {
@@ -142,13 +126,13 @@ async fn an_example_becomes_every_object_owned_by_the_postgres() {
     );
     let uid = pg["metadata"]["uid"].clone();
     let running = start(&server);
-    eventually("the StatefulSet exists", || async {
+    support::wait_for("the StatefulSet exists", || {
         server
             .get("apps/statefulsets", NS, "postgres-shop")
             .is_some()
     })
     .await;
-    eventually("the CronJob exists", || async {
+    support::wait_for("the CronJob exists", || {
         server
             .get("batch/cronjobs", NS, "postgres-shop-backup")
             .is_some()
@@ -206,7 +190,7 @@ async fn an_example_becomes_every_object_owned_by_the_postgres() {
         secret_value(&server, "postgres-shop-credentials", "admin").as_deref(),
         Some("secure-admin-password")
     );
-    eventually("a Created event is recorded", || async {
+    support::wait_for("a Created event is recorded", || {
         server
             .list("events.k8s.io/events", NS)
             .iter()
@@ -223,14 +207,14 @@ async fn a_settled_cluster_is_reconciled_without_writes() {
     let server = ApiServer::new();
     server.put(POSTGRES, NS, postgres("calm", example_spec("ha.yaml")));
     let running = start(&server);
-    eventually("the StatefulSet exists", || async {
+    support::wait_for("the StatefulSet exists", || {
         server
             .get("apps/statefulsets", NS, "postgres-calm")
             .is_some()
     })
     .await;
     mark_ready(&server, "calm", 5);
-    eventually("the cluster is Ready", || async {
+    support::wait_for("the cluster is Ready", || {
         condition(&server, "calm", "Ready").is_some_and(|c| c["status"] == "True")
     })
     .await;
@@ -256,7 +240,7 @@ async fn spec_changes_reach_the_objects_and_stale_objects_go() {
     let spec = example_spec("complete.yaml");
     server.put(POSTGRES, NS, postgres("shop", spec.clone()));
     let running = start(&server);
-    eventually("the CronJob exists", || async {
+    support::wait_for("the CronJob exists", || {
         server
             .get("batch/cronjobs", NS, "postgres-shop-backup")
             .is_some()
@@ -275,15 +259,15 @@ async fn spec_changes_reach_the_objects_and_stale_objects_go() {
     pg["spec"] = changed;
     server.put(POSTGRES, NS, pg);
 
-    eventually("the StatefulSet has 4 replicas", || async {
+    support::wait_for("the StatefulSet has 4 replicas", || {
         server
             .get("apps/statefulsets", NS, "postgres-shop")
             .is_some_and(|s| s["spec"]["replicas"] == 4)
     })
     .await;
-    eventually(
+    support::wait_for(
         "the external Service, CronJob and backup Secret are gone",
-        || async {
+        || {
             server
                 .get("/services", NS, "postgres-shop-external-write")
                 .is_none()
@@ -294,7 +278,7 @@ async fn spec_changes_reach_the_objects_and_stale_objects_go() {
         },
     )
     .await;
-    eventually("the users Secret follows the spec", || async {
+    support::wait_for("the users Secret follows the spec", || {
         secret_value(&server, "postgres-shop-credentials", "admin").as_deref() == Some("rotated")
             && secret_value(&server, "postgres-shop-credentials", "readonly_user").is_none()
             && secret_value(&server, "postgres-shop", "readonly_user").is_none()
@@ -318,7 +302,7 @@ async fn spec_changes_reach_the_objects_and_stale_objects_go() {
         secret_value(&server, "postgres-shop-superuser", "password").unwrap(),
         first_password
     );
-    eventually("a Scaled event is recorded", || async {
+    support::wait_for("a Scaled event is recorded", || {
         server
             .list("events.k8s.io/events", NS)
             .iter()
@@ -337,7 +321,7 @@ async fn generated_passwords_survive_an_operator_restart() {
         postgres("keep", json!({"users": {"alice": {}}})),
     );
     let running = start(&server);
-    eventually("the Secrets exist", || async {
+    support::wait_for("the Secrets exist", || {
         secret_value(&server, "postgres-keep", "alice").is_some()
     })
     .await;
@@ -369,7 +353,7 @@ async fn an_invalid_spec_is_reported_and_nothing_is_applied() {
     let spec = json!({"replicas": 2, "quorum": {"minSyncReplicas": 0, "maxSyncReplicas": 2}});
     server.put(POSTGRES, NS, postgres("bad", spec));
     let running = start(&server);
-    eventually("Ready=False with the validation message", || async {
+    support::wait_for("Ready=False with the validation message", || {
         condition(&server, "bad", "Ready").is_some_and(|c| {
             c["status"] == "False"
                 && c["reason"] == "InvalidSpec"
@@ -380,7 +364,7 @@ async fn an_invalid_spec_is_reported_and_nothing_is_applied() {
         })
     })
     .await;
-    eventually("a Warning event", || async {
+    support::wait_for("a Warning event", || {
         server
             .list("events.k8s.io/events", NS)
             .iter()
@@ -413,7 +397,7 @@ async fn deleting_the_postgres_removes_owned_objects_and_keeps_the_data_volumes(
     let server = ApiServer::new();
     server.put(POSTGRES, NS, postgres("gone", json!({})));
     let running = start(&server);
-    eventually("the StatefulSet exists", || async {
+    support::wait_for("the StatefulSet exists", || {
         server
             .get("apps/statefulsets", NS, "postgres-gone")
             .is_some()
@@ -423,7 +407,7 @@ async fn deleting_the_postgres_removes_owned_objects_and_keeps_the_data_volumes(
     server.put("/persistentvolumeclaims", NS, json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
         "metadata": {"name": "pgdata-postgres-gone-0", "namespace": NS, "labels": {"postgres.apps.cozystack.io/cluster": "gone"}}}));
     server.remove(POSTGRES, NS, "gone");
-    eventually("owned objects are collected", || async {
+    support::wait_for("owned objects are collected", || {
         names(&server, "/services").is_empty()
             && names(&server, "/secrets").is_empty()
             && names(&server, "apps/statefulsets").is_empty()
@@ -459,7 +443,7 @@ async fn api_failures_are_retried_until_the_cluster_converges() {
     });
     server.put(POSTGRES, NS, postgres("flaky", json!({})));
     let running = start(&server);
-    eventually("every object exists despite the failures", || async {
+    support::wait_for("every object exists despite the failures", || {
         server
             .get("apps/statefulsets", NS, "postgres-flaky")
             .is_some()
@@ -494,7 +478,7 @@ async fn growing_size_resizes_the_live_volumes() {
         postgres("grow", json!({"size": "10Gi", "replicas": 1})),
     );
     let running = start(&server);
-    eventually("the StatefulSet exists", || async {
+    support::wait_for("the StatefulSet exists", || {
         server
             .get("apps/statefulsets", NS, "postgres-grow")
             .is_some()
@@ -507,7 +491,7 @@ async fn growing_size_resizes_the_live_volumes() {
     let mut pg = server.get(POSTGRES, NS, "grow").unwrap();
     pg["spec"]["size"] = json!("20Gi");
     server.put(POSTGRES, NS, pg);
-    eventually("the claim asks for 20Gi", || async {
+    support::wait_for("the claim asks for 20Gi", || {
         server
             .get("/persistentvolumeclaims", NS, "pgdata-postgres-grow-0")
             .is_some_and(|c| c["spec"]["resources"]["requests"]["storage"] == "20Gi")
@@ -552,7 +536,7 @@ async fn backup_records_get_a_phase_from_their_cluster() {
             .get("apps.cozystack.io/postgresbackups", NS, name)
             .and_then(|r| r["status"]["phase"].as_str().map(str::to_string))
     };
-    eventually("both records have a phase", || async {
+    support::wait_for("both records have a phase", || {
         phase("orphan").is_some() && phase("manual").is_some()
     })
     .await;
@@ -567,7 +551,7 @@ async fn backup_records_get_a_phase_from_their_cluster() {
             .contains("\"nowhere\" not found")
     );
     assert_eq!(phase("manual").as_deref(), Some("Pending"));
-    eventually("a BackupFailed event", || async {
+    support::wait_for("a BackupFailed event", || {
         server
             .list("events.k8s.io/events", NS)
             .iter()

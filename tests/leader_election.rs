@@ -114,16 +114,6 @@ fn replica(
     (stop, task)
 }
 
-async fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
-    for _ in 0..200 {
-        if check() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("timed out waiting until {what}");
-}
-
 fn postgres(name: &str) -> serde_json::Value {
     json!({"apiVersion": "apps.cozystack.io/v1alpha1", "kind": "Postgres", "metadata": {"name": name, "namespace": "apps"}, "spec": {}})
 }
@@ -133,12 +123,12 @@ async fn two_operators_one_leader_and_a_clean_hand_over() {
     let server = ApiServer::new();
     server.put("apps.cozystack.io/postgreses", "apps", postgres("first"));
     let (stop_a, task_a) = replica(&server, "operator-a");
-    wait_for("operator-a leads", || {
+    support::wait_for("operator-a leads", || {
         holder(&server).as_deref() == Some("operator-a")
     })
     .await;
     let (stop_b, task_b) = replica(&server, "operator-b");
-    wait_for("the leader reconciles", || {
+    support::wait_for("the leader reconciles", || {
         server
             .get("apps/statefulsets", "apps", "postgres-first")
             .is_some()
@@ -154,12 +144,12 @@ async fn two_operators_one_leader_and_a_clean_hand_over() {
     // SIGTERM on the leader: it stops its controller and releases the Lease.
     stop_a.send(()).unwrap();
     assert_eq!(task_a.await.unwrap(), Ended::Shutdown);
-    wait_for("operator-b leads", || {
+    support::wait_for("operator-b leads", || {
         holder(&server).as_deref() == Some("operator-b")
     })
     .await;
     server.put("apps.cozystack.io/postgreses", "apps", postgres("second"));
-    wait_for("the new leader reconciles", || {
+    support::wait_for("the new leader reconciles", || {
         server
             .get("apps/statefulsets", "apps", "postgres-second")
             .is_some()
@@ -174,7 +164,7 @@ async fn two_operators_one_leader_and_a_clean_hand_over() {
 async fn a_leader_that_cannot_renew_steps_down() {
     let server = ApiServer::new();
     let (_stop, task) = replica(&server, "operator-a");
-    wait_for("operator-a leads", || {
+    support::wait_for("operator-a leads", || {
         holder(&server).as_deref() == Some("operator-a")
     })
     .await;

@@ -73,16 +73,6 @@ fn chart_rules() -> BTreeSet<Permission> {
     expand(&serde_yaml::from_str(&text).unwrap())
 }
 
-async fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
-    for _ in 0..200 {
-        if check() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("timed out waiting until {what}");
-}
-
 /// Drives the controller through creation, growth, removal of optional objects, and an
 /// invalid spec, so every code path that talks to the API runs.
 async fn full_scenario(server: &ApiServer) {
@@ -129,7 +119,7 @@ async fn full_scenario(server: &ApiServer) {
         },
         move |stop| controller::run(client, settings, Arc::new(Metrics::default()), stop),
     ));
-    wait_for("the claim grew", || {
+    support::wait_for("the claim grew", || {
         server
             .get("/persistentvolumeclaims", "ns", "pgdata-postgres-all-0")
             .is_some_and(|c| c["spec"]["resources"]["requests"]["storage"] == "50Gi")
@@ -141,7 +131,7 @@ async fn full_scenario(server: &ApiServer) {
     pg["spec"]["external"] = json!(false);
     pg["spec"]["backup"] = json!({"enabled": false});
     server.put("apps.cozystack.io/postgreses", "ns", pg);
-    wait_for("stale objects are deleted", || {
+    support::wait_for("stale objects are deleted", || {
         server
             .get("batch/cronjobs", "ns", "postgres-all-backup")
             .is_none()

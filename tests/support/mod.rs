@@ -49,3 +49,14 @@ pub fn example(file: &str) -> String {
 }
 pub mod apiserver;
 pub mod postgres;
+
+/// Polls `check` every 50 ms until it holds, failing the test after 10 s with `what`.
+pub async fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
+    for _ in 0..200 {
+        if check() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting until {what}");
+}
