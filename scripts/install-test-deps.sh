@@ -19,6 +19,8 @@ missing=()
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql postgresql-contrib)
 command -v restic >/dev/null 2>&1 || missing+=(restic)
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)
+command -v kill >/dev/null 2>&1 || missing+=(procps)
+command -v setpriv >/dev/null 2>&1 || missing+=(util-linux)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing Debian packages: ${missing[*]}"
   sudo_if_needed apt-get update -qq
