@@ -63,6 +63,22 @@ fn main() {
             assert_eq!(report.statements, 0, "a settled catalog needs no statement");
         }
         noop.sort();
+        // What a bare connection to every database costs, for comparison.
+        let started = Instant::now();
+        for d in 0..50 {
+            let mut config = tokio_postgres::Config::new();
+            config
+                .host(&connection.host)
+                .port(connection.port)
+                .user("postgres")
+                .dbname(format!("db{d}"));
+            let (client, conn) = config.connect(tokio_postgres::NoTls).await.unwrap();
+            let task = tokio::spawn(conn);
+            client.simple_query("SELECT 1").await.unwrap();
+            drop(client);
+            let _ = task.await;
+        }
+        let connects = started.elapsed();
         let median = noop[noop.len() / 2];
         let max: Duration = noop[noop.len() - 1];
         println!("users / databases:           100 / 50");
@@ -78,6 +94,10 @@ fn main() {
         println!(
             "no-op pass (max of 10):      {:.1} ms",
             max.as_secs_f64() * 1000.0
+        );
+        println!(
+            "baseline, 50 bare connections one after another: {:.1} ms",
+            connects.as_secs_f64() * 1000.0
         );
     });
 }
