@@ -79,6 +79,17 @@ fn main() {
             let _ = task.await;
         }
         let connects = started.elapsed();
+        let started = Instant::now();
+        let observed = connection.observe(&state).await.unwrap();
+        let observe = started.elapsed();
+        let started = Instant::now();
+        let _ = postgres_operator::sql::plan(&state, &observed, &mut || [0; 16]);
+        let planning = started.elapsed();
+        println!(
+            "observe: {:.1} ms, plan: {:.1} ms",
+            observe.as_secs_f64() * 1000.0,
+            planning.as_secs_f64() * 1000.0
+        );
         let median = noop[noop.len() / 2];
         let max: Duration = noop[noop.len() - 1];
         println!("users / databases:           100 / 50");

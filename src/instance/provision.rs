@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use futures::StreamExt;
-use tokio_postgres::{Client, Config, NoTls};
+use tokio_postgres::{Client, Config, NoTls, SimpleQueryMessage};
 
 use crate::sql::plan::{DesiredState, MANAGED_MARKER, ObservedRole, ObservedState, Plan, plan};
 use crate::sql::privileges::{Fact, ObjectClass, desired_facts, kind_privileges};
@@ -167,18 +167,17 @@ impl Connection {
         existing_roles: &BTreeSet<String>,
     ) -> Result<DatabaseView, ProvisionError> {
         let client = self.connect(database).await?;
-        let rows = client
-            .query(
-                "SELECT 'e', extname::text FROM pg_extension UNION ALL \
-                 SELECT 's', nspname::text FROM pg_namespace WHERE nspname !~ '^pg_' AND nspname <> 'information_schema'",
-                &[],
-            )
-            .await
-            .map_err(ProvisionError::Observe)?;
+        let rows = text_rows(
+            &client,
+            "SELECT 'e', extname::text FROM pg_extension UNION ALL \
+             SELECT 's', nspname::text FROM pg_namespace WHERE nspname !~ '^pg_' AND nspname <> 'information_schema'",
+        )
+        .await
+        .map_err(ProvisionError::Observe)?;
         let of_kind = |kind: &str| -> BTreeSet<String> {
             rows.iter()
-                .filter(|r| r.get::<_, &str>(0) == kind)
-                .map(|r| r.get(1))
+                .filter(|r| r[0] == kind)
+                .map(|r| r[1].clone())
                 .collect()
         };
         let (extensions, schemas) = (of_kind("e"), of_kind("s"));
@@ -244,31 +243,31 @@ async fn holding_facts(
     candidates: &BTreeSet<Fact>,
     existing_roles: &BTreeSet<String>,
 ) -> Result<BTreeSet<Fact>, tokio_postgres::Error> {
-    let connect: BTreeSet<String> = client
-        .query(
-            "SELECT CASE WHEN a.grantee = 0 THEN '' ELSE pg_get_userbyid(a.grantee)::text END \
-             FROM pg_database d, aclexplode(coalesce(d.datacl, acldefault('d', d.datdba))) a \
-             WHERE d.datname = current_database() AND a.privilege_type = 'CONNECT'",
-            &[],
-        )
-        .await?
-        .iter()
-        .map(|row| row.get(0))
-        .collect();
+    let connect: BTreeSet<String> = text_rows(
+        client,
+        "SELECT CASE WHEN a.grantee = 0 THEN '' ELSE pg_get_userbyid(a.grantee)::text END \
+         FROM pg_database d, aclexplode(coalesce(d.datacl, acldefault('d', d.datdba))) a \
+         WHERE d.datname = current_database() AND a.privilege_type = 'CONNECT'",
+    )
+    .await?
+    .into_iter()
+    .map(|mut row| row.swap_remove(0))
+    .collect();
     let mut defaults: BTreeMap<(String, String, String), BTreeSet<String>> = BTreeMap::new();
-    for row in client
-        .query(
-            "SELECT pg_get_userbyid(d.defaclrole)::text, d.defaclobjtype::text, \
-             pg_get_userbyid(a.grantee)::text, a.privilege_type \
-             FROM pg_default_acl d, aclexplode(d.defaclacl) a WHERE d.defaclnamespace = 0",
-            &[],
-        )
-        .await?
+    for row in text_rows(
+        client,
+        "SELECT pg_get_userbyid(d.defaclrole)::text, d.defaclobjtype::text, \
+         pg_get_userbyid(a.grantee)::text, a.privilege_type \
+         FROM pg_default_acl d, aclexplode(d.defaclacl) a WHERE d.defaclnamespace = 0",
+    )
+    .await?
     {
-        defaults
-            .entry((row.get(0), row.get(1), row.get(2)))
-            .or_default()
-            .insert(row.get(3));
+        if let [creator, class, grantee, privilege] = row.as_slice() {
+            defaults
+                .entry((creator.clone(), class.clone(), grantee.clone()))
+                .or_default()
+                .insert(privilege.clone());
+        }
     }
     let mut holding = BTreeSet::new();
     // Object facts of existing roles, evaluated together in one statement.
@@ -314,16 +313,35 @@ async fn holding_facts(
             _ => {}
         }
     }
-    if !expressions.is_empty() {
-        let sql = format!("SELECT ARRAY[{}]::bool[]", expressions.join(", "));
-        let results: Vec<bool> = client.query_one(&sql, &[]).await?.get(0);
-        for (fact, holds) in checked.into_iter().zip(results) {
-            if holds {
-                holding.insert(fact.clone());
+    // One column per fact (PostgreSQL allows 1,664 columns in a row), sent unprepared:
+    // these statements run once, so preparing them would only add round trips.
+    for (facts, expressions) in checked.chunks(1000).zip(expressions.chunks(1000)) {
+        let rows = text_rows(client, &format!("SELECT {}", expressions.join(", "))).await?;
+        let Some(row) = rows.first() else { continue };
+        for (fact, holds) in facts.iter().zip(row) {
+            if holds == "t" {
+                holding.insert((*fact).clone());
             }
         }
     }
     Ok(holding)
+}
+
+/// Rows of a parameterless query as text (NULL as empty), in one round trip.
+async fn text_rows(client: &Client, sql: &str) -> Result<Vec<Vec<String>>, tokio_postgres::Error> {
+    Ok(client
+        .simple_query(sql)
+        .await?
+        .into_iter()
+        .filter_map(|message| match message {
+            SimpleQueryMessage::Row(row) => Some(
+                (0..row.len())
+                    .map(|i| row.get(i).unwrap_or_default().to_string())
+                    .collect(),
+            ),
+            _ => None,
+        })
+        .collect())
 }
 
 /// The privileges a group role's kind carries on a class.

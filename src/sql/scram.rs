@@ -3,7 +3,9 @@
 //! password never travels or gets logged in clear text, and checked here so an unchanged
 //! password is never set again.
 
+use std::collections::HashSet;
 use std::num::NonZeroU32;
+use std::sync::{LazyLock, Mutex};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
@@ -43,9 +45,40 @@ pub fn verifier(password: &str, salt: &[u8]) -> String {
     )
 }
 
+/// Pairs already proven to match, by SHA-256 of (password, verifier): a settled cluster
+/// re-checks every user on every pass, and each check costs 4,096 HMAC rounds.
+static PROVEN: LazyLock<Mutex<HashSet<[u8; 32]>>> = LazyLock::new(Mutex::default);
+/// Enough for every user of many clusters; past it the memo starts over.
+const PROVEN_CAPACITY: usize = 10_000;
+
+fn pair_digest(password: &str, verifier: &str) -> [u8; 32] {
+    let mut context = digest::Context::new(&digest::SHA256);
+    context.update(password.as_bytes());
+    context.update(&[0]);
+    context.update(verifier.as_bytes());
+    let mut out = [0u8; 32];
+    out.copy_from_slice(context.finish().as_ref());
+    out
+}
+
 /// Whether `password` is the one `verifier` was made from. Anything that is not a
 /// well-formed SCRAM verifier (an md5 hash, nothing) does not match.
 pub fn matches(password: &str, verifier: &str) -> bool {
+    let key = pair_digest(password, verifier);
+    if PROVEN.lock().is_ok_and(|proven| proven.contains(&key)) {
+        return true;
+    }
+    let matched = compute_matches(password, verifier);
+    if matched && let Ok(mut proven) = PROVEN.lock() {
+        if proven.len() >= PROVEN_CAPACITY {
+            proven.clear();
+        }
+        proven.insert(key);
+    }
+    matched
+}
+
+fn compute_matches(password: &str, verifier: &str) -> bool {
     let parse = || -> Option<bool> {
         let rest = verifier.strip_prefix("SCRAM-SHA-256$")?;
         let (params, keys_part) = rest.split_once('$')?;
@@ -71,6 +104,7 @@ mod tests {
         let v = verifier("secret", b"0123456789abcdef");
         assert!(v.starts_with("SCRAM-SHA-256$4096:"));
         assert!(matches("secret", &v));
+        assert!(matches("secret", &v), "a memoized match still matches");
         assert!(!matches("Secret", &v));
         assert!(!matches("secret", "md5abcdef"));
         assert!(!matches("secret", "SCRAM-SHA-256$0:AAAA$AAAA:AAAA"));
