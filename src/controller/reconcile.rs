@@ -144,17 +144,15 @@ async fn reconcile_inner(postgres: &Postgres, ctx: &Context) -> Result<Action, E
         }
     }
 
-    let statefulset = Api::<StatefulSet>::namespaced(ctx.client.clone(), &namespace)
-        .get_opt(&names::prefix(&name))
-        .await
-        .map_err(Error::kube("get", "StatefulSet", &name))?;
+    // The StatefulSet's counts as read before this pass's apply: applying changes its
+    // spec, not its status, and the StatefulSet watch brings the next change here.
     let selector = selector_string(&labels::selector(&name));
     let pods = Api::<Pod>::namespaced(ctx.client.clone(), &namespace)
         .list(&ListParams::default().labels(&selector))
         .await
         .map_err(Error::kube("list", "Pod", &name))?;
     let observed = Observed {
-        statefulset: statefulset.as_ref(),
+        statefulset: live_statefulset.as_ref(),
         pods: &pods.items,
         invalid: None,
     };

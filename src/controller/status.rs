@@ -200,6 +200,15 @@ mod tests {
         p
     }
 
+    fn status_of(pg: &Postgres, statefulset: Option<&StatefulSet>, pods: &[Pod]) -> PostgresStatus {
+        let observed = Observed {
+            statefulset,
+            pods,
+            invalid: None,
+        };
+        desired_status(pg, &observed, now())
+    }
+
     fn now() -> Timestamp {
         Timestamp::from_second(1_800_000_000).unwrap()
     }
@@ -212,15 +221,7 @@ mod tests {
             pod("postgres-demo-0", "primary"),
             pod("postgres-demo-1", "replica"),
         ];
-        let status = desired_status(
-            &pg,
-            &Observed {
-                statefulset: Some(&s),
-                pods: &pods,
-                invalid: None,
-            },
-            now(),
-        );
+        let status = status_of(&pg, Some(&s), &pods);
         assert_eq!(status.observed_generation, Some(3));
         assert_eq!(status.ready_instances, Some(2));
         assert_eq!(status.current_primary.as_deref(), Some("postgres-demo-0"));
@@ -231,15 +232,7 @@ mod tests {
 
     #[test]
     fn a_new_cluster_is_progressing_without_a_primary() {
-        let status = desired_status(
-            &postgres(3),
-            &Observed {
-                statefulset: None,
-                pods: &[],
-                invalid: None,
-            },
-            now(),
-        );
+        let status = status_of(&postgres(3), None, &[]);
         let ready = condition_of(&status, READY).unwrap();
         assert_eq!(
             (ready.status.as_str(), ready.reason.as_str()),
@@ -253,15 +246,7 @@ mod tests {
         let pg = postgres(3);
         let s = sts(3, 2);
         let pods = [pod("postgres-demo-0", "primary")];
-        let status = desired_status(
-            &pg,
-            &Observed {
-                statefulset: Some(&s),
-                pods: &pods,
-                invalid: None,
-            },
-            now(),
-        );
+        let status = status_of(&pg, Some(&s), &pods);
         assert_eq!(condition_of(&status, DEGRADED).unwrap().status, "True");
         assert_eq!(
             condition_of(&status, READY).unwrap().reason,
