@@ -1,3 +1,4 @@
 //! The instance manager's pieces that talk to PostgreSQL.
 
 pub mod provision;
+pub mod supervise;

@@ -73,25 +73,24 @@ fn free_port() -> u16 {
         .port()
 }
 
-pub struct PostgresServer {
+/// An initialised data directory with its own port and socket directory.
+pub struct DataDir {
     pub port: u16,
     pub socket_dir: PathBuf,
     pub data_dir: PathBuf,
-    child: Option<Child>,
-    _root: tempfile::TempDir,
+    root: tempfile::TempDir,
 }
 
-impl PostgresServer {
-    /// initdb (superuser `postgres`, trusted on the local socket, SCRAM over TCP) and start.
-    pub fn start() -> Self {
+impl DataDir {
+    /// initdb: superuser `postgres`, trusted on the local socket, SCRAM over TCP.
+    pub fn init() -> Self {
         let root = tempfile::tempdir().unwrap();
         std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         let data_dir = root.path().join("data");
         let socket_dir = root.path().join("run");
         std::fs::create_dir(&socket_dir).unwrap();
         chown_to_postgres(root.path());
-        let bin = bin_dir();
-        let out = command(&bin.join("initdb"))
+        let out = command(&bin_dir().join("initdb"))
             .args(["-D"])
             .arg(&data_dir)
             .args([
@@ -111,31 +110,89 @@ impl PostgresServer {
             "initdb: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let port = free_port();
-        let child = command(&bin.join("postgres"))
-            .arg("-D")
-            .arg(&data_dir)
-            .args([
-                "-p",
-                &port.to_string(),
-                "-c",
-                "listen_addresses=127.0.0.1",
-                "-c",
-                "fsync=off",
-            ])
-            .args(["-c", "shared_preload_libraries=pg_stat_statements"])
-            .arg("-k")
-            .arg(&socket_dir)
+        Self {
+            port: free_port(),
+            socket_dir,
+            data_dir,
+            root,
+        }
+    }
+
+    /// The program and arguments that run the postmaster on this directory (through
+    /// setpriv when root, which execs in place: the pid is the postmaster's).
+    pub fn postmaster(&self) -> (PathBuf, Vec<String>) {
+        let postgres = bin_dir().join("postgres").to_string_lossy().into_owned();
+        let mut args = vec![
+            "-D".to_string(),
+            self.data_dir.to_string_lossy().into_owned(),
+            "-p".to_string(),
+            self.port.to_string(),
+            "-k".to_string(),
+            self.socket_dir.to_string_lossy().into_owned(),
+            "-c".to_string(),
+            "listen_addresses=127.0.0.1".to_string(),
+            "-c".to_string(),
+            "fsync=off".to_string(),
+            "-c".to_string(),
+            "shared_preload_libraries=pg_stat_statements".to_string(),
+        ];
+        if is_root() {
+            let mut wrapped: Vec<String> = [
+                "--reuid=postgres",
+                "--regid=postgres",
+                "--init-groups",
+                "--",
+            ]
+            .map(String::from)
+            .to_vec();
+            wrapped.push(postgres);
+            wrapped.append(&mut args);
+            (PathBuf::from("setpriv"), wrapped)
+        } else {
+            (PathBuf::from(postgres), args)
+        }
+    }
+
+    /// Whether a server accepts connections on this directory's socket.
+    pub fn is_ready(&self) -> bool {
+        Command::new(bin_dir().join("pg_isready"))
+            .arg("-h")
+            .arg(&self.socket_dir)
+            .args(["-p", &self.port.to_string(), "-q"])
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
+    pub fn root(&self) -> &Path {
+        self.root.path()
+    }
+}
+
+pub struct PostgresServer {
+    pub port: u16,
+    pub socket_dir: PathBuf,
+    pub data_dir: PathBuf,
+    child: Option<Child>,
+    dir: DataDir,
+}
+
+impl PostgresServer {
+    /// A new data directory, with its server started.
+    pub fn start() -> Self {
+        let dir = DataDir::init();
+        let (program, args) = dir.postmaster();
+        let child = Command::new(program)
+            .args(args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
         let mut server = Self {
-            port,
-            socket_dir,
-            data_dir,
+            port: dir.port,
+            socket_dir: dir.socket_dir.clone(),
+            data_dir: dir.data_dir.clone(),
             child: Some(child),
-            _root: root,
+            dir,
         };
         server.wait_ready();
         server
@@ -144,13 +201,7 @@ impl PostgresServer {
     fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
-            let ready = Command::new(bin_dir().join("pg_isready"))
-                .arg("-h")
-                .arg(&self.socket_dir)
-                .args(["-p", &self.port.to_string(), "-q"])
-                .status()
-                .is_ok_and(|s| s.success());
-            if ready {
+            if self.dir.is_ready() {
                 return;
             }
             if let Some(status) = self

@@ -1,0 +1,164 @@
+//! Supervision of the postmaster: start it, restart it when it dies (with backoff), and
+//! on shutdown ask for a smart shutdown, then a fast one, then an immediate one, so the
+//! pod's grace period is used and no postmaster is ever left behind.
+
+use std::path::PathBuf;
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+
+use rustix::process::{Pid, Signal, kill_process};
+use tokio::process::{Child, Command};
+use tokio::sync::{mpsc, watch};
+
+/// How to start the postmaster: a program (the `postgres` binary, or a wrapper that
+/// execs it) and its arguments.
+#[derive(Clone, Debug)]
+pub struct PostmasterCommand {
+    pub program: PathBuf,
+    pub args: Vec<String>,
+}
+
+/// Timings of restarts and of the shutdown ladder.
+#[derive(Clone, Copy, Debug)]
+pub struct Timing {
+    /// First delay before restarting a dead postmaster; doubles up to `max_restart_delay`.
+    pub restart_delay: Duration,
+    pub max_restart_delay: Duration,
+    /// Smart shutdown waits for clients to leave; after this, fast shutdown disconnects them.
+    pub smart_timeout: Duration,
+    /// Fast shutdown checkpoints; after this, immediate shutdown (crash recovery next start).
+    pub fast_timeout: Duration,
+    /// Immediate shutdown; after this, SIGKILL.
+    pub immediate_timeout: Duration,
+}
+
+impl Default for Timing {
+    /// Fits the 180 s grace period of the database pods.
+    fn default() -> Self {
+        Self {
+            restart_delay: Duration::from_secs(1),
+            max_restart_delay: Duration::from_secs(30),
+            smart_timeout: Duration::from_secs(60),
+            fast_timeout: Duration::from_secs(90),
+            immediate_timeout: Duration::from_secs(15),
+        }
+    }
+}
+
+/// What the supervisor reports as it goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    Started { pid: u32 },
+    Died { status: String },
+    ShutDown { mode: ShutdownMode },
+}
+
+/// The last shutdown step that was needed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ShutdownMode {
+    Smart,
+    Fast,
+    Immediate,
+    Killed,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SuperviseError {
+    #[error("cannot start {program}: {source}")]
+    Spawn {
+        program: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn signal(child: &Child, signal: Signal) {
+    let Some(pid) = child
+        .id()
+        .and_then(|id| Pid::from_raw(i32::try_from(id).ok()?))
+    else {
+        return;
+    };
+    // The postmaster may have just exited: ESRCH is expected then.
+    let _ = kill_process(pid, signal);
+}
+
+async fn wait_for_exit(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    tokio::time::timeout(timeout, child.wait())
+        .await
+        .ok()
+        .and_then(Result::ok)
+}
+
+/// Shuts the postmaster down, escalating from smart to fast to immediate to SIGKILL.
+async fn shut_down(child: &mut Child, timing: &Timing) -> ShutdownMode {
+    let ladder = [
+        (Signal::TERM, ShutdownMode::Smart, timing.smart_timeout),
+        (Signal::INT, ShutdownMode::Fast, timing.fast_timeout),
+        (
+            Signal::QUIT,
+            ShutdownMode::Immediate,
+            timing.immediate_timeout,
+        ),
+    ];
+    for (sig, mode, timeout) in ladder {
+        signal(child, sig);
+        if wait_for_exit(child, timeout).await.is_some() {
+            return mode;
+        }
+        tracing::warn!(?mode, "postmaster still running, escalating");
+    }
+    let _ = child.kill().await;
+    ShutdownMode::Killed
+}
+
+/// Runs the postmaster until `shutdown` turns true, restarting it whenever it dies.
+/// `events` receives what happens (for status and tests).
+pub async fn supervise(
+    command: &PostmasterCommand,
+    timing: Timing,
+    mut shutdown: watch::Receiver<bool>,
+    events: mpsc::UnboundedSender<Event>,
+) -> Result<ShutdownMode, SuperviseError> {
+    let mut delay = timing.restart_delay;
+    loop {
+        if *shutdown.borrow() {
+            return Ok(ShutdownMode::Smart);
+        }
+        let mut child = Command::new(&command.program)
+            .args(&command.args)
+            .stdin(Stdio::null())
+            // Dropping the supervisor (a panic, an abort) must not leave a postmaster running.
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|source| SuperviseError::Spawn {
+                program: command.program.display().to_string(),
+                source,
+            })?;
+        let _ = events.send(Event::Started {
+            pid: child.id().unwrap_or_default(),
+        });
+        let exited = tokio::select! {
+            status = child.wait() => Some(status),
+            _ = shutdown.wait_for(|stop| *stop) => None,
+        };
+        let Some(status) = exited else {
+            let mode = shut_down(&mut child, &timing).await;
+            let _ = events.send(Event::ShutDown { mode });
+            return Ok(mode);
+        };
+        let status = status
+            .map(|s| s.to_string())
+            .unwrap_or_else(|e| e.to_string());
+        tracing::warn!(%status, "postmaster exited; restarting");
+        let _ = events.send(Event::Died { status });
+        let stop_requested = tokio::select! {
+            () = tokio::time::sleep(delay) => false,
+            _ = shutdown.wait_for(|stop| *stop) => true,
+        };
+        if stop_requested {
+            return Ok(ShutdownMode::Smart);
+        }
+        delay = (delay * 2).min(timing.max_restart_delay);
+    }
+}
