@@ -1,4 +1,5 @@
 //! The instance manager's pieces that talk to PostgreSQL.
 
 pub mod provision;
+pub mod status;
 pub mod supervise;

@@ -179,7 +179,50 @@ pub struct PostgresServer {
 impl PostgresServer {
     /// A new data directory, with its server started.
     pub fn start() -> Self {
-        let dir = DataDir::init();
+        Self::start_on(DataDir::init())
+    }
+
+    /// A streaming standby of this server: cloned with pg_basebackup (`-R` writes
+    /// `primary_conninfo` and `standby.signal`), then started.
+    pub fn start_standby(&self, application_name: &str) -> Self {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let data_dir = root.path().join("data");
+        let socket_dir = root.path().join("run");
+        std::fs::create_dir(&socket_dir).unwrap();
+        chown_to_postgres(root.path());
+        let out = command(&bin_dir().join("pg_basebackup"))
+            .arg("-D")
+            .arg(&data_dir)
+            .arg("-h")
+            .arg(&self.socket_dir)
+            .args([
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+                "-R",
+                "-X",
+                "stream",
+            ])
+            .args(["-d", &format!("application_name={application_name}")])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "pg_basebackup: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Self::start_on(DataDir {
+            port: free_port(),
+            socket_dir,
+            data_dir,
+            root,
+        })
+    }
+
+    /// Starts the server of an initialised data directory.
+    pub fn start_on(dir: DataDir) -> Self {
         let (program, args) = dir.postmaster();
         let child = Command::new(program)
             .args(args)

@@ -1,0 +1,165 @@
+//! What an instance reports on :8000: `/healthz` (PostgreSQL answers), `/readyz`
+//! (accepting connections and, for a standby, streaming from the primary) and `/status`
+//! (role, timeline, LSNs, lag, sync state, pending restart, version) as JSON.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use serde::Serialize;
+use tokio_postgres::{Client, Config, NoTls};
+
+use super::provision::Connection;
+
+/// The instance's state as the operator and the other instances read it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InstanceStatus {
+    /// `primary` or `standby`.
+    pub role: String,
+    pub timeline: i64,
+    /// Primary: current WAL write position. Standby: last received.
+    pub received_lsn: Option<String>,
+    /// Standby: last replayed.
+    pub replayed_lsn: Option<String>,
+    /// Primary: WAL flushed to disk.
+    pub flushed_lsn: Option<String>,
+    /// Standby: bytes received but not replayed yet.
+    pub replay_lag_bytes: Option<i64>,
+    /// Standby: whether the WAL receiver is streaming.
+    pub streaming: bool,
+    /// Primary: standbys and their sync state (`sync`, `quorum`, `async`, `potential`).
+    pub replicas: Vec<ReplicaState>,
+    /// Settings changed in the configuration that need a restart.
+    pub pending_restart: Vec<String>,
+    /// `server_version`.
+    pub version: String,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplicaState {
+    pub application_name: String,
+    pub sync_state: String,
+    pub replay_lsn: Option<String>,
+}
+
+async fn connect(connection: &Connection) -> Result<Client, tokio_postgres::Error> {
+    let mut config = Config::new();
+    config
+        .host(&connection.host)
+        .port(connection.port)
+        .user(&connection.user)
+        .dbname("postgres");
+    config.connect_timeout(std::time::Duration::from_secs(2));
+    if let Some(password) = &connection.password {
+        config.password(password);
+    }
+    let (client, driver) = config.connect(NoTls).await?;
+    tokio::spawn(async move {
+        let _ = driver.await;
+    });
+    Ok(client)
+}
+
+/// Reads the status from the server.
+pub async fn read_status(connection: &Connection) -> Result<InstanceStatus, tokio_postgres::Error> {
+    let client = connect(connection).await?;
+    let row = client
+        .query_one(
+            "SELECT pg_is_in_recovery(), (SELECT timeline_id::bigint FROM pg_control_checkpoint()), \
+             current_setting('server_version'), \
+             ARRAY(SELECT name::text FROM pg_settings WHERE pending_restart ORDER BY 1)",
+            &[],
+        )
+        .await?;
+    let standby: bool = row.get(0);
+    let mut status = InstanceStatus {
+        role: if standby { "standby" } else { "primary" }.to_string(),
+        timeline: row.get(1),
+        version: row.get(2),
+        pending_restart: row.get(3),
+        ..InstanceStatus::default()
+    };
+    if standby {
+        let row = client
+            .query_one(
+                "SELECT pg_last_wal_receive_lsn()::text, pg_last_wal_replay_lsn()::text, \
+                 pg_wal_lsn_diff(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn())::bigint, \
+                 coalesce((SELECT status = 'streaming' FROM pg_stat_wal_receiver), false)",
+                &[],
+            )
+            .await?;
+        status.received_lsn = row.get(0);
+        status.replayed_lsn = row.get(1);
+        status.replay_lag_bytes = row.get(2);
+        status.streaming = row.get(3);
+    } else {
+        let row = client
+            .query_one(
+                "SELECT pg_current_wal_lsn()::text, pg_current_wal_flush_lsn()::text",
+                &[],
+            )
+            .await?;
+        status.received_lsn = row.get(0);
+        status.flushed_lsn = row.get(1);
+        status.replicas = client
+            .query(
+                "SELECT application_name::text, sync_state::text, replay_lsn::text FROM pg_stat_replication ORDER BY 1",
+                &[],
+            )
+            .await?
+            .iter()
+            .map(|row| ReplicaState { application_name: row.get(0), sync_state: row.get(1), replay_lsn: row.get(2) })
+            .collect();
+    }
+    Ok(status)
+}
+
+/// Ready: accepting connections, and a standby must be streaming.
+pub fn is_ready(status: &InstanceStatus) -> bool {
+    status.role == "primary" || status.streaming
+}
+
+async fn healthz(State(connection): State<Arc<Connection>>) -> impl IntoResponse {
+    match connect(&connection).await {
+        Ok(client) => match client.simple_query("SELECT 1").await {
+            Ok(_) => (StatusCode::OK, "ok".to_string()),
+            Err(e) => (StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+        },
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    }
+}
+
+async fn readyz(State(connection): State<Arc<Connection>>) -> impl IntoResponse {
+    match read_status(&connection).await {
+        Ok(status) if is_ready(&status) => (StatusCode::OK, "ready".to_string()),
+        Ok(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "standby not streaming".to_string(),
+        ),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    }
+}
+
+async fn status(
+    State(connection): State<Arc<Connection>>,
+) -> Result<Json<InstanceStatus>, (StatusCode, String)> {
+    read_status(&connection)
+        .await
+        .map(Json)
+        .map_err(|e| (StatusCode::SERVICE_UNAVAILABLE, e.to_string()))
+}
+
+/// The :8000 endpoints, reading the server through `connection`.
+pub fn router(connection: Connection) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/status", get(status))
+        .with_state(Arc::new(connection))
+}

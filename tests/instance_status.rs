@@ -1,0 +1,114 @@
+//! The instance endpoints on real servers: a primary and a streaming standby cloned from
+//! it with pg_basebackup; a row written on the primary appears on the standby.
+
+mod support;
+
+use http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use postgres_operator::instance::status::router;
+use serde_json::Value;
+use support::postgres::PostgresServer;
+use tower::ServiceExt;
+
+async fn get(server: &PostgresServer, path: &str) -> (StatusCode, String) {
+    let response = router(server.superuser())
+        .oneshot(Request::get(path).body(axum::body::Body::empty()).unwrap())
+        .await
+        .unwrap();
+    let status = response.status();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+#[tokio::test]
+async fn a_primary_and_its_streaming_standby_report_their_roles() {
+    let primary = PostgresServer::start();
+    assert_eq!(get(&primary, "/healthz").await.0, StatusCode::OK);
+    assert_eq!(get(&primary, "/readyz").await.0, StatusCode::OK);
+    let (code, body) = get(&primary, "/status").await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    let status: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(status["role"], "primary");
+    assert_eq!(status["timeline"], 1);
+    assert!(status["receivedLsn"].as_str().unwrap().contains('/'));
+    assert!(
+        status["version"]
+            .as_str()
+            .unwrap()
+            .starts_with(char::is_numeric)
+    );
+    assert_eq!(status["pendingRestart"], Value::Array(vec![]));
+
+    let standby = primary.start_standby("postgres-demo-1");
+    let writer = primary.admin("postgres").await;
+    writer
+        .batch_execute(
+            "CREATE TABLE replicated (v text); INSERT INTO replicated VALUES ('from the primary')",
+        )
+        .await
+        .unwrap();
+    let reader = standby.admin("postgres").await;
+    let mut seen = None;
+    for _ in 0..200 {
+        if let Ok(row) = reader.query_one("SELECT v FROM replicated", &[]).await {
+            seen = Some(row.get::<_, String>(0));
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        seen.as_deref(),
+        Some("from the primary"),
+        "the row reaches the standby"
+    );
+
+    let (code, body) = get(&standby, "/status").await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    let status: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(status["role"], "standby");
+    assert_eq!(status["streaming"], true);
+    assert!(status["replayedLsn"].is_string());
+    assert_eq!(get(&standby, "/readyz").await.0, StatusCode::OK);
+
+    let primary_status: Value = serde_json::from_str(&get(&primary, "/status").await.1).unwrap();
+    assert_eq!(
+        primary_status["replicas"][0]["applicationName"],
+        "postgres-demo-1"
+    );
+    assert_eq!(primary_status["replicas"][0]["syncState"], "async");
+
+    // A restart-only setting changed in the configuration is reported.
+    writer
+        .batch_execute("ALTER SYSTEM SET max_connections = 150")
+        .await
+        .unwrap();
+    writer
+        .batch_execute("SELECT pg_reload_conf()")
+        .await
+        .unwrap();
+    let mut pending = Value::Null;
+    for _ in 0..100 {
+        pending = serde_json::from_str::<Value>(&get(&primary, "/status").await.1).unwrap()["pendingRestart"].clone();
+        if pending != Value::Array(vec![]) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(pending, serde_json::json!(["max_connections"]));
+}
+
+#[tokio::test]
+async fn a_stopped_server_is_neither_healthy_nor_ready() {
+    let server = PostgresServer::start();
+    let connection = server.superuser();
+    drop(server);
+    let response = router(connection)
+        .oneshot(
+            Request::get("/healthz")
+                .body(axum::body::Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+}
