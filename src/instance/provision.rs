@@ -61,30 +61,34 @@ pub struct Report {
 const MAINTENANCE_DB: &str = "postgres";
 
 impl Connection {
-    async fn connect(&self, database: &str) -> Result<Client, ProvisionError> {
+    /// A client of `database`; its connection task runs in the background.
+    pub async fn client(&self, database: &str) -> Result<Client, tokio_postgres::Error> {
         let mut config = Config::new();
         config
             .host(&self.host)
             .port(self.port)
             .user(&self.user)
             .dbname(database);
+        config.connect_timeout(std::time::Duration::from_secs(5));
         if let Some(password) = &self.password {
             config.password(password);
         }
-        let (client, connection) =
-            config
-                .connect(NoTls)
-                .await
-                .map_err(|source| ProvisionError::Connect {
-                    database: database.to_string(),
-                    source,
-                })?;
+        let (client, connection) = config.connect(NoTls).await?;
         tokio::spawn(async move {
             if let Err(error) = connection.await {
                 tracing::debug!(%error, "connection closed");
             }
         });
         Ok(client)
+    }
+
+    async fn connect(&self, database: &str) -> Result<Client, ProvisionError> {
+        self.client(database)
+            .await
+            .map_err(|source| ProvisionError::Connect {
+                database: database.to_string(),
+                source,
+            })
     }
 
     /// Reads roles, memberships, databases, and the extensions of the desired databases.

@@ -11,7 +11,7 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use serde::Serialize;
-use tokio_postgres::{Client, Config, NoTls};
+use tokio_postgres::Client;
 
 use super::provision::Connection;
 
@@ -49,21 +49,7 @@ pub struct ReplicaState {
 }
 
 async fn connect(connection: &Connection) -> Result<Client, tokio_postgres::Error> {
-    let mut config = Config::new();
-    config
-        .host(&connection.host)
-        .port(connection.port)
-        .user(&connection.user)
-        .dbname("postgres");
-    config.connect_timeout(std::time::Duration::from_secs(2));
-    if let Some(password) = &connection.password {
-        config.password(password);
-    }
-    let (client, driver) = config.connect(NoTls).await?;
-    tokio::spawn(async move {
-        let _ = driver.await;
-    });
-    Ok(client)
+    connection.client("postgres").await
 }
 
 /// Reads the status from the server.

@@ -54,6 +54,23 @@ fn command(program: &Path) -> Command {
     }
 }
 
+/// The command prefix that runs a program as `postgres` (empty unless root).
+pub fn as_postgres() -> Vec<String> {
+    if is_root() {
+        [
+            "setpriv",
+            "--reuid=postgres",
+            "--regid=postgres",
+            "--init-groups",
+            "--",
+        ]
+        .map(String::from)
+        .to_vec()
+    } else {
+        Vec::new()
+    }
+}
+
 fn chown_to_postgres(path: &Path) {
     if is_root() {
         let status = Command::new("chown")
@@ -82,14 +99,30 @@ pub struct DataDir {
 }
 
 impl DataDir {
-    /// initdb: superuser `postgres`, trusted on the local socket, SCRAM over TCP.
-    pub fn init() -> Self {
+    /// A place for a data directory (not created yet), owned by `postgres`.
+    pub fn empty() -> Self {
         let root = tempfile::tempdir().unwrap();
         std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         let data_dir = root.path().join("data");
         let socket_dir = root.path().join("run");
         std::fs::create_dir(&socket_dir).unwrap();
         chown_to_postgres(root.path());
+        Self {
+            port: free_port(),
+            socket_dir,
+            data_dir,
+            root,
+        }
+    }
+
+    /// initdb: superuser `postgres`, trusted on the local socket, SCRAM over TCP.
+    pub fn init() -> Self {
+        let Self {
+            port,
+            socket_dir,
+            data_dir,
+            root,
+        } = Self::empty();
         let out = command(&bin_dir().join("initdb"))
             .args(["-D"])
             .arg(&data_dir)
@@ -111,7 +144,7 @@ impl DataDir {
             String::from_utf8_lossy(&out.stderr)
         );
         Self {
-            port: free_port(),
+            port,
             socket_dir,
             data_dir,
             root,
@@ -136,21 +169,11 @@ impl DataDir {
             "-c".to_string(),
             "shared_preload_libraries=pg_stat_statements".to_string(),
         ];
-        if is_root() {
-            let mut wrapped: Vec<String> = [
-                "--reuid=postgres",
-                "--regid=postgres",
-                "--init-groups",
-                "--",
-            ]
-            .map(String::from)
-            .to_vec();
-            wrapped.push(postgres);
-            wrapped.append(&mut args);
-            (PathBuf::from("setpriv"), wrapped)
-        } else {
-            (PathBuf::from(postgres), args)
-        }
+        let mut command = as_postgres();
+        command.push(postgres);
+        command.append(&mut args);
+        let program = PathBuf::from(command.remove(0));
+        (program, command)
     }
 
     /// Whether a server accepts connections on this directory's socket.
@@ -185,15 +208,10 @@ impl PostgresServer {
     /// A streaming standby of this server: cloned with pg_basebackup (`-R` writes
     /// `primary_conninfo` and `standby.signal`), then started.
     pub fn start_standby(&self, application_name: &str) -> Self {
-        let root = tempfile::tempdir().unwrap();
-        std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        let data_dir = root.path().join("data");
-        let socket_dir = root.path().join("run");
-        std::fs::create_dir(&socket_dir).unwrap();
-        chown_to_postgres(root.path());
+        let dir = DataDir::empty();
         let out = command(&bin_dir().join("pg_basebackup"))
             .arg("-D")
-            .arg(&data_dir)
+            .arg(&dir.data_dir)
             .arg("-h")
             .arg(&self.socket_dir)
             .args([
@@ -213,12 +231,7 @@ impl PostgresServer {
             "pg_basebackup: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        Self::start_on(DataDir {
-            port: free_port(),
-            socket_dir,
-            data_dir,
-            root,
-        })
+        Self::start_on(dir)
     }
 
     /// Starts the server of an initialised data directory.

@@ -1,0 +1,228 @@
+//! How an instance gets its data directory: keep an existing one, run initdb when it is
+//! the first instance of a new cluster, or clone the primary with pg_basebackup. The
+//! decision is pure; the two actions run the PostgreSQL tools.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use super::provision::Connection;
+use crate::build::secrets::{REPLICATION_USER, SUPERUSER};
+use crate::sql::quote::{ident, literal};
+use crate::sql::scram;
+
+/// What to do with the data directory.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Bootstrap {
+    /// PG_VERSION exists: start on it as it is.
+    UseExisting,
+    /// Empty, and no primary exists: this instance creates the cluster.
+    InitDb,
+    /// Empty, and a primary runs: copy it and follow it.
+    Clone { primary_host: String },
+}
+
+/// The decision: an existing directory is always kept (never overwritten); an empty
+/// one is initialised only when no primary exists, else cloned from it.
+pub fn decide(data_dir: &Path, primary_host: Option<&str>) -> Bootstrap {
+    if data_dir.join("PG_VERSION").exists() {
+        return Bootstrap::UseExisting;
+    }
+    match primary_host {
+        Some(host) => Bootstrap::Clone {
+            primary_host: host.to_string(),
+        },
+        None => Bootstrap::InitDb,
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BootstrapError {
+    #[error("{tool} failed: {message}")]
+    Tool { tool: String, message: String },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("creating the replication role: {0}")]
+    Sql(#[from] tokio_postgres::Error),
+}
+
+/// Runs a PostgreSQL tool; `wrap` prefixes the command (e.g. to run it as `postgres`).
+fn run(wrap: &[String], tool: &Path, args: &[String]) -> Result<(), BootstrapError> {
+    let (program, prefix) = match wrap.split_first() {
+        Some((program, rest)) => (PathBuf::from(program), rest.to_vec()),
+        None => (tool.to_path_buf(), Vec::new()),
+    };
+    let mut command = Command::new(program);
+    command.args(prefix);
+    if !wrap.is_empty() {
+        command.arg(tool);
+    }
+    let tool_name = tool
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let out = command
+        .args(args)
+        .output()
+        .map_err(|source| BootstrapError::Io {
+            path: tool.to_path_buf(),
+            source,
+        })?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(BootstrapError::Tool {
+            tool: tool_name,
+            message: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        })
+    }
+}
+
+/// Where the PostgreSQL binaries are and how to run them.
+#[derive(Clone, Debug)]
+pub struct Tools {
+    pub bin_dir: PathBuf,
+    /// Command prefix, e.g. `setpriv --reuid=postgres ... --` (empty in a pod, which
+    /// already runs as `postgres`).
+    pub wrap: Vec<String>,
+}
+
+/// initdb with data checksums and SCRAM; the superuser's password is set from its
+/// verifier so it never appears in clear text on a command line or in a file.
+pub fn init_data_dir(
+    tools: &Tools,
+    data_dir: &Path,
+    superuser_password: &str,
+) -> Result<(), BootstrapError> {
+    let pwfile = data_dir.with_extension("pwfile");
+    let verifier = scram::verifier(superuser_password, &rand::random::<[u8; 16]>());
+    std::fs::write(&pwfile, &verifier).map_err(|source| BootstrapError::Io {
+        path: pwfile.clone(),
+        source,
+    })?;
+    let result = run(
+        &tools.wrap,
+        &tools.bin_dir.join("initdb"),
+        &[
+            "-D".to_string(),
+            data_dir.to_string_lossy().into_owned(),
+            "-U".to_string(),
+            SUPERUSER.to_string(),
+            format!("--pwfile={}", pwfile.display()),
+            "--auth-local=peer".to_string(),
+            "--auth-host=scram-sha-256".to_string(),
+            "--data-checksums".to_string(),
+            "-E".to_string(),
+            "UTF8".to_string(),
+            "--locale=C.UTF-8".to_string(),
+        ],
+    );
+    let _ = std::fs::remove_file(&pwfile);
+    result
+}
+
+/// Creates (or updates) the replication role on a running primary.
+pub async fn ensure_replication_role(
+    superuser: &Connection,
+    password: &str,
+) -> Result<(), BootstrapError> {
+    let client = superuser.client("postgres").await?;
+    let verifier = literal(&scram::verifier(password, &rand::random::<[u8; 16]>()));
+    let exists = !client
+        .query(
+            "SELECT 1 FROM pg_roles WHERE rolname = $1",
+            &[&REPLICATION_USER],
+        )
+        .await?
+        .is_empty();
+    let role = ident(REPLICATION_USER);
+    let sql = if exists {
+        format!("ALTER ROLE {role} LOGIN REPLICATION PASSWORD {verifier}")
+    } else {
+        format!("CREATE ROLE {role} LOGIN REPLICATION PASSWORD {verifier}")
+    };
+    client.batch_execute(&sql).await?;
+    Ok(())
+}
+
+/// Clones the primary into an empty data directory as a streaming standby, with its
+/// pod name as `application_name` and a replication slot of its own.
+pub fn clone_from_primary(
+    tools: &Tools,
+    data_dir: &Path,
+    primary_host: &str,
+    primary_port: u16,
+    replication_password: &str,
+    application_name: &str,
+) -> Result<(), BootstrapError> {
+    let slot: String = application_name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let conninfo = format!(
+        "host={} port={primary_port} user={REPLICATION_USER} password={} application_name={}",
+        conninfo_value(primary_host),
+        conninfo_value(replication_password),
+        conninfo_value(application_name)
+    );
+    run(
+        &tools.wrap,
+        &tools.bin_dir.join("pg_basebackup"),
+        &[
+            "-D".to_string(),
+            data_dir.to_string_lossy().into_owned(),
+            "-d".to_string(),
+            conninfo,
+            "-X".to_string(),
+            "stream".to_string(),
+            "-R".to_string(),
+            "-C".to_string(),
+            "-S".to_string(),
+            slot,
+        ],
+    )
+}
+
+/// A libpq connection-string value, single-quoted with `\` and `'` escaped.
+fn conninfo_value(value: &str) -> String {
+    format!("'{}'", value.replace('\\', "\\\\").replace('\'', "\\'"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_existing_directory_is_never_reinitialised() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("PG_VERSION"), "15\n").unwrap();
+        assert_eq!(decide(dir.path(), None), Bootstrap::UseExisting);
+        assert_eq!(decide(dir.path(), Some("primary")), Bootstrap::UseExisting);
+    }
+
+    #[test]
+    fn an_empty_directory_is_initialised_only_without_a_primary() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(decide(dir.path(), None), Bootstrap::InitDb);
+        assert_eq!(
+            decide(dir.path(), Some("postgres-demo-0.postgres-demo-headless")),
+            Bootstrap::Clone {
+                primary_host: "postgres-demo-0.postgres-demo-headless".to_string()
+            }
+        );
+    }
+
+    #[test]
+    fn conninfo_values_are_quoted() {
+        assert_eq!(conninfo_value("p w'\\"), "'p w\\'\\\\'");
+    }
+}

@@ -1,0 +1,132 @@
+//! Bootstrap with the real PostgreSQL tools: the first instance runs initdb (checksums,
+//! SCRAM superuser password), the replication role is created, a second instance clones
+//! the primary with its own slot and streams; an initialised directory is kept.
+
+mod support;
+
+use postgres_operator::instance::bootstrap::{
+    Bootstrap, Tools, clone_from_primary, decide, ensure_replication_role, init_data_dir,
+};
+use postgres_operator::instance::provision::Connection;
+use support::postgres::{DataDir, PostgresServer, as_postgres, bin_dir};
+
+fn tools() -> Tools {
+    Tools {
+        bin_dir: bin_dir(),
+        wrap: as_postgres(),
+    }
+}
+
+#[tokio::test]
+async fn a_new_cluster_is_initialised_then_cloned_and_streams() {
+    let primary_dir = DataDir::empty();
+    assert_eq!(decide(&primary_dir.data_dir, None), Bootstrap::InitDb);
+    init_data_dir(&tools(), &primary_dir.data_dir, "super's secret").unwrap();
+    assert_eq!(
+        decide(&primary_dir.data_dir, None),
+        Bootstrap::UseExisting,
+        "never initialised twice"
+    );
+    let primary = PostgresServer::start_on(primary_dir);
+
+    // Over TCP the superuser needs its password (the socket uses peer authentication).
+    let superuser = Connection {
+        host: "127.0.0.1".to_string(),
+        port: primary.port,
+        user: "postgres".to_string(),
+        password: Some("super's secret".to_string()),
+    };
+    let client = primary
+        .connect_as("postgres", "super's secret", "postgres")
+        .await
+        .unwrap();
+    let checksums: String = client
+        .query_one("SHOW data_checksums", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(checksums, "on");
+    assert!(
+        primary
+            .connect_as("postgres", "wrong", "postgres")
+            .await
+            .is_err()
+    );
+    ensure_replication_role(&superuser, "repl'pw")
+        .await
+        .unwrap();
+    ensure_replication_role(&superuser, "repl'pw")
+        .await
+        .unwrap();
+
+    let standby_dir = DataDir::empty();
+    let Bootstrap::Clone { primary_host } = decide(&standby_dir.data_dir, Some("127.0.0.1")) else {
+        panic!("expected a clone")
+    };
+    clone_from_primary(
+        &tools(),
+        &standby_dir.data_dir,
+        &primary_host,
+        primary.port,
+        "repl'pw",
+        "postgres-demo-1",
+    )
+    .unwrap();
+    assert!(standby_dir.data_dir.join("standby.signal").exists());
+    let standby = PostgresServer::start_on(standby_dir);
+
+    client
+        .batch_execute("CREATE TABLE t (v int); INSERT INTO t VALUES (42)")
+        .await
+        .unwrap();
+    let reader = standby
+        .connect_as("postgres", "super's secret", "postgres")
+        .await
+        .unwrap();
+    let mut replayed = false;
+    for _ in 0..200 {
+        if reader.query_one("SELECT v FROM t", &[]).await.is_ok() {
+            replayed = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(replayed, "the standby replays the row");
+    let slot: (String, bool) = {
+        let row = client
+            .query_one(
+                "SELECT slot_name::text, active FROM pg_replication_slots",
+                &[],
+            )
+            .await
+            .unwrap();
+        (row.get(0), row.get(1))
+    };
+    assert_eq!(slot, ("postgres_demo_1".to_string(), true));
+    let application: String = client
+        .query_one("SELECT application_name FROM pg_stat_replication", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(application, "postgres-demo-1");
+}
+
+#[tokio::test]
+async fn a_wrong_replication_password_fails_the_clone_with_the_reason() {
+    let primary = PostgresServer::start();
+    let standby_dir = DataDir::empty();
+    let error = clone_from_primary(
+        &tools(),
+        &standby_dir.data_dir,
+        "127.0.0.1",
+        primary.port,
+        "nope",
+        "postgres-demo-2",
+    )
+    .unwrap_err();
+    assert!(
+        error.to_string().contains("pg_basebackup failed"),
+        "{error}"
+    );
+    assert!(!standby_dir.data_dir.join("PG_VERSION").exists());
+}
