@@ -7,7 +7,7 @@ use futures::StreamExt;
 use tokio_postgres::{Client, Config, NoTls, SimpleQueryMessage};
 
 use crate::sql::plan::{DesiredState, MANAGED_MARKER, ObservedRole, ObservedState, Plan, plan};
-use crate::sql::privileges::{Fact, ObjectClass, desired_facts, kind_privileges};
+use crate::sql::privileges::{Fact, ObjectClass, desired_facts, role_privileges};
 use crate::sql::quote::literal;
 
 /// Where and as whom to connect.
@@ -186,7 +186,7 @@ impl Connection {
         };
         let (extensions, schemas) = (of_kind("e"), of_kind("s"));
         let candidates = desired_facts(desired, database, &schemas);
-        let facts = holding_facts(&client, &candidates, existing_roles)
+        let facts = holding_facts(&client, database, &candidates, existing_roles)
             .await
             .map_err(ProvisionError::Observe)?;
         Ok(DatabaseView {
@@ -244,6 +244,7 @@ impl Connection {
 /// count: it is about to be revoked); object privileges with `has_*_privilege`.
 async fn holding_facts(
     client: &Client,
+    database: &str,
     candidates: &BTreeSet<Fact>,
     existing_roles: &BTreeSet<String>,
 ) -> Result<BTreeSet<Fact>, tokio_postgres::Error> {
@@ -290,7 +291,7 @@ async fn holding_facts(
                 role,
                 class,
             } => {
-                let wanted = role_privileges(role, *class);
+                let wanted = role_privileges(database, role, *class);
                 let held = defaults.get(&(creator.clone(), class.code().to_string(), role.clone()));
                 if held.is_some_and(|held| wanted.iter().all(|p| held.contains(*p))) {
                     holding.insert(fact.clone());
@@ -309,7 +310,7 @@ async fn holding_facts(
                 schema,
                 class,
             } if existing_roles.contains(role) => {
-                if let Some(expression) = all_objects_granted(role, schema, *class) {
+                if let Some(expression) = all_objects_granted(database, role, schema, *class) {
                     checked.push(fact);
                     expressions.push(expression);
                 }
@@ -348,20 +349,15 @@ async fn text_rows(client: &Client, sql: &str) -> Result<Vec<Vec<String>>, tokio
         .collect())
 }
 
-/// The privileges a group role's kind carries on a class.
-fn role_privileges(role: &str, class: ObjectClass) -> Vec<&'static str> {
-    ["readonly", "readwrite"]
-        .iter()
-        .find(|kind| role.ends_with(&format!("_{kind}")))
-        .and_then(|kind| kind_privileges(kind))
-        .map(|p| p.on(class).to_vec())
-        .unwrap_or_default()
-}
-
 /// An SQL expression: does `role` hold its privileges on every object of `class` in
 /// `schema`? `None` when the kind has none on that class.
-fn all_objects_granted(role: &str, schema: &str, class: ObjectClass) -> Option<String> {
-    let privileges = role_privileges(role, class);
+fn all_objects_granted(
+    database: &str,
+    role: &str,
+    schema: &str,
+    class: ObjectClass,
+) -> Option<String> {
+    let privileges = role_privileges(database, role, class);
     let (objects, check) = match class {
         ObjectClass::Tables => (
             "SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \

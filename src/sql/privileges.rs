@@ -194,12 +194,16 @@ fn kind_of<'a>(database: &str, role: &'a str) -> &'a str {
         .unwrap_or_default()
 }
 
+/// The privileges the group role `role` of `database` carries on a class (empty for
+/// kinds that only connect).
+pub fn role_privileges(database: &str, role: &str, class: ObjectClass) -> &'static [&'static str] {
+    kind_privileges(kind_of(database, role)).map_or(&[], |p| p.on(class))
+}
+
 /// The statement that makes a fact hold.
 pub fn statement(database: &str, fact: &Fact) -> Option<String> {
     let privileges = |role: &str, class: ObjectClass| {
-        kind_privileges(kind_of(database, role))
-            .map(|p| p.on(class).join(", "))
-            .filter(|p| !p.is_empty())
+        Some(role_privileges(database, role, class).join(", ")).filter(|p| !p.is_empty())
     };
     Some(match fact {
         Fact::NoPublicConnect => {
