@@ -9,11 +9,15 @@ use postgres_operator::build::OperatorSettings;
 use postgres_operator::build::cluster::{
     DEFAULT_OPERATOR_IMAGE, DEFAULT_OPERATOR_NAMESPACE, DEFAULT_POSTGRES_IMAGE_REPOSITORY,
 };
+use postgres_operator::build::pod;
 use postgres_operator::build::secrets::RandomPasswords;
 use postgres_operator::controller::{
     self,
     leader::{self, Ended, LeaseLock, Timing},
 };
+use postgres_operator::instance::manager::{self, InstanceSettings, Peers};
+use postgres_operator::instance::reaper;
+use postgres_operator::instance::source::{FileSource, KubeSource};
 use postgres_operator::render::{self, OutputFormat};
 use postgres_operator::telemetry::{self, LogFormat};
 use postgres_operator::{binaries, crdgen, http};
@@ -37,6 +41,8 @@ enum Command {
     Crds,
     /// Run the operator: reconcile Postgres objects (in the operator Deployment).
     Controller(ControllerArgs),
+    /// Run and supervise PostgreSQL (PID 1 of each database pod).
+    Instance(Box<InstanceArgs>),
     /// Copy this binary and restic into DIR (init container of database and backup pods).
     CopyBinaries {
         /// Target directory, shared with the PostgreSQL container.
@@ -121,8 +127,165 @@ struct ControllerArgs {
     resync_seconds: u64,
 }
 
+#[derive(clap::Args)]
+struct InstanceArgs {
+    /// Name of the Postgres object this instance belongs to.
+    #[arg(long, env = "CLUSTER_NAME")]
+    cluster: String,
+    #[arg(long, env = "POD_NAMESPACE")]
+    namespace: String,
+    /// This pod's name: the instance's identity, and its application_name as a standby.
+    #[arg(long, env = "POD_NAME")]
+    pod_name: String,
+    #[arg(long, env = "PGDATA", default_value = pod::PGDATA)]
+    data_dir: PathBuf,
+    /// Directory of the PostgreSQL programs (default: where `postgres` is on PATH).
+    #[arg(long, env = "PG_BIN_DIR")]
+    bin_dir: Option<PathBuf>,
+    #[arg(long, env = "PGPORT", default_value_t = 5432)]
+    port: u16,
+    #[arg(long, default_value = pod::SOCKET_DIR)]
+    socket_dir: PathBuf,
+    #[arg(long, default_value = "*")]
+    listen_addresses: String,
+    /// Where the instance connects to its own server: the socket directory (peer
+    /// authentication), or a host name (then with the superuser's password).
+    #[arg(long, env = "PGHOST", default_value = pod::SOCKET_DIR)]
+    local_host: String,
+    /// Address of another instance, POD=HOST:PORT, instead of its DNS name. Repeatable.
+    #[arg(long = "peer", value_parser = parse_peer)]
+    peers: Vec<(String, (String, u16))>,
+    #[arg(long, default_value = "0.0.0.0:8000")]
+    status_address: std::net::SocketAddr,
+    #[arg(long, default_value = "0.0.0.0:9187")]
+    metrics_address: std::net::SocketAddr,
+    /// Read the Postgres object and its Secrets from this YAML file instead of the
+    /// Kubernetes API (re-read when it changes).
+    #[arg(long)]
+    spec_file: Option<PathBuf>,
+    /// Full declarative SQL pass (inside every database) on every change and at least
+    /// this often.
+    #[arg(long, default_value_t = 600)]
+    sql_full_period_seconds: u64,
+    /// Check of roles, passwords, memberships and databases, this often.
+    #[arg(long, default_value_t = 30)]
+    sql_period_seconds: u64,
+    /// Quorum and pending-restart checks, in milliseconds.
+    #[arg(long, default_value_t = 2000)]
+    maintenance_period_ms: u64,
+    /// Longest wait of the primary for its standbys to restart first.
+    #[arg(long, default_value_t = 300)]
+    primary_restart_wait_seconds: u64,
+    /// On SIGTERM, how long a smart shutdown waits for clients to leave before a fast
+    /// one disconnects them (then 90 s for the fast one; fits a 180 s grace period).
+    #[arg(long, default_value_t = 60)]
+    smart_shutdown_seconds: u64,
+    /// Reap orphans and forward signals from a parent process even when not PID 1.
+    #[arg(long)]
+    reaper: bool,
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "json")]
+    log_format: LogFormat,
+}
+
+fn parse_peer(value: &str) -> Result<(String, (String, u16)), String> {
+    let (pod, address) = value
+        .split_once('=')
+        .ok_or_else(|| format!("{value:?}: expected POD=HOST:PORT"))?;
+    let (host, port) = address
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{value:?}: expected POD=HOST:PORT"))?;
+    let port = port
+        .parse()
+        .map_err(|e| format!("{value:?}: port {port:?}: {e}"))?;
+    Ok((pod.to_string(), (host.to_string(), port)))
+}
+
+/// The directory of `postgres` on PATH.
+fn postgres_bin_dir() -> Option<PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH")?).find(|dir| dir.join("postgres").is_file())
+}
+
+fn run_instance(args: InstanceArgs) -> ExitCode {
+    if reaper::should_reap(args.reaper) {
+        return match reaper::run(std::env::args_os().skip(1).collect()) {
+            Ok(code) => code,
+            Err(e) => fail(&e.to_string()),
+        };
+    }
+    telemetry::init(args.log_format);
+    let Some(bin_dir) = args.bin_dir.clone().or_else(postgres_bin_dir) else {
+        return fail("no `postgres` program on PATH; set --bin-dir");
+    };
+    let settings = InstanceSettings {
+        cluster: args.cluster.clone(),
+        namespace: args.namespace.clone(),
+        pod_name: args.pod_name.clone(),
+        data_dir: args.data_dir.clone(),
+        bin_dir,
+        port: args.port,
+        socket_dir: args.socket_dir.clone(),
+        listen_addresses: args.listen_addresses.clone(),
+        local_host: args.local_host.clone(),
+        peers: Peers {
+            overrides: args.peers.iter().cloned().collect(),
+        },
+        status_address: args.status_address,
+        metrics_address: args.metrics_address,
+        sql_full_period: std::time::Duration::from_secs(args.sql_full_period_seconds.max(1)),
+        sql_period: std::time::Duration::from_secs(args.sql_period_seconds.max(1)),
+        maintenance_period: std::time::Duration::from_millis(args.maintenance_period_ms.max(100)),
+        primary_restart_wait: std::time::Duration::from_secs(args.primary_restart_wait_seconds),
+        clone_retry: std::time::Duration::from_secs(5),
+        timing: postgres_operator::instance::supervise::Timing {
+            smart_timeout: std::time::Duration::from_secs(args.smart_shutdown_seconds),
+            ..postgres_operator::instance::supervise::Timing::default()
+        },
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => return fail(&format!("cannot start the async runtime: {e}")),
+    };
+    runtime.block_on(async move {
+        let (stop, stopping) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            tracing::info!("shutdown requested");
+            let _ = stop.send(true);
+        });
+        let result = match &args.spec_file {
+            Some(path) => {
+                let source = FileSource {
+                    path: path.clone(),
+                    interval: std::time::Duration::from_millis(500),
+                };
+                manager::run(settings, source, stopping).await
+            }
+            None => {
+                let client = match kube::Client::try_default().await {
+                    Ok(client) => client,
+                    Err(e) => return fail(&format!("cannot configure the Kubernetes client: {e}")),
+                };
+                let source = KubeSource {
+                    client,
+                    namespace: args.namespace.clone(),
+                    cluster: args.cluster.clone(),
+                };
+                manager::run(settings, source, stopping).await
+            }
+        };
+        match result {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(&e.to_string()),
+        }
+    })
+}
+
 fn main() -> ExitCode {
     match Cli::parse().command {
+        Command::Instance(args) => run_instance(*args),
         Command::Controller(args) => run_controller(args),
         Command::Render(args) => run_render(args),
         Command::Crds => match crdgen::crds_yaml() {

@@ -4,11 +4,22 @@
 
 mod support;
 
+use postgres_operator::api::Postgres;
+use postgres_operator::build::{Cluster, OperatorSettings};
 use postgres_operator::instance::bootstrap::{
     Bootstrap, Tools, clone_from_primary, decide, ensure_replication_role, init_data_dir,
 };
+use postgres_operator::instance::files::{ConfigFiles, Listen, RuntimeRole};
 use postgres_operator::instance::provision::Connection;
-use support::postgres::{DataDir, PostgresServer, as_postgres, bin_dir};
+use support::postgres::{DataDir, PostgresServer, as_postgres, bin_dir, chown_to_postgres};
+
+fn cluster(name: &str) -> (Postgres, OperatorSettings) {
+    let postgres: Postgres = serde_yaml::from_str(&format!(
+        "apiVersion: apps.cozystack.io/v1alpha1\nkind: Postgres\nmetadata: {{name: {name}, namespace: tenant}}\nspec: {{}}\n"
+    ))
+    .unwrap();
+    (postgres, OperatorSettings::default())
+}
 
 fn tools() -> Tools {
     Tools {
@@ -52,12 +63,17 @@ async fn a_new_cluster_is_initialised_then_cloned_and_streams() {
             .await
             .is_err()
     );
-    ensure_replication_role(&superuser, "repl'pw")
-        .await
-        .unwrap();
-    ensure_replication_role(&superuser, "repl'pw")
-        .await
-        .unwrap();
+    assert!(
+        ensure_replication_role(&superuser, "repl'pw")
+            .await
+            .unwrap()
+    );
+    assert!(
+        !ensure_replication_role(&superuser, "repl'pw")
+            .await
+            .unwrap(),
+        "a matching password is not written again"
+    );
 
     let standby_dir = DataDir::empty();
     let Bootstrap::Clone { primary_host } = decide(&standby_dir.data_dir, Some("127.0.0.1")) else {
@@ -72,6 +88,25 @@ async fn a_new_cluster_is_initialised_then_cloned_and_streams() {
         "postgres-demo-1",
     )
     .unwrap();
+    // What the instance manager writes next: configuration, standby settings.
+    let (postgres, settings) = cluster("demo");
+    let files = ConfigFiles::render(
+        &Cluster::new(&postgres, "tenant", &settings),
+        &RuntimeRole::Standby {
+            host: primary_host,
+            port: primary.port,
+            password: "repl'pw".to_string(),
+            application_name: "postgres-demo-1".to_string(),
+        },
+        &Listen {
+            port: standby_dir.port,
+            socket_dir: standby_dir.socket_dir.to_string_lossy().into_owned(),
+            addresses: "127.0.0.1".to_string(),
+        },
+    );
+    files.write(&standby_dir.data_dir).unwrap();
+    // Written by this (root) test rather than by the instance manager as `postgres`.
+    chown_to_postgres(&standby_dir.data_dir);
     assert!(standby_dir.data_dir.join("standby.signal").exists());
     let standby = PostgresServer::start_on(standby_dir);
 

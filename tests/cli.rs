@@ -120,10 +120,10 @@ fn help_lists_only_the_modes_that_work() {
         help.lines()
             .any(|line| line.trim_start().starts_with(&format!("{mode} ")))
     };
-    for mode in ["render", "crds", "controller", "copy-binaries"] {
+    for mode in ["render", "crds", "controller", "instance", "copy-binaries"] {
         assert!(listed(mode), "{mode} missing:\n{help}");
     }
-    for mode in ["instance", "backup"] {
+    for mode in ["backup"] {
         assert!(
             !listed(mode),
             "{mode} is not implemented yet but listed:\n{help}"
@@ -140,4 +140,26 @@ fn readme_lists_every_resource_preset_with_its_values() {
         readme.contains(&table),
         "README's preset table is stale; expected:\n{table}"
     );
+}
+
+#[test]
+fn instance_refuses_a_malformed_peer_naming_the_flag() {
+    let out = operator(
+        &[
+            "instance",
+            "--cluster",
+            "demo",
+            "--namespace",
+            "tenant",
+            "--pod-name",
+            "postgres-demo-1",
+            "--peer",
+            "postgres-demo-0",
+        ],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let error = text(&out.stderr);
+    assert!(error.contains("--peer"), "{error}");
+    assert!(error.contains("expected POD=HOST:PORT"), "{error}");
 }

@@ -1,6 +1,7 @@
 //! The postmaster under the instance manager's supervisor, with a real server: a killed
 //! postmaster comes back, SIGTERM gives a smart shutdown (fast when clients stay), and no
-//! postgres process outlives the supervisor.
+//! postgres process outlives the supervisor; a requested restart is a fast shutdown and
+//! an immediate start.
 
 mod support;
 
@@ -10,8 +11,10 @@ use std::time::{Duration, Instant};
 use postgres_operator::instance::supervise::{
     Event, PostmasterCommand, ShutdownMode, Timing, supervise,
 };
+use std::sync::Arc;
 use support::postgres::DataDir;
-use tokio::sync::{mpsc, watch};
+
+use tokio::sync::{Notify, mpsc, watch};
 
 fn timing() -> Timing {
     Timing {
@@ -26,6 +29,7 @@ fn timing() -> Timing {
 struct Supervised {
     dir: DataDir,
     stop: watch::Sender<bool>,
+    restart: Arc<Notify>,
     events: mpsc::UnboundedReceiver<Event>,
     task: tokio::task::JoinHandle<ShutdownMode>,
 }
@@ -36,14 +40,17 @@ fn start() -> Supervised {
     let command = PostmasterCommand { program, args };
     let (stop, stopping) = watch::channel(false);
     let (sender, events) = mpsc::unbounded_channel();
+    let restart = Arc::new(Notify::new());
+    let restarts = restart.clone();
     let task = tokio::spawn(async move {
-        supervise(&command, timing(), stopping, sender)
+        supervise(&command, timing(), stopping, restarts, sender)
             .await
             .unwrap()
     });
     Supervised {
         dir,
         stop,
+        restart,
         events,
         task,
     }
@@ -161,4 +168,33 @@ async fn sigterm_escalates_to_fast_shutdown_when_clients_stay() {
     .await;
     drop(client);
     assert!(s.dir.root().exists());
+}
+
+#[tokio::test]
+async fn a_requested_restart_stops_fast_and_starts_again_at_once() {
+    let mut s = start();
+    let Event::Started { pid: first } = next_event(&mut s.events).await else {
+        panic!("expected Started")
+    };
+    wait_ready(&s.dir).await;
+    let started = Instant::now();
+    s.restart.notify_one();
+    assert_eq!(
+        next_event(&mut s.events).await,
+        Event::Restarting {
+            mode: ShutdownMode::Fast
+        }
+    );
+    let Event::Started { pid: second } = next_event(&mut s.events).await else {
+        panic!("expected Started")
+    };
+    assert_ne!(first, second);
+    assert!(!alive(first));
+    wait_ready(&s.dir).await;
+    assert!(
+        started.elapsed() < timing().smart_timeout + Duration::from_secs(5),
+        "no smart-shutdown wait and no restart backoff"
+    );
+    s.stop.send(true).unwrap();
+    assert_eq!(s.task.await.unwrap(), ShutdownMode::Smart);
 }

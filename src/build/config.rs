@@ -7,7 +7,7 @@ use std::fmt::Write;
 
 use k8s_openapi::api::core::v1::ConfigMap;
 
-use super::pod::{CONFIG_DIR, PGDATA, POSTGRES_PORT, SOCKET_DIR};
+use super::pod::{POSTGRES_PORT, SOCKET_DIR};
 use super::secrets::{REPLICATION_USER, SUPERUSER};
 use super::{Cluster, labels, names};
 use crate::api::ParameterValue;
@@ -16,10 +16,9 @@ use crate::api::ParameterValue;
 pub const POSTGRESQL_CONF: &str = "postgresql.conf";
 pub const PG_HBA_CONF: &str = "pg_hba.conf";
 /// Settings only known at run time (`primary_conninfo`, `synchronous_standby_names`),
-/// written by the instance manager inside PGDATA and included last so they win.
-pub fn runtime_conf_path() -> String {
-    format!("{PGDATA}/operator-runtime.conf")
-}
+/// written by the instance manager next to postgresql.conf in PGDATA and included last
+/// so they win. pg_hba.conf lives there too (PostgreSQL's default `hba_file`).
+pub const RUNTIME_CONF: &str = "operator-runtime.conf";
 
 /// PostgreSQL's default, written explicitly as the Cozystack API documents it.
 const DEFAULT_MAX_CONNECTIONS: i64 = 100;
@@ -55,7 +54,7 @@ fn quote_identifier(name: &str) -> String {
 }
 
 /// A string setting as a postgresql.conf literal.
-fn quote_literal(value: &str) -> String {
+pub fn quote_literal(value: &str) -> String {
     format!("'{}'", value.replace('\\', "\\\\").replace('\'', "''"))
 }
 
@@ -91,10 +90,6 @@ pub fn postgresql_conf(cluster: &Cluster) -> String {
         ("listen_addresses", quote_literal("*")),
         ("port", POSTGRES_PORT.to_string()),
         ("unix_socket_directories", quote_literal(SOCKET_DIR)),
-        (
-            "hba_file",
-            quote_literal(&format!("{CONFIG_DIR}/{PG_HBA_CONF}")),
-        ),
         ("wal_level", quote_literal("replica")),
         ("hot_standby", quote_literal("on")),
         ("max_wal_senders", senders.to_string()),
@@ -138,11 +133,7 @@ pub fn postgresql_conf(cluster: &Cluster) -> String {
     conf.push_str(
         "\n# Set at run time by the instance manager (replication source, synchronous quorum)\n",
     );
-    let _ = writeln!(
-        conf,
-        "include_if_exists = {}",
-        quote_literal(&runtime_conf_path())
-    );
+    let _ = writeln!(conf, "include_if_exists = {}", quote_literal(RUNTIME_CONF));
     conf
 }
 
@@ -274,7 +265,7 @@ mod tests {
         assert!(conf.find("listen_addresses").unwrap() < conf.find("max_connections").unwrap());
         assert!(
             conf.trim_end()
-                .ends_with(&format!("include_if_exists = '{}'", runtime_conf_path()))
+                .ends_with(&format!("include_if_exists = '{RUNTIME_CONF}'"))
         );
         assert!(!conf.contains("synchronous_standby_names"));
     }

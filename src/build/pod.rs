@@ -32,15 +32,12 @@ pub const OPERATOR_BINARY: &str = "/usr/local/bin/postgres-operator";
 pub const DATA_MOUNT: &str = "/var/lib/postgresql/data";
 /// PGDATA: a subdirectory, so `lost+found` at the volume root does not upset initdb.
 pub const PGDATA: &str = "/var/lib/postgresql/data/pgdata";
-/// Rendered configuration from the ConfigMap.
-pub const CONFIG_DIR: &str = "/etc/postgres-operator/config";
 /// Unix socket directory.
 pub const SOCKET_DIR: &str = "/var/run/postgresql";
 
 /// Name of the data volume claim template.
 pub const DATA_VOLUME: &str = "pgdata";
 pub const CONTROLLER_VOLUME: &str = "controller";
-pub const CONFIG_VOLUME: &str = "config";
 pub const SOCKET_VOLUME: &str = "run";
 pub const TMP_VOLUME: &str = "tmp";
 pub const SHM_VOLUME: &str = "shm";

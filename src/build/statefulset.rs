@@ -8,16 +8,15 @@ use k8s_openapi::api::apps::v1::{
     StatefulSetUpdateStrategy,
 };
 use k8s_openapi::api::core::v1::{
-    Affinity, ConfigMapVolumeSource, Container, ContainerPort, HTTPGetAction,
-    PersistentVolumeClaim, PersistentVolumeClaimSpec, PodAffinityTerm, PodAntiAffinity, PodSpec,
-    PodTemplateSpec, Probe, Volume, VolumeMount, VolumeResourceRequirements,
-    WeightedPodAffinityTerm,
+    Affinity, Container, ContainerPort, HTTPGetAction, PersistentVolumeClaim,
+    PersistentVolumeClaimSpec, PodAffinityTerm, PodAntiAffinity, PodSpec, PodTemplateSpec, Probe,
+    VolumeResourceRequirements, WeightedPodAffinityTerm,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use super::pod::{self, CONFIG_DIR, CONTROLLER_BINARY, DATA_MOUNT, DATA_VOLUME};
+use super::pod::{self, CONTROLLER_BINARY, DATA_MOUNT, DATA_VOLUME};
 use super::resources::instance_resources;
 use super::{Cluster, labels, names};
 
@@ -75,17 +74,10 @@ pub fn desired_statefulset(cluster: &Cluster) -> StatefulSet {
 }
 
 fn pod_template(cluster: &Cluster) -> PodTemplateSpec {
-    let mut volumes = vec![
-        Volume {
-            name: pod::CONFIG_VOLUME.to_string(),
-            config_map: Some(ConfigMapVolumeSource {
-                name: names::config_map(&cluster.name),
-                ..ConfigMapVolumeSource::default()
-            }),
-            ..Volume::default()
-        },
-        pod::empty_dir(pod::SHM_VOLUME, Some("Memory")),
-    ];
+    // No ConfigMap volume: the instance manager renders postgresql.conf and pg_hba.conf
+    // from the spec it watches, so a change applies without waiting for the kubelet to
+    // sync a mounted ConfigMap.
+    let mut volumes = vec![pod::empty_dir(pod::SHM_VOLUME, Some("Memory"))];
     volumes.extend(pod::runtime_volumes());
     PodTemplateSpec {
         // No role label: the operator sets it on each pod as roles change. No config
@@ -160,15 +152,9 @@ fn container_port(name: &str, port: i32) -> ContainerPort {
 }
 
 fn postgres_container(cluster: &Cluster) -> Container {
-    let mut env = pod::cluster_env(cluster);
-    // Where the instance manager reads postgresql.conf and pg_hba.conf from.
-    env.push(pod::env("CONFIG_DIR", CONFIG_DIR));
+    let env = pod::cluster_env(cluster);
     let mut mounts = vec![
         pod::mount(DATA_VOLUME, DATA_MOUNT),
-        VolumeMount {
-            read_only: Some(true),
-            ..pod::mount(pod::CONFIG_VOLUME, CONFIG_DIR)
-        },
         pod::mount(pod::SHM_VOLUME, SHM_MOUNT),
     ];
     mounts.extend(pod::runtime_mounts());
@@ -340,13 +326,7 @@ mod tests {
             Some(OperatorSettings::default().operator_image.as_str())
         );
         let env = postgres(&s).env.as_ref().unwrap();
-        for name in [
-            "CLUSTER_NAME",
-            "POD_NAME",
-            "POD_NAMESPACE",
-            "PGDATA",
-            "CONFIG_DIR",
-        ] {
+        for name in ["CLUSTER_NAME", "POD_NAME", "POD_NAMESPACE", "PGDATA"] {
             assert!(env.iter().any(|e| e.name == name), "{name} missing");
         }
     }
@@ -521,14 +501,14 @@ mod tests {
             let found = mount(writable).unwrap_or_else(|| panic!("{writable} not mounted"));
             assert_ne!(found.read_only, Some(true), "{writable}");
         }
-        assert_eq!(mount(CONFIG_DIR).unwrap().read_only, Some(true));
+        assert_eq!(
+            mounts.len(),
+            5,
+            "data, shared memory, socket, tmp, controller"
+        );
 
         let volumes = pod.volumes.as_ref().unwrap();
         let volume = |name: &str| volumes.iter().find(|v| v.name == name).unwrap();
-        assert_eq!(
-            volume(pod::CONFIG_VOLUME).config_map.as_ref().unwrap().name,
-            "postgres-demo-config"
-        );
         assert_eq!(
             volume(pod::SHM_VOLUME)
                 .empty_dir

@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use super::files::{conninfo_value, slot_name};
 use super::provision::Connection;
 use crate::build::secrets::{REPLICATION_USER, SUPERUSER};
 use crate::sql::quote::{ident, literal};
@@ -128,28 +129,47 @@ pub fn init_data_dir(
 pub async fn ensure_replication_role(
     superuser: &Connection,
     password: &str,
-) -> Result<(), BootstrapError> {
+) -> Result<bool, BootstrapError> {
     let client = superuser.client("postgres").await?;
-    let verifier = literal(&scram::verifier(password, &rand::random::<[u8; 16]>()));
-    let exists = !client
-        .query(
-            "SELECT 1 FROM pg_roles WHERE rolname = $1",
-            &[&REPLICATION_USER],
-        )
-        .await?
-        .is_empty();
-    let role = ident(REPLICATION_USER);
-    let sql = if exists {
-        format!("ALTER ROLE {role} LOGIN REPLICATION PASSWORD {verifier}")
-    } else {
-        format!("CREATE ROLE {role} LOGIN REPLICATION PASSWORD {verifier}")
-    };
-    client.batch_execute(&sql).await?;
-    Ok(())
+    ensure_builtin_role(&client, REPLICATION_USER, "LOGIN REPLICATION", password).await
 }
 
-/// Clones the primary into an empty data directory as a streaming standby, with its
-/// pod name as `application_name` and a replication slot of its own.
+/// Makes `role` exist with `attributes` and `password`; writes nothing when the stored
+/// verifier already matches (the passes repeat, the catalog should not churn). True
+/// when something was written.
+pub async fn ensure_builtin_role(
+    client: &tokio_postgres::Client,
+    role: &str,
+    attributes: &str,
+    password: &str,
+) -> Result<bool, BootstrapError> {
+    let stored: Option<Option<String>> = client
+        .query_opt(
+            "SELECT rolpassword FROM pg_authid WHERE rolname = $1",
+            &[&role],
+        )
+        .await?
+        .map(|row| row.get(0));
+    if let Some(Some(verifier)) = &stored
+        && scram::matches(password, verifier)
+    {
+        return Ok(false);
+    }
+    let verifier = literal(&scram::verifier(password, &rand::random::<[u8; 16]>()));
+    let verb = if stored.is_some() { "ALTER" } else { "CREATE" };
+    client
+        .batch_execute(&format!(
+            "{verb} ROLE {} {attributes} PASSWORD {verifier}",
+            ident(role)
+        ))
+        .await?;
+    Ok(true)
+}
+
+/// Clones the primary into an empty data directory, creating the standby's own
+/// replication slot. The standby settings (`standby.signal`, `primary_conninfo`) are
+/// not written here but by [`super::files::ConfigFiles`], which keeps them current
+/// when the primary moves; `-R` would pin them in postgresql.auto.conf, which wins.
 pub fn clone_from_primary(
     tools: &Tools,
     data_dir: &Path,
@@ -158,16 +178,6 @@ pub fn clone_from_primary(
     replication_password: &str,
     application_name: &str,
 ) -> Result<(), BootstrapError> {
-    let slot: String = application_name
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() {
-                c.to_ascii_lowercase()
-            } else {
-                '_'
-            }
-        })
-        .collect();
     let conninfo = format!(
         "host={} port={primary_port} user={REPLICATION_USER} password={} application_name={}",
         conninfo_value(primary_host),
@@ -184,17 +194,13 @@ pub fn clone_from_primary(
             conninfo,
             "-X".to_string(),
             "stream".to_string(),
-            "-R".to_string(),
+            // A spread checkpoint would pace the start over minutes of checkpoint_timeout.
+            "--checkpoint=fast".to_string(),
             "-C".to_string(),
             "-S".to_string(),
-            slot,
+            slot_name(application_name),
         ],
     )
-}
-
-/// A libpq connection-string value, single-quoted with `\` and `'` escaped.
-fn conninfo_value(value: &str) -> String {
-    format!("'{}'", value.replace('\\', "\\\\").replace('\'', "\\'"))
 }
 
 #[cfg(test)]
@@ -219,10 +225,5 @@ mod tests {
                 primary_host: "postgres-demo-0.postgres-demo-headless".to_string()
             }
         );
-    }
-
-    #[test]
-    fn conninfo_values_are_quoted() {
-        assert_eq!(conninfo_value("p w'\\"), "'p w\\'\\\\'");
     }
 }

@@ -1,6 +1,13 @@
-//! The instance manager's pieces that talk to PostgreSQL.
+//! The instance manager: PID 1 of each database pod. It bootstraps the data directory,
+//! writes the configuration, supervises the postmaster, serves its status and runs the
+//! declarative SQL on the primary.
 
 pub mod bootstrap;
+pub mod files;
+pub mod manager;
+pub mod metrics;
 pub mod provision;
+pub mod reaper;
+pub mod source;
 pub mod status;
 pub mod supervise;

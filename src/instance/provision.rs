@@ -1,7 +1,8 @@
 //! Runs the declarative SQL: reads the catalog, plans (pure, in `crate::sql`), executes.
 //! Connects as the superuser, over the local socket in a pod.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
 
 use futures::StreamExt;
 use tokio_postgres::{Client, Config, NoTls, SimpleQueryMessage};
@@ -82,17 +83,88 @@ impl Connection {
         Ok(client)
     }
 
-    async fn connect(&self, database: &str) -> Result<Client, ProvisionError> {
-        self.client(database)
-            .await
-            .map_err(|source| ProvisionError::Connect {
-                database: database.to_string(),
-                source,
-            })
+    /// One pass with connections opened for it and closed after it.
+    pub async fn reconcile(&self, desired: &DesiredState) -> Result<Report, ProvisionError> {
+        Provisioner::new(self.clone()).reconcile(desired).await
+    }
+}
+
+/// What a pass reads and corrects.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scope {
+    /// Everything, inside every declared database too (one connection each).
+    Full,
+    /// Roles, passwords, memberships, databases and owners: one connection, the
+    /// frequent check between full passes.
+    Cluster,
+}
+
+/// Runs passes of declarative SQL. The connection to the maintenance database is kept
+/// between passes; those to user databases last one pass.
+pub struct Provisioner {
+    connection: Connection,
+    clients: Mutex<HashMap<String, Arc<Client>>>,
+}
+
+impl Provisioner {
+    pub fn new(connection: Connection) -> Self {
+        Self {
+            connection,
+            clients: Mutex::new(HashMap::new()),
+        }
     }
 
-    /// Reads roles, memberships, databases, and the extensions of the desired databases.
+    fn cached(&self, database: &str) -> Option<Arc<Client>> {
+        let clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+        clients.get(database).filter(|c| !c.is_closed()).cloned()
+    }
+
+    async fn connect(&self, database: &str) -> Result<Arc<Client>, ProvisionError> {
+        if let Some(client) = self.cached(database) {
+            return Ok(client);
+        }
+        let client = Arc::new(self.connection.client(database).await.map_err(|source| {
+            ProvisionError::Connect {
+                database: database.to_string(),
+                source,
+            }
+        })?);
+        self.clients
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(database.to_string(), client.clone());
+        Ok(client)
+    }
+
+    /// Closes the connections to user databases: held between passes they would take
+    /// one connection slot per database, and keep users from dropping a database.
+    fn release_databases(&self) {
+        self.clients
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|db, _| db == MAINTENANCE_DB);
+    }
+
+    /// Closes every connection (e.g. before the server restarts).
+    pub fn release_all(&self) {
+        self.clients
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+    }
+
+    /// Reads roles, memberships, databases, and the contents of the desired databases.
     pub async fn observe(&self, desired: &DesiredState) -> Result<ObservedState, ProvisionError> {
+        self.observe_scoped(desired, Scope::Full).await
+    }
+
+    /// Like [`Self::observe`]; with [`Scope::Cluster`] the databases' contents are not
+    /// read (and marked unobserved).
+    pub async fn observe_scoped(
+        &self,
+        desired: &DesiredState,
+        scope: Scope,
+    ) -> Result<ObservedState, ProvisionError> {
         let client = self.connect(MAINTENANCE_DB).await?;
         let mut observed = ObservedState::default();
         let roles = client
@@ -146,6 +218,10 @@ impl Connection {
             .keys()
             .filter(|db| observed.databases.contains_key(*db))
             .collect();
+        if scope == Scope::Cluster {
+            observed.unobserved = present.into_iter().cloned().collect();
+            return Ok(observed);
+        }
         let per_database: Vec<Result<DatabaseView, ProvisionError>> =
             futures::stream::iter(present)
                 .map(|database| self.observe_database(desired, database, &existing_roles))
@@ -199,19 +275,12 @@ impl Connection {
 
     /// Executes a plan in order, one connection per database.
     pub async fn apply(&self, plan: &Plan) -> Result<usize, ProvisionError> {
-        let mut clients: BTreeMap<String, Client> = BTreeMap::new();
         for statement in &plan.statements {
             let database = statement
                 .database
                 .clone()
                 .unwrap_or_else(|| MAINTENANCE_DB.to_string());
-            if !clients.contains_key(&database) {
-                let client = self.connect(&database).await?;
-                clients.insert(database.clone(), client);
-            }
-            let Some(client) = clients.get(&database) else {
-                continue;
-            };
+            let client = self.connect(&database).await?;
             client
                 .batch_execute(&statement.sql)
                 .await
@@ -224,9 +293,30 @@ impl Connection {
         Ok(plan.statements.len())
     }
 
-    /// One pass: observe, plan, apply.
+    /// One full pass: observe, plan, apply.
     pub async fn reconcile(&self, desired: &DesiredState) -> Result<Report, ProvisionError> {
-        let observed = self.observe(desired).await?;
+        self.reconcile_scoped(desired, Scope::Full).await
+    }
+
+    /// One pass over `scope`.
+    pub async fn reconcile_scoped(
+        &self,
+        desired: &DesiredState,
+        scope: Scope,
+    ) -> Result<Report, ProvisionError> {
+        let result = self.pass(desired, scope).await;
+        // A failed statement may have left its connection unusable (or the server is
+        // restarting): the next pass starts afresh.
+        if result.is_err() {
+            self.release_all();
+        } else {
+            self.release_databases();
+        }
+        result
+    }
+
+    async fn pass(&self, desired: &DesiredState, scope: Scope) -> Result<Report, ProvisionError> {
+        let observed = self.observe_scoped(desired, scope).await?;
         let plan = plan(desired, &observed, &mut random_salt);
         for conflict in &plan.conflicts {
             tracing::warn!(conflict, "declarative SQL");

@@ -7,8 +7,10 @@ use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
 use rustix::process::{Pid, Signal, kill_process};
+use std::sync::Arc;
 use tokio::process::{Child, Command};
-use tokio::sync::{mpsc, watch};
+
+use tokio::sync::{Notify, mpsc, watch};
 
 /// How to start the postmaster: a program (the `postgres` binary, or a wrapper that
 /// execs it) and its arguments.
@@ -48,9 +50,19 @@ impl Default for Timing {
 /// What the supervisor reports as it goes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
-    Started { pid: u32 },
-    Died { status: String },
-    ShutDown { mode: ShutdownMode },
+    Started {
+        pid: u32,
+    },
+    Died {
+        status: String,
+    },
+    /// Stopped on request to start again (a setting that needs a restart changed).
+    Restarting {
+        mode: ShutdownMode,
+    },
+    ShutDown {
+        mode: ShutdownMode,
+    },
 }
 
 /// The last shutdown step that was needed.
@@ -72,6 +84,12 @@ pub enum SuperviseError {
     },
 }
 
+enum Exit {
+    Died(std::io::Result<ExitStatus>),
+    Shutdown,
+    Restart,
+}
+
 fn signal(child: &Child, signal: Signal) {
     let Some(pid) = child
         .id()
@@ -90,8 +108,9 @@ async fn wait_for_exit(child: &mut Child, timeout: Duration) -> Option<ExitStatu
         .and_then(Result::ok)
 }
 
-/// Shuts the postmaster down, escalating from smart to fast to immediate to SIGKILL.
-async fn shut_down(child: &mut Child, timing: &Timing) -> ShutdownMode {
+/// Shuts the postmaster down, escalating from smart (or fast, for a restart the
+/// instance manager asked for) to immediate to SIGKILL.
+async fn shut_down(child: &mut Child, timing: &Timing, from_fast: bool) -> ShutdownMode {
     let ladder = [
         (Signal::TERM, ShutdownMode::Smart, timing.smart_timeout),
         (Signal::INT, ShutdownMode::Fast, timing.fast_timeout),
@@ -101,7 +120,8 @@ async fn shut_down(child: &mut Child, timing: &Timing) -> ShutdownMode {
             timing.immediate_timeout,
         ),
     ];
-    for (sig, mode, timeout) in ladder {
+    let skip = usize::from(from_fast);
+    for (sig, mode, timeout) in ladder.into_iter().skip(skip) {
         signal(child, sig);
         if wait_for_exit(child, timeout).await.is_some() {
             return mode;
@@ -112,12 +132,14 @@ async fn shut_down(child: &mut Child, timing: &Timing) -> ShutdownMode {
     ShutdownMode::Killed
 }
 
-/// Runs the postmaster until `shutdown` turns true, restarting it whenever it dies.
-/// `events` receives what happens (for status and tests).
+/// Runs the postmaster until `shutdown` turns true, restarting it whenever it dies, and
+/// at once (fast shutdown, then start) when `restart` is notified. `events` receives
+/// what happens (for status and tests).
 pub async fn supervise(
     command: &PostmasterCommand,
     timing: Timing,
     mut shutdown: watch::Receiver<bool>,
+    restart: Arc<Notify>,
     events: mpsc::UnboundedSender<Event>,
 ) -> Result<ShutdownMode, SuperviseError> {
     let mut delay = timing.restart_delay;
@@ -139,13 +161,23 @@ pub async fn supervise(
             pid: child.id().unwrap_or_default(),
         });
         let exited = tokio::select! {
-            status = child.wait() => Some(status),
-            _ = shutdown.wait_for(|stop| *stop) => None,
+            status = child.wait() => Exit::Died(status),
+            _ = shutdown.wait_for(|stop| *stop) => Exit::Shutdown,
+            () = restart.notified() => Exit::Restart,
         };
-        let Some(status) = exited else {
-            let mode = shut_down(&mut child, &timing).await;
-            let _ = events.send(Event::ShutDown { mode });
-            return Ok(mode);
+        let status = match exited {
+            Exit::Died(status) => status,
+            Exit::Shutdown => {
+                let mode = shut_down(&mut child, &timing, false).await;
+                let _ = events.send(Event::ShutDown { mode });
+                return Ok(mode);
+            }
+            Exit::Restart => {
+                let mode = shut_down(&mut child, &timing, true).await;
+                let _ = events.send(Event::Restarting { mode });
+                delay = timing.restart_delay;
+                continue;
+            }
         };
         let status = status
             .map(|s| s.to_string())

@@ -129,6 +129,9 @@ pub struct ObservedState {
     pub schemas: BTreeMap<String, BTreeSet<String>>,
     /// Privilege facts that hold, per declared database.
     pub facts: ObservedFacts,
+    /// Existing declared databases whose contents (extensions, schemas, grants) were
+    /// not read in this pass: nothing is planned inside them.
+    pub unobserved: BTreeSet<String>,
 }
 
 /// One statement, run in `database` (`None`: any database, e.g. role changes).
@@ -290,6 +293,9 @@ pub fn plan(
             )),
             Some(_) => {}
         }
+        if observed.unobserved.contains(database) {
+            continue;
+        }
         let installed = observed.extensions.get(database);
         for extension in &spec.extensions {
             if !installed.is_some_and(|set| set.contains(extension)) {
@@ -302,7 +308,9 @@ pub fn plan(
     }
 
     for database in desired.databases.keys() {
-        if !usable.contains(&group_role(database, "admin")) {
+        if !usable.contains(&group_role(database, "admin"))
+            || observed.unobserved.contains(database)
+        {
             continue;
         }
         // A database created by this plan starts as a copy of template1: schema public.
@@ -474,6 +482,30 @@ mod tests {
         let desired = desired(SPEC, &[("admin", "a"), ("reader", "r")]);
         let plan = plan(&desired, &applied(&desired), &mut salt());
         assert_eq!(plan, Plan::default());
+    }
+
+    #[test]
+    fn unobserved_databases_get_no_statement_inside_but_roles_still_follow_the_spec() {
+        let before = desired(SPEC, &[("admin", "a"), ("reader", "r")]);
+        let desired = desired(SPEC, &[("admin", "a"), ("reader", "new")]);
+        let mut observed = applied(&before);
+        observed.extensions.clear();
+        observed.facts.clear();
+        observed.unobserved.insert("app".to_string());
+        let plan = plan(&desired, &observed, &mut salt());
+        assert_eq!(plan.statements.len(), 1, "{plan:?}");
+        assert!(
+            plan.statements[0]
+                .sql
+                .starts_with("ALTER ROLE \"reader\" PASSWORD")
+        );
+        observed.unobserved.clear();
+        let full = super::plan(&desired, &observed, &mut salt());
+        assert!(
+            full.statements
+                .iter()
+                .any(|s| s.database.as_deref() == Some("app"))
+        );
     }
 
     #[test]

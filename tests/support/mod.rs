@@ -48,6 +48,7 @@ pub fn example(file: &str) -> String {
     std::fs::read_to_string(format!("{}/examples/{file}", env!("CARGO_MANIFEST_DIR"))).unwrap()
 }
 pub mod apiserver;
+pub mod instance;
 pub mod postgres;
 
 /// Polls `check` every 50 ms until it holds, failing the test after 10 s with `what`.

@@ -37,7 +37,7 @@ fn is_root() -> bool {
 
 /// A command that runs as `postgres` when the tests run as root (PostgreSQL refuses
 /// root); `setpriv` execs in place, so the pid is the server's own.
-fn command(program: &Path) -> Command {
+pub fn command(program: &Path) -> Command {
     if is_root() {
         let mut command = Command::new("setpriv");
         command
@@ -71,7 +71,7 @@ pub fn as_postgres() -> Vec<String> {
     }
 }
 
-fn chown_to_postgres(path: &Path) {
+pub fn chown_to_postgres(path: &Path) {
     if is_root() {
         let status = Command::new("chown")
             .args(["-R", "postgres:postgres"])
@@ -82,7 +82,7 @@ fn chown_to_postgres(path: &Path) {
     }
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -237,10 +237,11 @@ impl PostgresServer {
     /// Starts the server of an initialised data directory.
     pub fn start_on(dir: DataDir) -> Self {
         let (program, args) = dir.postmaster();
+        let log = std::fs::File::create(dir.root().join("postgres.log")).unwrap();
         let child = Command::new(program)
             .args(args)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .unwrap();
         let mut server = Self {
@@ -265,7 +266,11 @@ impl PostgresServer {
                 .as_mut()
                 .and_then(|c| c.try_wait().ok().flatten())
             {
-                panic!("postgres exited during start-up: {status}");
+                let log = std::fs::read_to_string(self.dir.root().join("postgres.log"));
+                panic!(
+                    "postgres exited during start-up: {status}\n{}",
+                    log.unwrap_or_default()
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }

@@ -1,0 +1,264 @@
+//! The configuration files an instance keeps in its data directory: postgresql.conf and
+//! pg_hba.conf (rendered from the spec by the pure builders), the run-time include
+//! (replication source or synchronous quorum) and `standby.signal`. Files are rewritten
+//! only when their content changes, atomically, so a reload sees a whole file.
+
+use std::path::{Path, PathBuf};
+
+use crate::build::Cluster;
+use crate::build::config::{RUNTIME_CONF, pg_hba_conf, postgresql_conf, quote_literal};
+use crate::build::secrets::REPLICATION_USER;
+
+pub const POSTGRESQL_CONF: &str = "postgresql.conf";
+pub const PG_HBA_CONF: &str = "pg_hba.conf";
+pub const STANDBY_SIGNAL: &str = "standby.signal";
+
+/// What this instance is, with what the run-time include needs for it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RuntimeRole {
+    /// `synchronous_standby_names` (empty: asynchronous).
+    Primary { sync_standby_names: String },
+    /// Streams from `host:port` as `application_name`, through its own slot.
+    Standby {
+        host: String,
+        port: u16,
+        password: String,
+        application_name: String,
+    },
+}
+
+/// The replication slot of a standby: its pod name folded to what slot names allow.
+pub fn slot_name(application_name: &str) -> String {
+    application_name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// A libpq connection-string value, single-quoted with `\` and `'` escaped.
+pub fn conninfo_value(value: &str) -> String {
+    format!("'{}'", value.replace('\\', "\\\\").replace('\'', "\\'"))
+}
+
+/// Where this instance listens. In a pod the same as postgresql.conf says; elsewhere
+/// (tests, several instances on one host) its own port and socket directory. Set here
+/// rather than on the postmaster's command line, where every reload would report them
+/// as changed and waiting for a restart.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Listen {
+    pub port: u16,
+    pub socket_dir: String,
+    pub addresses: String,
+}
+
+/// The run-time include for `role`.
+pub fn runtime_conf(role: &RuntimeRole, listen: &Listen) -> String {
+    let mut conf = format!(
+        "# Written by the instance manager at run time; do not edit.\nport = {}\nunix_socket_directories = {}\nlisten_addresses = {}\n",
+        listen.port,
+        quote_literal(&listen.socket_dir),
+        quote_literal(&listen.addresses)
+    );
+    match role {
+        RuntimeRole::Primary { sync_standby_names } => {
+            conf.push_str(&format!(
+                "synchronous_standby_names = {}\n",
+                quote_literal(sync_standby_names)
+            ));
+        }
+        RuntimeRole::Standby {
+            host,
+            port,
+            password,
+            application_name,
+        } => {
+            let conninfo = format!(
+                "host={} port={port} user={REPLICATION_USER} password={} application_name={}",
+                conninfo_value(host),
+                conninfo_value(password),
+                conninfo_value(application_name)
+            );
+            conf.push_str(&format!(
+                "primary_conninfo = {}\nprimary_slot_name = {}\nsynchronous_standby_names = ''\n",
+                quote_literal(&conninfo),
+                quote_literal(&slot_name(application_name))
+            ));
+        }
+    }
+    conf
+}
+
+/// Every file of one instance, rendered.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigFiles {
+    pub postgresql_conf: String,
+    pub pg_hba_conf: String,
+    pub runtime_conf: String,
+    pub standby: bool,
+}
+
+impl ConfigFiles {
+    pub fn render(cluster: &Cluster, role: &RuntimeRole, listen: &Listen) -> Self {
+        Self {
+            postgresql_conf: postgresql_conf(cluster),
+            pg_hba_conf: pg_hba_conf(cluster),
+            runtime_conf: runtime_conf(role, listen),
+            standby: matches!(role, RuntimeRole::Standby { .. }),
+        }
+    }
+
+    /// Writes what differs from the files in `data_dir`; true when anything changed.
+    pub fn write(&self, data_dir: &Path) -> Result<bool, FileError> {
+        let mut changed = false;
+        for (name, content) in [
+            (POSTGRESQL_CONF, &self.postgresql_conf),
+            (PG_HBA_CONF, &self.pg_hba_conf),
+            (RUNTIME_CONF, &self.runtime_conf),
+        ] {
+            changed |= write_if_changed(&data_dir.join(name), content)?;
+        }
+        let signal = data_dir.join(STANDBY_SIGNAL);
+        match (self.standby, signal.exists()) {
+            (true, false) => {
+                std::fs::write(&signal, "").map_err(|source| FileError::at(&signal, source))?;
+                changed = true;
+            }
+            (false, true) => {
+                std::fs::remove_file(&signal).map_err(|source| FileError::at(&signal, source))?;
+                changed = true;
+            }
+            _ => {}
+        }
+        Ok(changed)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {source}")]
+pub struct FileError {
+    pub path: PathBuf,
+    #[source]
+    pub source: std::io::Error,
+}
+
+impl FileError {
+    fn at(path: &Path, source: std::io::Error) -> Self {
+        Self {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+/// Replaces `path` through a temporary file and a rename; the files hold passwords, so
+/// only the owner may read them.
+fn write_if_changed(path: &Path, content: &str) -> Result<bool, FileError> {
+    if std::fs::read_to_string(path).is_ok_and(|current| current == content) {
+        return Ok(false);
+    }
+    let temporary = path.with_extension("tmp");
+    {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&temporary)
+            .map_err(|source| FileError::at(&temporary, source))?;
+        file.write_all(content.as_bytes())
+            .and_then(|()| file.sync_all())
+            .map_err(|source| FileError::at(&temporary, source))?;
+    }
+    std::fs::rename(&temporary, path).map_err(|source| FileError::at(path, source))?;
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::build::test_support::cluster_from_yaml;
+
+    fn listen() -> Listen {
+        Listen {
+            port: 5432,
+            socket_dir: "/var/run/postgresql".to_string(),
+            addresses: "*".to_string(),
+        }
+    }
+
+    fn standby() -> RuntimeRole {
+        RuntimeRole::Standby {
+            host: "postgres-demo-0.postgres-demo-headless".to_string(),
+            port: 5432,
+            password: "it's a \\ secret".to_string(),
+            application_name: "postgres-demo-1".to_string(),
+        }
+    }
+
+    #[test]
+    fn a_standby_streams_from_the_primary_through_its_own_slot() {
+        let conf = runtime_conf(&standby(), &listen());
+        assert!(conf.contains("\nport = 5432\nunix_socket_directories = '/var/run/postgresql'\nlisten_addresses = '*'\n"));
+        assert!(conf.contains(
+            "primary_conninfo = 'host=''postgres-demo-0.postgres-demo-headless'' port=5432 user=streaming_replica password=''it\\\\''s a \\\\\\\\ secret'' application_name=''postgres-demo-1'''\n"
+        ), "{conf}");
+        assert!(conf.contains("primary_slot_name = 'postgres_demo_1'\n"));
+        assert!(conf.contains("synchronous_standby_names = ''\n"));
+    }
+
+    #[test]
+    fn conninfo_values_are_quoted() {
+        assert_eq!(conninfo_value("p w'\\"), "'p w\\'\\\\'");
+    }
+
+    #[test]
+    fn a_primary_sets_only_the_quorum() {
+        let conf = runtime_conf(
+            &RuntimeRole::Primary {
+                sync_standby_names: "ANY 1 (\"postgres-demo-1\")".to_string(),
+            },
+            &listen(),
+        );
+        assert!(conf.contains("synchronous_standby_names = 'ANY 1 (\"postgres-demo-1\")'\n"));
+        assert!(!conf.contains("primary_conninfo"));
+    }
+
+    #[test]
+    fn files_are_written_once_and_the_signal_follows_the_role() {
+        let dir = tempfile::tempdir().unwrap();
+        let (postgres, settings) = cluster_from_yaml("{}");
+        let cluster = Cluster::new(&postgres, "ns", &settings);
+        let as_standby = ConfigFiles::render(&cluster, &standby(), &listen());
+        assert!(as_standby.write(dir.path()).unwrap());
+        assert!(dir.path().join(STANDBY_SIGNAL).exists());
+        assert!(!as_standby.write(dir.path()).unwrap(), "nothing changed");
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.path().join(RUNTIME_CONF))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "holds the replication password");
+
+        let as_primary = ConfigFiles::render(
+            &cluster,
+            &RuntimeRole::Primary {
+                sync_standby_names: String::new(),
+            },
+            &listen(),
+        );
+        assert!(as_primary.write(dir.path()).unwrap());
+        assert!(!dir.path().join(STANDBY_SIGNAL).exists());
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join(POSTGRESQL_CONF)).unwrap(),
+            postgresql_conf(&cluster)
+        );
+    }
+}

@@ -1,0 +1,704 @@
+//! The instance manager's main loop: wait for the cluster's spec and Secrets, bootstrap
+//! the data directory, write the configuration, supervise the postmaster, serve status
+//! and metrics, and keep everything current: reload on configuration changes, restart
+//! for settings that need it (standbys at once, the primary after its standbys), keep
+//! the synchronous quorum on the primary, and run the declarative SQL there.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{Notify, mpsc, watch};
+
+use super::bootstrap::{self, Bootstrap, Tools};
+use super::files::{ConfigFiles, Listen, RuntimeRole};
+use super::metrics::InstanceMetrics;
+use super::provision::{Connection, Provisioner, Scope};
+use super::source::{Snapshot, SpecSource};
+use super::supervise::{self, Event, PostmasterCommand};
+use crate::build::config::sync_standby_names;
+use crate::build::pod::POSTGRES_PORT;
+use crate::build::secrets::{REPLICATION_USER, SUPERUSER};
+use crate::build::{Cluster, OperatorSettings, names};
+use crate::sql::DesiredState;
+
+/// How other instances are reached: `<pod>.<headless Service>.<namespace>.svc:5432`,
+/// unless an override names an address (tests, where every instance is on loopback).
+#[derive(Clone, Debug, Default)]
+pub struct Peers {
+    pub overrides: BTreeMap<String, (String, u16)>,
+}
+
+impl Peers {
+    pub fn address(&self, cluster: &str, namespace: &str, pod: &str) -> (String, u16) {
+        self.overrides.get(pod).cloned().unwrap_or_else(|| {
+            (
+                format!("{pod}.{}.{namespace}.svc", names::service_headless(cluster)),
+                u16::try_from(POSTGRES_PORT).unwrap_or(5432),
+            )
+        })
+    }
+}
+
+/// Everything the instance manager needs to know about its pod.
+#[derive(Clone, Debug)]
+pub struct InstanceSettings {
+    pub cluster: String,
+    pub namespace: String,
+    pub pod_name: String,
+    pub data_dir: PathBuf,
+    pub bin_dir: PathBuf,
+    /// Where the server listens (written to the run-time include, which wins).
+    pub port: u16,
+    pub socket_dir: PathBuf,
+    pub listen_addresses: String,
+    /// This instance's own connections: the socket directory in a pod (peer
+    /// authentication as `postgres`), or a host name with the superuser's password.
+    pub local_host: String,
+    pub peers: Peers,
+    pub status_address: SocketAddr,
+    pub metrics_address: SocketAddr,
+    /// Declarative SQL: a full pass on every change and at least this often ...
+    pub sql_full_period: Duration,
+    /// ... and a pass over roles, passwords, memberships and databases this often.
+    pub sql_period: Duration,
+    /// Quorum and pending-restart checks.
+    pub maintenance_period: Duration,
+    /// The primary waits this long at most for its standbys to restart first.
+    pub primary_restart_wait: Duration,
+    /// Pause between clone attempts while the primary is not reachable.
+    pub clone_retry: Duration,
+    pub timing: supervise::Timing,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum InstanceError {
+    #[error("bootstrap: {0}")]
+    Bootstrap(#[from] bootstrap::BootstrapError),
+    #[error("configuration: {0}")]
+    Files(#[from] super::files::FileError),
+    #[error("supervising the postmaster: {0}")]
+    Supervise(#[from] supervise::SuperviseError),
+    #[error("serving {address}: {source}")]
+    Serve {
+        address: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("a blocking task failed: {0}")]
+    Join(#[from] tokio::task::JoinError),
+}
+
+/// What this instance is doing now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Role {
+    Primary,
+    Standby { primary: String },
+}
+
+struct Manager {
+    settings: InstanceSettings,
+    operator: OperatorSettings,
+    local: Connection,
+    provisioner: Provisioner,
+    metrics: Arc<InstanceMetrics>,
+    restart: Arc<Notify>,
+    role: Role,
+    sync_standby_names: String,
+    /// When a setting that needs a restart was first seen pending.
+    pending_since: Option<Instant>,
+}
+
+/// Runs the instance until `shutdown` turns true; the postmaster is then shut down
+/// (smart, fast, immediate) before this returns.
+pub async fn run<S: SpecSource>(
+    settings: InstanceSettings,
+    source: S,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), InstanceError> {
+    let (updates, mut snapshots) = watch::channel(None);
+    let source_task = tokio::spawn(source.run(updates));
+    let result = run_with(settings, &mut snapshots, &mut shutdown).await;
+    source_task.abort();
+    result
+}
+
+/// The first snapshot that satisfies `ready`, or `None` on shutdown.
+async fn wait_snapshot(
+    snapshots: &mut watch::Receiver<Option<Arc<Snapshot>>>,
+    shutdown: &mut watch::Receiver<bool>,
+    what: &str,
+    ready: impl Fn(&Snapshot) -> bool,
+) -> Option<Arc<Snapshot>> {
+    let mut logged = false;
+    loop {
+        if let Some(snapshot) = snapshots.borrow_and_update().clone()
+            && ready(&snapshot)
+        {
+            return Some(snapshot);
+        }
+        if !logged {
+            tracing::info!("waiting for {what}");
+            logged = true;
+        }
+        tokio::select! {
+            changed = snapshots.changed() => if changed.is_err() { return None },
+            _ = shutdown.wait_for(|stop| *stop) => return None,
+        }
+    }
+}
+
+async fn run_with(
+    settings: InstanceSettings,
+    snapshots: &mut watch::Receiver<Option<Arc<Snapshot>>>,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<(), InstanceError> {
+    let Some(mut snapshot) = wait_snapshot(
+        snapshots,
+        shutdown,
+        "the Postgres object and its superuser and replication Secrets",
+        |s| s.superuser_password().is_some() && s.replication_password().is_some(),
+    )
+    .await
+    else {
+        return Ok(());
+    };
+    let role = role_of(&settings, &snapshot);
+    let local = Connection {
+        host: settings.local_host.clone(),
+        port: settings.port,
+        user: SUPERUSER.to_string(),
+        password: snapshot.superuser_password().map(str::to_string),
+    };
+    let mut manager = Manager {
+        provisioner: Provisioner::new(local.clone()),
+        local,
+        operator: OperatorSettings::default(),
+        metrics: Arc::new(InstanceMetrics::default()),
+        restart: Arc::new(Notify::new()),
+        role,
+        sync_standby_names: String::new(),
+        pending_since: None,
+        settings,
+    };
+    if !manager.bootstrap(&snapshot, shutdown).await? {
+        return Ok(());
+    }
+    manager.write_files(&snapshot)?;
+
+    let (events_tx, events) = mpsc::unbounded_channel();
+    let supervisor = {
+        let command = manager.postmaster_command();
+        let timing = manager.settings.timing;
+        let stop = shutdown.clone();
+        let restart = manager.restart.clone();
+        tokio::spawn(async move {
+            supervise::supervise(&command, timing, stop, restart, events_tx).await
+        })
+    };
+    tokio::spawn(count_events(events, manager.metrics.clone()));
+    manager.wait_accepting(shutdown).await;
+    // Before /readyz can pass: a primary must hold the replication role first.
+    manager.declarative_sql(&snapshot, Scope::Full).await;
+    manager.serve(shutdown.clone()).await?;
+
+    let mut sql_timer = tokio::time::interval(manager.settings.sql_period);
+    let mut full_sql_timer = tokio::time::interval(manager.settings.sql_full_period);
+    // A full pass has just run.
+    sql_timer.reset();
+    full_sql_timer.reset();
+    let mut maintenance = tokio::time::interval(manager.settings.maintenance_period);
+    let mut source_open = true;
+    loop {
+        tokio::select! {
+            _ = shutdown.wait_for(|stop| *stop) => break,
+            changed = snapshots.changed(), if source_open => {
+                if changed.is_err() {
+                    // The timers still keep the instance current on the last spec.
+                    tracing::error!("the spec source ended; keeping the last spec");
+                    source_open = false;
+                    continue;
+                }
+                if let Some(latest) = snapshots.borrow_and_update().clone() {
+                    snapshot = latest;
+                }
+                manager.reconfigure(&snapshot).await;
+                manager.declarative_sql(&snapshot, Scope::Full).await;
+            }
+            _ = full_sql_timer.tick() => {
+                manager.declarative_sql(&snapshot, Scope::Full).await;
+            }
+            _ = sql_timer.tick() => {
+                // Something had drifted: look inside the databases too.
+                if manager.declarative_sql(&snapshot, Scope::Cluster).await > 0 {
+                    manager.declarative_sql(&snapshot, Scope::Full).await;
+                }
+            }
+            _ = maintenance.tick() => manager.maintain(&snapshot).await,
+        }
+    }
+    manager.provisioner.release_all();
+    let mode = supervisor.await??;
+    tracing::info!(?mode, "postmaster stopped");
+    Ok(())
+}
+
+async fn count_events(mut events: mpsc::UnboundedReceiver<Event>, metrics: Arc<InstanceMetrics>) {
+    while let Some(event) = events.recv().await {
+        match &event {
+            Event::Started { pid } => {
+                metrics.postmaster_starts.inc();
+                tracing::info!(pid, "postmaster started");
+            }
+            Event::Died { status } => {
+                metrics.up.set(0);
+                tracing::warn!(%status, "postmaster died");
+            }
+            Event::Restarting { mode } => {
+                metrics.restarts.inc();
+                tracing::info!(?mode, "postmaster restarting");
+            }
+            Event::ShutDown { mode } => tracing::info!(?mode, "postmaster shut down"),
+        }
+    }
+}
+
+/// Primary when the cluster names this pod as (target) primary.
+fn role_of(settings: &InstanceSettings, snapshot: &Snapshot) -> Role {
+    let target = snapshot.target_primary();
+    if target == settings.pod_name {
+        Role::Primary
+    } else {
+        Role::Standby { primary: target }
+    }
+}
+
+impl Manager {
+    fn tools(&self) -> Tools {
+        Tools {
+            bin_dir: self.settings.bin_dir.clone(),
+            wrap: Vec::new(),
+        }
+    }
+
+    /// Makes the data directory usable: kept, initialised, or cloned (retrying until
+    /// the primary answers). False when shut down meanwhile.
+    async fn bootstrap(
+        &self,
+        snapshot: &Snapshot,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<bool, InstanceError> {
+        let primary = match &self.role {
+            Role::Primary => None,
+            Role::Standby { primary } => Some(self.peer(primary).0),
+        };
+        let data_dir = self.settings.data_dir.clone();
+        match bootstrap::decide(&data_dir, primary.as_deref()) {
+            Bootstrap::UseExisting => {
+                tracing::info!(data_dir = %data_dir.display(), "using the existing data directory");
+            }
+            Bootstrap::InitDb => {
+                tracing::info!("initialising a new cluster");
+                let tools = self.tools();
+                let password = snapshot
+                    .superuser_password()
+                    .unwrap_or_default()
+                    .to_string();
+                tokio::task::spawn_blocking(move || {
+                    bootstrap::init_data_dir(&tools, &data_dir, &password)
+                })
+                .await??;
+            }
+            Bootstrap::Clone { .. } => {
+                let Role::Standby { primary } = &self.role else {
+                    return Ok(true);
+                };
+                let (host, port) = self.peer(primary);
+                loop {
+                    tracing::info!(%host, port, "cloning the primary");
+                    let tools = self.tools();
+                    let (dir, host, password, name) = (
+                        data_dir.clone(),
+                        host.clone(),
+                        snapshot
+                            .replication_password()
+                            .unwrap_or_default()
+                            .to_string(),
+                        self.settings.pod_name.clone(),
+                    );
+                    let cloned = tokio::task::spawn_blocking(move || {
+                        bootstrap::clone_from_primary(&tools, &dir, &host, port, &password, &name)
+                    })
+                    .await?;
+                    match cloned {
+                        Ok(()) => break,
+                        Err(error) => tracing::warn!(%error, "clone failed; retrying"),
+                    }
+                    tokio::select! {
+                        () = tokio::time::sleep(self.settings.clone_retry) => {}
+                        _ = shutdown.wait_for(|stop| *stop) => return Ok(false),
+                    }
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    fn peer(&self, pod: &str) -> (String, u16) {
+        self.settings
+            .peers
+            .address(&self.settings.cluster, &self.settings.namespace, pod)
+    }
+
+    fn postmaster_command(&self) -> PostmasterCommand {
+        let s = &self.settings;
+        PostmasterCommand {
+            program: s.bin_dir.join("postgres"),
+            args: vec!["-D".to_string(), s.data_dir.to_string_lossy().into_owned()],
+        }
+    }
+
+    fn runtime_role(&self, snapshot: &Snapshot) -> RuntimeRole {
+        match &self.role {
+            Role::Primary => RuntimeRole::Primary {
+                sync_standby_names: self.sync_standby_names.clone(),
+            },
+            Role::Standby { primary } => {
+                let (host, port) = self.peer(primary);
+                RuntimeRole::Standby {
+                    host,
+                    port,
+                    password: snapshot
+                        .replication_password()
+                        .unwrap_or_default()
+                        .to_string(),
+                    application_name: self.settings.pod_name.clone(),
+                }
+            }
+        }
+    }
+
+    /// Writes the configuration files; true when any changed.
+    fn write_files(&self, snapshot: &Snapshot) -> Result<bool, InstanceError> {
+        let cluster = Cluster::new(&snapshot.postgres, &self.settings.namespace, &self.operator);
+        let listen = Listen {
+            port: self.settings.port,
+            socket_dir: self.settings.socket_dir.to_string_lossy().into_owned(),
+            addresses: self.settings.listen_addresses.clone(),
+        };
+        let files = ConfigFiles::render(&cluster, &self.runtime_role(snapshot), &listen);
+        Ok(files.write(&self.settings.data_dir)?)
+    }
+
+    /// Until the server accepts connections (start-up, crash recovery) or shutdown.
+    async fn wait_accepting(&self, shutdown: &mut watch::Receiver<bool>) {
+        loop {
+            if let Ok(client) = self.local.client("postgres").await
+                && client.simple_query("SELECT 1").await.is_ok()
+            {
+                return;
+            }
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_millis(100)) => {}
+                _ = shutdown.wait_for(|stop| *stop) => return,
+            }
+        }
+    }
+
+    async fn reload(&self) -> Result<(), tokio_postgres::Error> {
+        let client = self.local.client("postgres").await?;
+        client.simple_query("SELECT pg_reload_conf()").await?;
+        self.metrics.config_reloads.inc();
+        Ok(())
+    }
+
+    /// A new spec or Secret: follow a promoted target, rewrite the files, reload.
+    async fn reconfigure(&mut self, snapshot: &Snapshot) {
+        self.local.password = snapshot.superuser_password().map(str::to_string);
+        match (role_of(&self.settings, snapshot), &self.role) {
+            (Role::Primary, Role::Standby { .. }) => {
+                tracing::info!("this instance is the new target primary: promoting");
+                match self.promote().await {
+                    Ok(()) => self.role = Role::Primary,
+                    Err(error) => tracing::error!(%error, "promotion failed"),
+                }
+            }
+            (Role::Standby { primary }, Role::Standby { .. }) => {
+                self.role = Role::Standby { primary };
+            }
+            (Role::Standby { primary }, Role::Primary) => {
+                // Demoting a primary needs fencing and pg_rewind, which belong to the
+                // controller's failover; writes go on here until it acts.
+                tracing::error!(target = %primary, "another instance is the target primary; staying primary until failover handling demotes this one");
+            }
+            (Role::Primary, Role::Primary) => {}
+        }
+        match self.write_files(snapshot) {
+            Ok(true) => {
+                if let Err(error) = self.reload().await {
+                    tracing::warn!(%error, "reload failed; the next start reads the new files");
+                } else {
+                    tracing::info!("configuration changed; reloaded");
+                }
+            }
+            Ok(false) => {}
+            Err(error) => tracing::error!(%error, "cannot write the configuration"),
+        }
+    }
+
+    async fn promote(&self) -> Result<(), tokio_postgres::Error> {
+        let client = self.local.client("postgres").await?;
+        client.simple_query("SELECT pg_promote(true, 60)").await?;
+        Ok(())
+    }
+
+    /// The declarative SQL, on the primary only: the built-in roles' passwords, then
+    /// users, databases, group roles, grants and extensions. The statements it ran.
+    async fn declarative_sql(&self, snapshot: &Snapshot, scope: Scope) -> usize {
+        if self.role != Role::Primary {
+            return 0;
+        }
+        self.metrics.sql_passes.inc();
+        let started = Instant::now();
+        match self.sql_pass(snapshot, scope).await {
+            Ok(statements) => {
+                self.metrics.sql_statements.inc_by(statements as u64);
+                if statements > 0 {
+                    tracing::info!(
+                        statements,
+                        ?scope,
+                        elapsed_ms = started.elapsed().as_millis() as u64,
+                        "declarative SQL applied"
+                    );
+                }
+                statements
+            }
+            Err(error) => {
+                self.metrics.sql_errors.inc();
+                tracing::warn!(%error, "declarative SQL failed; retrying on the next pass");
+                0
+            }
+        }
+    }
+
+    async fn sql_pass(
+        &self,
+        snapshot: &Snapshot,
+        scope: Scope,
+    ) -> Result<usize, Box<dyn std::error::Error + Send + Sync>> {
+        let client = self.local.client("postgres").await?;
+        if client
+            .query_one("SELECT pg_is_in_recovery()", &[])
+            .await?
+            .get(0)
+        {
+            return Ok(0);
+        }
+        let mut statements = 0;
+        for (role, attributes, password) in [
+            (SUPERUSER, "SUPERUSER LOGIN", snapshot.superuser_password()),
+            (
+                REPLICATION_USER,
+                "LOGIN REPLICATION",
+                snapshot.replication_password(),
+            ),
+        ] {
+            if let Some(password) = password
+                && bootstrap::ensure_builtin_role(&client, role, attributes, password).await?
+            {
+                statements += 1;
+            }
+        }
+        let desired = DesiredState::from_spec(&snapshot.postgres.spec, &snapshot.user_passwords());
+        let report = self.provisioner.reconcile_scoped(&desired, scope).await?;
+        Ok(statements + report.statements)
+    }
+
+    /// Periodic: the quorum (primary), settings waiting for a restart, gauges.
+    async fn maintain(&mut self, snapshot: &Snapshot) {
+        let client = match self.local.client("postgres").await {
+            Ok(client) => client,
+            Err(error) => {
+                self.metrics.up.set(0);
+                tracing::debug!(%error, "PostgreSQL not answering");
+                return;
+            }
+        };
+        self.metrics.up.set(1);
+        self.metrics
+            .primary
+            .set(i64::from(self.role == Role::Primary));
+        if let Err(error) = self.maintain_with(&client, snapshot).await {
+            tracing::warn!(%error, "maintenance failed");
+        }
+    }
+
+    async fn maintain_with(
+        &mut self,
+        client: &tokio_postgres::Client,
+        snapshot: &Snapshot,
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        if self.role == Role::Primary {
+            self.keep_quorum(client, snapshot).await?;
+        } else {
+            let lag: Option<i64> = client
+                .query_one(
+                    "SELECT pg_wal_lsn_diff(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn())::bigint",
+                    &[],
+                )
+                .await?
+                .get(0);
+            self.metrics.replay_lag_bytes.set(lag.unwrap_or(0));
+        }
+        let pending: Vec<String> = client
+            .query("SELECT name FROM pg_settings WHERE pending_restart", &[])
+            .await?
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        self.metrics
+            .pending_restart
+            .set(i64::try_from(pending.len()).unwrap_or(i64::MAX));
+        if pending.is_empty() {
+            self.pending_since = None;
+            return Ok(());
+        }
+        let since = *self.pending_since.get_or_insert_with(Instant::now);
+        if self.role == Role::Primary && !self.standbys_restarted(client, since).await? {
+            return Ok(());
+        }
+        tracing::info!(?pending, "restarting for settings that need it");
+        self.provisioner.release_all();
+        self.pending_since = None;
+        self.restart.notify_one();
+        Ok(())
+    }
+
+    /// Standbys restart first: the primary waits until every streaming standby has
+    /// reconnected since the change was seen (a standby's restart reconnects its WAL
+    /// receiver), or until the wait runs out.
+    async fn standbys_restarted(
+        &self,
+        client: &tokio_postgres::Client,
+        since: Instant,
+    ) -> Result<bool, tokio_postgres::Error> {
+        let waited = since.elapsed();
+        if waited >= self.settings.primary_restart_wait {
+            tracing::warn!(
+                waited_s = waited.as_secs(),
+                "standbys did not all restart in time; restarting the primary anyway"
+            );
+            return Ok(true);
+        }
+        let stale: i64 = client
+            .query_one(
+                "SELECT count(*) FROM pg_stat_replication \
+                 WHERE backend_start < now() - make_interval(secs => $1)",
+                &[&waited.as_secs_f64()],
+            )
+            .await?
+            .get(0);
+        Ok(stale == 0)
+    }
+
+    /// `synchronous_standby_names` from the standbys streaming now (DESIGN §7).
+    async fn keep_quorum(
+        &mut self,
+        client: &tokio_postgres::Client,
+        snapshot: &Snapshot,
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        let cluster = Cluster::new(&snapshot.postgres, &self.settings.namespace, &self.operator);
+        let members: BTreeSet<String> = cluster
+            .pod_names()
+            .into_iter()
+            .filter(|pod| *pod != self.settings.pod_name)
+            .collect();
+        let healthy: Vec<String> = client
+            .query(
+                "SELECT application_name FROM pg_stat_replication WHERE state = 'streaming'",
+                &[],
+            )
+            .await?
+            .iter()
+            .map(|row| row.get::<_, String>(0))
+            .filter(|name| members.contains(name))
+            .collect();
+        let quorum = &snapshot.postgres.spec.quorum;
+        let wanted = sync_standby_names(
+            &healthy,
+            quorum.min_sync_replicas,
+            quorum.max_sync_replicas,
+            false,
+        );
+        self.metrics
+            .sync_standbys
+            .set(i64::try_from(healthy.len()).unwrap_or(0));
+        if wanted != self.sync_standby_names {
+            tracing::info!(from = %self.sync_standby_names, to = %wanted, "synchronous quorum changed");
+            self.sync_standby_names = wanted;
+            if self.write_files(snapshot)? {
+                self.reload().await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// `/healthz`, `/readyz`, `/status` and `/metrics`, until shutdown.
+    async fn serve(&self, shutdown: watch::Receiver<bool>) -> Result<(), InstanceError> {
+        for (address, router) in [
+            (
+                self.settings.status_address,
+                super::status::router(self.local.clone()),
+            ),
+            (
+                self.settings.metrics_address,
+                super::metrics::router(self.metrics.clone()),
+            ),
+        ] {
+            let listener = tokio::net::TcpListener::bind(address)
+                .await
+                .map_err(|source| InstanceError::Serve { address, source })?;
+            let mut stop = shutdown.clone();
+            tokio::spawn(async move {
+                let served = axum::serve(listener, router)
+                    .with_graceful_shutdown(async move {
+                        let _ = stop.wait_for(|stop| *stop).await;
+                    })
+                    .await;
+                if let Err(error) = served {
+                    tracing::error!(%error, %address, "HTTP server failed");
+                }
+            });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peers_default_to_the_headless_service() {
+        let peers = Peers::default();
+        assert_eq!(
+            peers.address("demo", "tenant", "postgres-demo-0"),
+            (
+                "postgres-demo-0.postgres-demo-headless.tenant.svc".to_string(),
+                5432
+            )
+        );
+        let peers = Peers {
+            overrides: BTreeMap::from([(
+                "postgres-demo-0".to_string(),
+                ("127.0.0.1".to_string(), 6000),
+            )]),
+        };
+        assert_eq!(
+            peers.address("demo", "tenant", "postgres-demo-0"),
+            ("127.0.0.1".to_string(), 6000)
+        );
+    }
+}

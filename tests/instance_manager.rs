@@ -1,0 +1,538 @@
+//! The `postgres-operator instance` binary end to end, as it runs in a pod (as the
+//! `postgres` OS user, PID-1 reaper included), with real PostgreSQL servers on loopback
+//! and the spec and Secrets from a file: bootstrap of a primary and of a streaming
+//! standby, the seed's complete example provisioned, reload and ordered restarts,
+//! shutdown and crash handling, hostile names and spec edits.
+
+mod support;
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use support::example;
+use support::instance::{Instance, SpecFile, secrets_yaml, zombies_of};
+
+const PRIMARY: &str = "postgres-postgres-complete-0";
+const STANDBY: &str = "postgres-postgres-complete-1";
+const COMPLETE_USERS: &[(&str, &str)] = &[
+    ("admin", "secure-admin-password"),
+    ("app_user", "app-password"),
+    ("readonly_user", "readonly-password"),
+];
+
+async fn wait_until<F, Fut>(what: &str, seconds: u64, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    while Instant::now() < deadline {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("timed out after {seconds} s waiting until {what}");
+}
+
+async fn text(client: &tokio_postgres::Client, sql: &str) -> Vec<String> {
+    client
+        .simple_query(sql)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0).map(str::to_string),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A setting's value, `None` while the server does not answer (e.g. restarting).
+async fn try_setting(instance: &Instance, name: &str) -> Option<String> {
+    let client = instance
+        .connect_as("postgres", &instance.superuser, "postgres")
+        .await
+        .ok()?;
+    let rows = client.simple_query(&format!("SHOW {name}")).await.ok()?;
+    rows.into_iter().find_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0).map(str::to_string),
+        _ => None,
+    })
+}
+
+async fn setting(instance: &Instance, name: &str) -> String {
+    try_setting(instance, name)
+        .await
+        .expect("the server answers")
+}
+
+async fn started_at(instance: &Instance) -> String {
+    text(
+        &instance.admin("postgres").await,
+        "SELECT pg_postmaster_start_time()::text",
+    )
+    .await
+    .remove(0)
+}
+
+/// Clean exit on SIGTERM, and nothing of the instance left running.
+fn terminate_cleanly(instance: &mut Instance) {
+    let status = instance
+        .terminate(Duration::from_secs(60))
+        .expect("the instance exits on SIGTERM");
+    assert!(
+        status.success(),
+        "exit status {status}; log:\n{}",
+        instance.log()
+    );
+    assert_eq!(instance.processes(), Vec::new(), "leftover processes");
+    assert!(
+        !instance.data_dir.join("postmaster.pid").exists(),
+        "a clean shutdown removes postmaster.pid"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_complete_example_runs_as_a_primary_and_a_streaming_standby() {
+    let spec = SpecFile::new(&format!(
+        "{}{}",
+        example("complete.yaml"),
+        secrets_yaml(
+            "postgres-complete",
+            "su'per \"pw",
+            "repl pw'\\",
+            COMPLETE_USERS
+        )
+    ));
+    let mut primary = Instance::spawn(&spec, "postgres-complete", PRIMARY, &[], &[]);
+    primary.wait_ready().await;
+    let mut standby = Instance::spawn(
+        &spec,
+        "postgres-complete",
+        STANDBY,
+        &[(PRIMARY, primary.port)],
+        &["--smart-shutdown-seconds", "3"],
+    );
+    standby.wait_ready().await;
+
+    // The declarative SQL has run once every user can log in.
+    wait_until("every user logs in with its password", 60, || async {
+        let mut all = true;
+        for (user, password) in COMPLETE_USERS {
+            all &= primary.connect_as(user, password, "myapp").await.is_ok();
+        }
+        all
+    })
+    .await;
+    assert!(primary.connect_as("admin", "wrong", "myapp").await.is_err());
+    let admin = primary
+        .connect_as("admin", "secure-admin-password", "analytics")
+        .await
+        .unwrap();
+    admin
+        .batch_execute("CREATE TABLE report (id int); INSERT INTO report VALUES (1)")
+        .await
+        .unwrap();
+    let extensions = text(&admin, "SELECT extname::text FROM pg_extension ORDER BY 1").await;
+    for extension in ["hstore", "pg_stat_statements"] {
+        assert!(
+            extensions.contains(&extension.to_string()),
+            "{extensions:?}"
+        );
+    }
+    admin
+        .simple_query("SELECT count(*) FROM pg_stat_statements")
+        .await
+        .expect("pg_stat_statements is preloaded");
+
+    // A table created after provisioning by another admin is readable, not writable,
+    // by the readonly user.
+    let app = primary
+        .connect_as("app_user", "app-password", "myapp")
+        .await
+        .unwrap();
+    app.batch_execute("CREATE TABLE orders (id int); INSERT INTO orders VALUES (42)")
+        .await
+        .unwrap();
+    let reader = primary
+        .connect_as("readonly_user", "readonly-password", "myapp")
+        .await
+        .unwrap();
+    assert_eq!(text(&reader, "SELECT id::text FROM orders").await, ["42"]);
+    let denied = reader
+        .batch_execute("INSERT INTO orders VALUES (1)")
+        .await
+        .unwrap_err();
+    let message = denied
+        .as_db_error()
+        .map(|e| e.message().to_string())
+        .unwrap_or_default();
+    assert!(message.contains("permission denied"), "{denied:?}");
+    assert!(
+        primary
+            .connect_as("readonly_user", "readonly-password", "analytics")
+            .await
+            .is_err(),
+        "no CONNECT on a database it has no role in"
+    );
+
+    // Streaming: the row reaches the standby, through the standby's own slot.
+    let on_standby = standby.admin("myapp").await;
+    wait_until("the standby replays the row", 30, || async {
+        on_standby
+            .simple_query("SELECT id FROM orders")
+            .await
+            .is_ok()
+    })
+    .await;
+    assert_eq!(
+        text(&on_standby, "SELECT id::text FROM orders").await,
+        ["42"]
+    );
+    let superuser = primary.admin("postgres").await;
+    assert_eq!(
+        text(
+            &superuser,
+            "SELECT slot_name || ' ' || active FROM pg_replication_slots"
+        )
+        .await,
+        ["postgres_postgres_complete_1 true"]
+    );
+    // One healthy standby with minSyncReplicas 1: a quorum of one.
+    wait_until("the standby is in the synchronous quorum", 30, || async {
+        setting(&primary, "synchronous_standby_names").await == format!("ANY 1 (\"{STANDBY}\")")
+    })
+    .await;
+    wait_until("the standby is reported as quorum", 30, || async {
+        primary.status().await.is_some_and(|s| {
+            s["replicas"][0]["applicationName"] == STANDBY
+                && s["replicas"][0]["syncState"] == "quorum"
+        })
+    })
+    .await;
+    app.batch_execute("INSERT INTO orders VALUES (43)")
+        .await
+        .unwrap();
+
+    let status = standby.status().await.unwrap();
+    assert_eq!(status["role"], "standby");
+    assert_eq!(status["streaming"], true);
+    assert_eq!(primary.status().await.unwrap()["role"], "primary");
+    assert!(
+        primary
+            .metrics()
+            .await
+            .contains("postgres_instance_primary 1")
+    );
+    assert!(
+        standby
+            .metrics()
+            .await
+            .contains("postgres_instance_primary 0")
+    );
+    assert!(
+        primary
+            .metrics()
+            .await
+            .contains("postgres_instance_sql_errors_total 0")
+    );
+
+    // Clients still connected: smart shutdown waits for them, then fast disconnects.
+    let started = Instant::now();
+    terminate_cleanly(&mut standby);
+    assert!(
+        started.elapsed() >= Duration::from_secs(3),
+        "smart shutdown waited first"
+    );
+    drop((admin, app, reader, superuser));
+    terminate_cleanly(&mut primary);
+}
+
+/// The children of a process (the reaper's: the instance manager).
+fn children(pid: u32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+fn tune_spec(work_mem: &str, shared_buffers: &str) -> String {
+    format!(
+        "apiVersion: apps.cozystack.io/v1alpha1\nkind: Postgres\nmetadata: {{name: tune, namespace: tenant}}\nspec:\n  replicas: 2\n  postgresql:\n    parameters:\n      work_mem: {work_mem}\n      shared_buffers: {shared_buffers}\n{}",
+        secrets_yaml("tune", "su", "repl", &[])
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_setting_applies_live_and_a_restart_setting_restarts_standbys_first() {
+    let spec = SpecFile::new(&tune_spec("4MB", "32MB"));
+    let primary = Instance::spawn(&spec, "tune", "postgres-tune-0", &[], &[]);
+    primary.wait_ready().await;
+    let standby = Instance::spawn(
+        &spec,
+        "tune",
+        "postgres-tune-1",
+        &[("postgres-tune-0", primary.port)],
+        &[],
+    );
+    standby.wait_ready().await;
+    let primary_start = started_at(&primary).await;
+    let standby_start = started_at(&standby).await;
+
+    spec.write(&tune_spec("8MB", "32MB"));
+    wait_until("work_mem is reloaded on the primary", 30, || async {
+        setting(&primary, "work_mem").await == "8MB"
+    })
+    .await;
+    wait_until("work_mem is reloaded on the standby", 30, || async {
+        setting(&standby, "work_mem").await == "8MB"
+    })
+    .await;
+    assert_eq!(
+        started_at(&primary).await,
+        primary_start,
+        "no restart for a reload"
+    );
+
+    // Hold the standby's manager: the primary must wait for it.
+    let manager = children(standby.pid());
+    assert_eq!(manager.len(), 1, "the reaper runs one manager");
+    let pid = manager[0].to_string();
+    std::process::Command::new("kill")
+        .args(["-STOP", &pid])
+        .status()
+        .unwrap();
+    spec.write(&tune_spec("8MB", "48MB"));
+    wait_until("the primary reports shared_buffers pending", 30, || async {
+        primary
+            .status()
+            .await
+            .is_some_and(|s| s["pendingRestart"] == serde_json::json!(["shared_buffers"]))
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        started_at(&primary).await,
+        primary_start,
+        "the primary waits while a standby has not restarted"
+    );
+    std::process::Command::new("kill")
+        .args(["-CONT", &pid])
+        .status()
+        .unwrap();
+
+    wait_until("the standby restarts with the new value", 60, || async {
+        try_setting(&standby, "shared_buffers").await.as_deref() == Some("48MB")
+    })
+    .await;
+    wait_until("then the primary", 60, || async {
+        try_setting(&primary, "shared_buffers").await.as_deref() == Some("48MB")
+    })
+    .await;
+    let (standby_restart, primary_restart) =
+        (started_at(&standby).await, started_at(&primary).await);
+    assert_ne!(standby_restart, standby_start);
+    assert!(
+        standby_restart < primary_restart,
+        "standby restarted at {standby_restart}, primary at {primary_restart}"
+    );
+    assert!(
+        primary
+            .metrics()
+            .await
+            .contains("postgres_instance_restarts_total 1")
+    );
+    standby.wait_ready().await;
+    assert_eq!(
+        primary.status().await.unwrap()["pendingRestart"],
+        serde_json::json!([])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_postmaster_is_restarted_orphans_are_reaped_and_sigterm_is_clean() {
+    let spec = SpecFile::new(&format!(
+        "apiVersion: apps.cozystack.io/v1alpha1\nkind: Postgres\nmetadata: {{name: solo}}\nspec: {{replicas: 1}}\n{}",
+        secrets_yaml("solo", "su", "repl", &[])
+    ));
+    let mut instance = Instance::spawn(&spec, "solo", "postgres-solo-0", &[], &[]);
+    instance.wait_ready().await;
+    let held = instance.admin("postgres").await;
+    text(&held, "SELECT 1").await;
+    let first = instance.postmaster_pid().unwrap();
+    let backends = children(first);
+    assert!(!backends.is_empty());
+
+    std::process::Command::new("kill")
+        .args(["-KILL", &first.to_string()])
+        .status()
+        .unwrap();
+    wait_until("a new postmaster serves", 60, || async {
+        instance.postmaster_pid().is_some_and(|pid| pid != first)
+            && instance
+                .get("/readyz")
+                .await
+                .is_some_and(|(code, _)| code == 200)
+    })
+    .await;
+    // The old backends were orphaned to the reaper, which must have reaped them.
+    let gone = || {
+        backends
+            .iter()
+            .all(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists())
+    };
+    for _ in 0..300 {
+        if gone() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let left: Vec<String> = backends
+        .iter()
+        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok())
+        .collect();
+    assert!(
+        left.is_empty(),
+        "orphaned backends left: {left:?} (reaper {})",
+        instance.pid()
+    );
+    assert_eq!(zombies_of(instance.pid()), Vec::<u32>::new());
+    assert!(
+        instance
+            .metrics()
+            .await
+            .contains("postgres_instance_postmaster_starts_total 2")
+    );
+    drop(held);
+    terminate_cleanly(&mut instance);
+}
+
+fn hostile_spec(users: &[(&str, &str)], yaml: &str) -> String {
+    format!(
+        "apiVersion: apps.cozystack.io/v1alpha1\nkind: Postgres\nmetadata: {{name: odd}}\nspec:\n{yaml}{}",
+        secrets_yaml("odd", "su", "repl", users)
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_names_edits_and_removals_go_through_the_instance() {
+    let injection = "x'); DROP ROLE postgres; --\"";
+    let users = [
+        ("Bad-User.1", injection),
+        ("UPPER.case", "it's \"fine\""),
+        ("Owner-Of-Things", "o"),
+    ];
+    let before = "  users:\n    Bad-User.1: {}\n    UPPER.case: {}\n    Owner-Of-Things: {}\n  databases:\n    Sales-DB:\n      roles:\n        admin: [Bad-User.1, Owner-Of-Things]\n        readonly: [UPPER.case]\n    ops:\n      roles:\n        admin: [Owner-Of-Things]\n      extensions: [hstore, pg_stat_statements, pg_trgm, btree_gin, uuid-ossp, pgcrypto]\n";
+    let spec_text = hostile_spec(&users, before);
+    let parsed = postgres_operator::instance::source::parse_snapshot(&spec_text).unwrap();
+    postgres_operator::validate::validate_spec(&parsed.postgres.spec)
+        .expect("the hostile spec is one the API accepts");
+    let spec = SpecFile::new(&spec_text);
+    let instance = Instance::spawn(&spec, "odd", "postgres-odd-0", &[], &[]);
+    instance.wait_ready().await;
+    wait_until("the users log in", 60, || async {
+        instance
+            .connect_as("Bad-User.1", injection, "Sales-DB")
+            .await
+            .is_ok()
+            && instance
+                .connect_as("Owner-Of-Things", "o", "ops")
+                .await
+                .is_ok()
+    })
+    .await;
+    let superuser = instance.admin("postgres").await;
+    assert_eq!(
+        text(
+            &superuser,
+            "SELECT rolname::text FROM pg_roles WHERE rolname = 'postgres'"
+        )
+        .await,
+        ["postgres"],
+        "the injection attempt changed nothing"
+    );
+    let ops = instance.admin("ops").await;
+    let extensions = text(&ops, "SELECT extname::text FROM pg_extension ORDER BY 1").await;
+    for extension in [
+        "btree_gin",
+        "hstore",
+        "pg_stat_statements",
+        "pg_trgm",
+        "pgcrypto",
+        "uuid-ossp",
+    ] {
+        assert!(
+            extensions.contains(&extension.to_string()),
+            "{extension}: {extensions:?}"
+        );
+    }
+    // The soon-removed user owns objects in two databases.
+    for database in ["Sales-DB", "ops"] {
+        instance
+            .connect_as("Owner-Of-Things", "o", database)
+            .await
+            .unwrap()
+            .batch_execute("CREATE TABLE owned (id int)")
+            .await
+            .unwrap();
+    }
+    let upper = instance
+        .connect_as("UPPER.case", "it's \"fine\"", "Sales-DB")
+        .await
+        .unwrap();
+    assert_eq!(
+        text(&upper, "SELECT count(*)::text FROM owned").await,
+        ["0"]
+    );
+
+    // Edit: Owner-Of-Things leaves, UPPER.case becomes an admin of Sales-DB.
+    let after = "  users:\n    Bad-User.1: {}\n    UPPER.case: {}\n  databases:\n    Sales-DB:\n      roles:\n        admin: [Bad-User.1, UPPER.case]\n    ops:\n      roles:\n        admin: [Bad-User.1]\n      extensions: [hstore, pg_stat_statements, pg_trgm, btree_gin, uuid-ossp, pgcrypto]\n";
+    spec.write(&hostile_spec(&users[..2], after));
+    wait_until("the removed user is gone", 60, || async {
+        text(
+            &superuser,
+            "SELECT count(*)::text FROM pg_roles WHERE rolname = 'Owner-Of-Things'",
+        )
+        .await
+            == ["0"]
+    })
+    .await;
+    let memberships = text(
+        &superuser,
+        "SELECT g.rolname || ' > ' || m.rolname FROM pg_auth_members a JOIN pg_roles g ON g.oid = a.roleid \
+         JOIN pg_roles m ON m.oid = a.member WHERE m.rolname IN ('Bad-User.1', 'UPPER.case') ORDER BY 1",
+    )
+    .await;
+    assert_eq!(
+        memberships,
+        [
+            "Sales-DB_admin > Bad-User.1",
+            "Sales-DB_admin > UPPER.case",
+            "ops_admin > Bad-User.1"
+        ]
+    );
+    for (database, owner) in [("Sales-DB", "Sales-DB_admin"), ("ops", "ops_admin")] {
+        let client = instance.admin(database).await;
+        assert_eq!(
+            text(
+                &client,
+                "SELECT tableowner::text FROM pg_tables WHERE tablename = 'owned'"
+            )
+            .await,
+            [owner],
+            "the removed user's table in {database} is kept, owned by the database's admin role"
+        );
+    }
+    upper
+        .batch_execute("INSERT INTO owned VALUES (1)")
+        .await
+        .expect("UPPER.case is an admin now");
+    assert!(
+        instance
+            .metrics()
+            .await
+            .contains("postgres_instance_sql_errors_total 0")
+    );
+}

@@ -1,0 +1,357 @@
+//! The real `postgres-operator instance` binary as a test runs it: as the `postgres` OS
+//! user (like the pod), with its own data directory, ports and socket directory, the
+//! spec and Secrets from a YAML file, and its own PID-1 reaper. Dropping the handle
+//! sends SIGTERM and, if that is not enough, kills every process of the directory.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::postgres::{bin_dir, chown_to_postgres, command, free_port};
+
+/// A spec file shared by the instances of one cluster, rewritten to change the spec.
+pub struct SpecFile {
+    pub path: PathBuf,
+    /// The superuser's password in the Secret.
+    pub superuser: String,
+    _dir: tempfile::TempDir,
+}
+
+impl SpecFile {
+    pub fn new(yaml: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("spec.yaml");
+        std::fs::write(&path, yaml).unwrap();
+        chown_to_postgres(dir.path());
+        let snapshot = postgres_operator::instance::source::parse_snapshot(yaml).unwrap();
+        Self {
+            path,
+            superuser: snapshot.superuser_password().unwrap().to_string(),
+            _dir: dir,
+        }
+    }
+
+    /// Replaces the content in one step (write and rename), as a watcher expects.
+    pub fn write(&self, yaml: &str) {
+        let temporary = self.path.with_extension("new");
+        std::fs::write(&temporary, yaml).unwrap();
+        chown_to_postgres(&temporary);
+        std::fs::rename(&temporary, &self.path).unwrap();
+    }
+}
+
+/// The Secrets of cluster `name` in a spec file: superuser, replication and user passwords.
+pub fn secrets_yaml(
+    name: &str,
+    superuser: &str,
+    replication: &str,
+    users: &[(&str, &str)],
+) -> String {
+    let quote = |s: &str| serde_json::to_string(s).unwrap();
+    let mut yaml = format!(
+        "---\napiVersion: v1\nkind: Secret\nmetadata: {{name: postgres-{name}-superuser}}\nstringData: {{username: postgres, password: {}}}\n---\napiVersion: v1\nkind: Secret\nmetadata: {{name: postgres-{name}-replication}}\nstringData: {{username: streaming_replica, password: {}}}\n---\napiVersion: v1\nkind: Secret\nmetadata: {{name: postgres-{name}-credentials}}\nstringData:\n",
+        quote(superuser),
+        quote(replication)
+    );
+    if users.is_empty() {
+        yaml.push_str("  {}\n");
+    }
+    for (user, password) in users {
+        yaml.push_str(&format!("  {}: {}\n", quote(user), quote(password)));
+    }
+    yaml
+}
+
+pub struct Instance {
+    pub pod: String,
+    /// The superuser's password.
+    pub superuser: String,
+    pub port: u16,
+    pub status_port: u16,
+    pub metrics_port: u16,
+    pub data_dir: PathBuf,
+    pub socket_dir: PathBuf,
+    log: PathBuf,
+    child: Option<Child>,
+    root: tempfile::TempDir,
+}
+
+impl Instance {
+    /// Starts pod `pod` of cluster `cluster`; `peers` are the other pods' PostgreSQL ports.
+    pub fn spawn(
+        spec: &SpecFile,
+        cluster: &str,
+        pod: &str,
+        peers: &[(&str, u16)],
+        extra: &[&str],
+    ) -> Self {
+        let root = tempfile::tempdir().unwrap();
+        let socket_dir = root.path().join("run");
+        std::fs::create_dir(&socket_dir).unwrap();
+        chown_to_postgres(root.path());
+        let data_dir = root.path().join("pgdata");
+        let log = root.path().join("instance.log");
+        let (port, status_port, metrics_port) = (free_port(), free_port(), free_port());
+        let mut cmd = command(Path::new(env!("CARGO_BIN_EXE_postgres-operator")));
+        cmd.arg("instance")
+            .args([
+                "--cluster",
+                cluster,
+                "--namespace",
+                "tenant",
+                "--pod-name",
+                pod,
+            ])
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .arg("--bin-dir")
+            .arg(bin_dir())
+            .args([
+                "--port",
+                &port.to_string(),
+                "--listen-addresses",
+                "127.0.0.1",
+            ])
+            .arg("--socket-dir")
+            .arg(&socket_dir)
+            .arg("--local-host")
+            .arg(&socket_dir)
+            .args(["--status-address", &format!("127.0.0.1:{status_port}")])
+            .args(["--metrics-address", &format!("127.0.0.1:{metrics_port}")])
+            .arg("--spec-file")
+            .arg(&spec.path)
+            .args([
+                "--maintenance-period-ms",
+                "200",
+                "--reaper",
+                "--log-format",
+                "text",
+            ]);
+        for (peer, peer_port) in peers {
+            cmd.args(["--peer", &format!("{peer}=127.0.0.1:{peer_port}")]);
+        }
+        cmd.args(extra);
+        // The test's environment must not leak in (PGHOST, PGDATA...).
+        for var in [
+            "PGHOST",
+            "PGPORT",
+            "PGDATA",
+            "CLUSTER_NAME",
+            "POD_NAME",
+            "POD_NAMESPACE",
+        ] {
+            cmd.env_remove(var);
+        }
+        let log_file = std::fs::File::create(&log).unwrap();
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone().unwrap())
+            .stderr(log_file)
+            .spawn()
+            .unwrap();
+        Self {
+            pod: pod.to_string(),
+            superuser: spec.superuser.clone(),
+            port,
+            status_port,
+            metrics_port,
+            data_dir,
+            socket_dir,
+            log,
+            child: Some(child),
+            root,
+        }
+    }
+
+    /// The reaper's pid (the process a kubelet would signal).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).unwrap_or_default()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// GET `path` on the status port: (status code, body), `None` when not listening.
+    pub async fn get(&self, path: &str) -> Option<(u16, String)> {
+        http_get(self.status_port, path).await
+    }
+
+    pub async fn metrics(&self) -> String {
+        http_get(self.metrics_port, "/metrics")
+            .await
+            .map(|(_, body)| body)
+            .unwrap_or_default()
+    }
+
+    /// `/status` as JSON.
+    pub async fn status(&self) -> Option<serde_json::Value> {
+        let (code, body) = self.get("/status").await?;
+        (code == 200)
+            .then(|| serde_json::from_str(&body).ok())
+            .flatten()
+    }
+
+    /// Waits until `/readyz` answers 200 (a standby: streaming).
+    pub async fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        while Instant::now() < deadline {
+            if self
+                .get("/readyz")
+                .await
+                .is_some_and(|(code, _)| code == 200)
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("{} not ready in 90 s; log:\n{}", self.pod, self.log());
+    }
+
+    /// The superuser over TCP with its password (the socket is the instance
+    /// manager's, with peer authentication), in `database`.
+    pub async fn admin(&self, database: &str) -> tokio_postgres::Client {
+        self.connect_as("postgres", &self.superuser, database)
+            .await
+            .unwrap()
+    }
+
+    /// A password login over TCP, as an application makes.
+    pub async fn connect_as(
+        &self,
+        user: &str,
+        password: &str,
+        database: &str,
+    ) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+        let mut config = tokio_postgres::Config::new();
+        config
+            .host("127.0.0.1")
+            .port(self.port)
+            .user(user)
+            .password(password)
+            .dbname(database);
+        let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        Ok(client)
+    }
+
+    /// The postmaster's pid, from postmaster.pid.
+    pub fn postmaster_pid(&self) -> Option<u32> {
+        std::fs::read_to_string(self.data_dir.join("postmaster.pid"))
+            .ok()?
+            .lines()
+            .next()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    /// Every live process whose command line mentions this instance's directory.
+    pub fn processes(&self) -> Vec<(u32, String)> {
+        processes_mentioning(&self.root.path().to_string_lossy())
+    }
+
+    /// Sends `signal` to the reaper.
+    pub fn signal(&self, signal: &str) {
+        // Never `kill 0`: that is the test's whole process group.
+        if self.child.is_none() {
+            return;
+        }
+        let _ = std::process::Command::new("kill")
+            .args([&format!("-{signal}"), &self.pid().to_string()])
+            .status();
+    }
+
+    /// SIGTERM, then waits for the exit (as the kubelet would, within the grace period).
+    pub fn terminate(&mut self, within: Duration) -> Option<ExitStatus> {
+        self.signal("TERM");
+        let mut child = self.child.take()?;
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        None
+    }
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("--- log of {} ---\n{}", self.pod, self.log());
+        }
+        if self.child.is_some() {
+            self.terminate(Duration::from_secs(30));
+        }
+        for (pid, _) in self.processes() {
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+        }
+    }
+}
+
+/// Live processes whose command line contains `needle`.
+pub fn processes_mentioning(needle: &str) -> Vec<(u32, String)> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            cmdline.contains(needle).then_some((pid, cmdline))
+        })
+        .collect()
+}
+
+/// Zombie children of `parent`.
+pub fn zombies_of(parent: u32) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+                // pid (comm) state ppid ...: comm may hold spaces, so split after ')'.
+                let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+                let fields: Vec<&str> = rest.split_whitespace().collect();
+                fields.first() == Some(&"Z") && fields.get(1) == Some(&parent.to_string().as_str())
+            })
+        })
+        .collect()
+}
+
+/// A minimal HTTP/1.1 GET on loopback.
+pub async fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .ok()?;
+    stream
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await
+        .ok()?;
+    let mut response = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut response))
+        .await
+        .ok()?
+        .ok()?;
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let code = text.split_whitespace().nth(1)?.parse().ok()?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Some((code, body))
+}
