@@ -241,20 +241,12 @@ fn run_instance(args: InstanceArgs) -> ExitCode {
             ..postgres_operator::instance::supervise::Timing::default()
         },
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match runtime() {
         Ok(runtime) => runtime,
-        Err(e) => return fail(&format!("cannot start the async runtime: {e}")),
+        Err(code) => return code,
     };
     runtime.block_on(async move {
-        let (stop, stopping) = tokio::sync::watch::channel(false);
-        tokio::spawn(async move {
-            wait_for_signal().await;
-            tracing::info!("shutdown requested");
-            let _ = stop.send(true);
-        });
+        let stopping = stop_on_signal();
         let result = match &args.spec_file {
             Some(path) => {
                 let source = FileSource {
@@ -343,12 +335,9 @@ fn run_render(args: RenderArgs) -> ExitCode {
 
 fn run_controller(args: ControllerArgs) -> ExitCode {
     telemetry::init(args.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match runtime() {
         Ok(runtime) => runtime,
-        Err(e) => return fail(&format!("cannot start the async runtime: {e}")),
+        Err(code) => return code,
     };
     runtime.block_on(async move {
         let client = match kube::Client::try_default().await {
@@ -367,12 +356,7 @@ fn run_controller(args: ControllerArgs) -> ExitCode {
             ..controller::Settings::default()
         };
         let health = http::Health::default();
-        let (stop, stopping) = tokio::sync::watch::channel(false);
-        tokio::spawn(async move {
-            wait_for_signal().await;
-            tracing::info!("shutdown requested");
-            let _ = stop.send(true);
-        });
+        let stopping = stop_on_signal();
         let stopped = |mut receiver: tokio::sync::watch::Receiver<bool>| async move {
             let _ = receiver.wait_for(|stop| *stop).await;
         };
@@ -418,6 +402,24 @@ fn run_controller(args: ControllerArgs) -> ExitCode {
         let _ = server.await;
         code
     })
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| fail(&format!("cannot start the async runtime: {e}")))
+}
+
+/// Turns true on SIGTERM or SIGINT.
+fn stop_on_signal() -> tokio::sync::watch::Receiver<bool> {
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutdown requested");
+        let _ = stop.send(true);
+    });
+    stopping
 }
 
 /// SIGTERM (Kubernetes) or SIGINT (a terminal).

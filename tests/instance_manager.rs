@@ -2,7 +2,7 @@
 //! `postgres` OS user, PID-1 reaper included), with real PostgreSQL servers on loopback
 //! and the spec and Secrets from a file: bootstrap of a primary and of a streaming
 //! standby, the seed's complete example provisioned, reload and ordered restarts,
-//! shutdown and crash handling, hostile names and spec edits.
+//! shutdown, SIGHUP and crash handling, hostile names and spec edits.
 
 mod support;
 
@@ -399,12 +399,27 @@ async fn a_killed_postmaster_is_restarted_orphans_are_reaped_and_sigterm_is_clea
         instance.pid()
     );
     assert_eq!(zombies_of(instance.pid()), Vec::<u32>::new());
+    let restarted = instance.postmaster_pid().unwrap();
     assert!(
         instance
             .metrics()
             .await
             .contains("postgres_instance_postmaster_starts_total 2")
     );
+    // SIGHUP reaches the manager through the reaper and reloads; nothing stops.
+    let reloads = |text: String| {
+        text.lines()
+            .find_map(|l| l.strip_prefix("postgres_instance_config_reloads_total "))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let before = reloads(instance.metrics().await);
+    instance.signal("HUP");
+    wait_until("SIGHUP reloads the configuration", 30, || async {
+        reloads(instance.metrics().await) > before
+    })
+    .await;
+    assert_eq!(instance.postmaster_pid(), Some(restarted));
     drop(held);
     terminate_cleanly(&mut instance);
 }

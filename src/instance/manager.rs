@@ -211,9 +211,17 @@ async fn run_with(
     full_sql_timer.reset();
     let mut maintenance = tokio::time::interval(manager.settings.maintenance_period);
     let mut source_open = true;
+    let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     loop {
         tokio::select! {
             _ = shutdown.wait_for(|stop| *stop) => break,
+            Some(()) = async { hangups.as_mut()?.recv().await } => {
+                // SIGHUP, as for a postmaster: rewrite the files and reload.
+                manager.reconfigure(&snapshot).await;
+                if let Err(error) = manager.reload().await {
+                    tracing::warn!(%error, "reload on SIGHUP failed");
+                }
+            }
             changed = snapshots.changed(), if source_open => {
                 if changed.is_err() {
                     // The timers still keep the instance current on the last spec.

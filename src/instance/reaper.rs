@@ -42,13 +42,11 @@ pub fn run(args: Vec<OsString>) -> Result<ExitCode, ReaperError> {
     runtime.block_on(reap(args))
 }
 
-const FORWARDED: [(SignalKind, Signal); 6] = [
+/// What the manager handles: shutdown (TERM, INT) and a configuration reload (HUP).
+const FORWARDED: [(SignalKind, Signal); 3] = [
     (SignalKind::terminate(), Signal::TERM),
     (SignalKind::interrupt(), Signal::INT),
-    (SignalKind::quit(), Signal::QUIT),
     (SignalKind::hangup(), Signal::HUP),
-    (SignalKind::user_defined1(), Signal::USR1),
-    (SignalKind::user_defined2(), Signal::USR2),
 ];
 
 async fn reap(args: Vec<OsString>) -> Result<ExitCode, ReaperError> {

@@ -34,6 +34,8 @@ pub struct Recorded {
     pub watch: bool,
     pub content_type: Option<String>,
     pub body: Option<Value>,
+    /// `fieldSelector` of a list or watch.
+    pub field_selector: Option<String>,
 }
 
 impl Recorded {
@@ -497,6 +499,7 @@ impl ApiServer {
                 watch,
                 content_type: content_type.clone(),
                 body: body.clone(),
+                field_selector: query.get("fieldSelector").cloned(),
             });
             let matching = store.faults.iter().position(|f| {
                 f.method.is_none_or(|m| m == method.as_str())

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::postgres::{bin_dir, chown_to_postgres, command, free_port};
+use super::postgres::{bin_dir, chown_to_postgres, command, free_port, login};
 
 /// A spec file shared by the instances of one cluster, rewritten to change the spec.
 pub struct SpecFile {
@@ -225,18 +225,7 @@ impl Instance {
         password: &str,
         database: &str,
     ) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
-        let mut config = tokio_postgres::Config::new();
-        config
-            .host("127.0.0.1")
-            .port(self.port)
-            .user(user)
-            .password(password)
-            .dbname(database);
-        let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
-        tokio::spawn(async move {
-            let _ = connection.await;
-        });
-        Ok(client)
+        login(self.port, user, password, database).await
     }
 
     /// The postmaster's pid, from postmaster.pid.

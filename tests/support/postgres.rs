@@ -82,6 +82,27 @@ pub fn chown_to_postgres(path: &Path) {
     }
 }
 
+/// A password login over TCP on loopback, as an application would make.
+pub async fn login(
+    port: u16,
+    user: &str,
+    password: &str,
+    database: &str,
+) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    let mut config = tokio_postgres::Config::new();
+    config
+        .host("127.0.0.1")
+        .port(port)
+        .user(user)
+        .password(password)
+        .dbname(database);
+    let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(client)
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -294,18 +315,7 @@ impl PostgresServer {
         password: &str,
         database: &str,
     ) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
-        let mut config = tokio_postgres::Config::new();
-        config
-            .host("127.0.0.1")
-            .port(self.port)
-            .user(user)
-            .password(password)
-            .dbname(database);
-        let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
-        tokio::spawn(async move {
-            let _ = connection.await;
-        });
-        Ok(client)
+        login(self.port, user, password, database).await
     }
 
     /// The superuser over the socket, in `database`.
