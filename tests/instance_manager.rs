@@ -433,13 +433,13 @@ fn hostile_spec(users: &[(&str, &str)], yaml: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_names_edits_and_removals_go_through_the_instance() {
-    let injection = "x'); DROP ROLE postgres; --\"";
+    let injection = "x'); DROP ROLE postgres; -- \"quoted\" pass";
     let users = [
         ("Bad-User.1", injection),
         ("UPPER.case", "it's \"fine\""),
         ("Owner-Of-Things", "o"),
     ];
-    let before = "  users:\n    Bad-User.1: {}\n    UPPER.case: {}\n    Owner-Of-Things: {}\n  databases:\n    Sales-DB:\n      roles:\n        admin: [Bad-User.1, Owner-Of-Things]\n        readonly: [UPPER.case]\n    ops:\n      roles:\n        admin: [Owner-Of-Things]\n      extensions: [hstore, pg_stat_statements, pg_trgm, btree_gin, uuid-ossp, pgcrypto]\n";
+    let before = "  users:\n    Bad-User.1: {}\n    UPPER.case: {}\n    Owner-Of-Things: {}\n  databases:\n    'Sales DB \"EU\"':\n      roles:\n        admin: [Bad-User.1, Owner-Of-Things]\n        readonly: [UPPER.case]\n    ops:\n      roles:\n        admin: [Owner-Of-Things]\n      extensions: [hstore, pg_stat_statements, pg_trgm, btree_gin, uuid-ossp, pgcrypto]\n";
     let spec_text = hostile_spec(&users, before);
     let parsed = postgres_operator::instance::source::parse_snapshot(&spec_text).unwrap();
     postgres_operator::validate::validate_spec(&parsed.postgres.spec)
@@ -449,7 +449,7 @@ async fn hostile_names_edits_and_removals_go_through_the_instance() {
     instance.wait_ready().await;
     wait_until("the users log in", 60, || async {
         instance
-            .connect_as("Bad-User.1", injection, "Sales-DB")
+            .connect_as("Bad-User.1", injection, "Sales DB \"EU\"")
             .await
             .is_ok()
             && instance
@@ -484,7 +484,7 @@ async fn hostile_names_edits_and_removals_go_through_the_instance() {
         );
     }
     // The soon-removed user owns objects in two databases.
-    for database in ["Sales-DB", "ops"] {
+    for database in ["Sales DB \"EU\"", "ops"] {
         instance
             .connect_as("Owner-Of-Things", "o", database)
             .await
@@ -494,7 +494,7 @@ async fn hostile_names_edits_and_removals_go_through_the_instance() {
             .unwrap();
     }
     let upper = instance
-        .connect_as("UPPER.case", "it's \"fine\"", "Sales-DB")
+        .connect_as("UPPER.case", "it's \"fine\"", "Sales DB \"EU\"")
         .await
         .unwrap();
     assert_eq!(
@@ -502,14 +502,14 @@ async fn hostile_names_edits_and_removals_go_through_the_instance() {
         ["0"]
     );
 
-    // Edit: Owner-Of-Things leaves, UPPER.case becomes an admin of Sales-DB.
-    let after = "  users:\n    Bad-User.1: {}\n    UPPER.case: {}\n  databases:\n    Sales-DB:\n      roles:\n        admin: [Bad-User.1, UPPER.case]\n    ops:\n      roles:\n        admin: [Bad-User.1]\n      extensions: [hstore, pg_stat_statements, pg_trgm, btree_gin, uuid-ossp, pgcrypto]\n";
+    // Edit: Owner-Of-Things leaves, UPPER.case becomes an admin of Sales DB "EU".
+    let after = "  users:\n    Bad-User.1: {}\n    UPPER.case: {}\n  databases:\n    'Sales DB \"EU\"':\n      roles:\n        admin: [Bad-User.1, UPPER.case]\n    ops:\n      roles:\n        admin: [Bad-User.1]\n      extensions: [hstore, pg_stat_statements, pg_trgm, btree_gin, uuid-ossp, pgcrypto]\n";
     spec.write(&hostile_spec(&users[..2], after));
     // The removed user and the group role of the kind no longer listed go last in a pass.
     wait_until("the removed user and group role are gone", 60, || async {
         text(
             &superuser,
-            "SELECT count(*)::text FROM pg_roles WHERE rolname IN ('Owner-Of-Things', 'Sales-DB_readonly')",
+            "SELECT count(*)::text FROM pg_roles WHERE rolname IN ('Owner-Of-Things', 'Sales DB \"EU\"_readonly')",
         )
         .await
             == ["0"]
@@ -524,12 +524,15 @@ async fn hostile_names_edits_and_removals_go_through_the_instance() {
     assert_eq!(
         memberships,
         [
-            "Sales-DB_admin > Bad-User.1",
-            "Sales-DB_admin > UPPER.case",
+            "Sales DB \"EU\"_admin > Bad-User.1",
+            "Sales DB \"EU\"_admin > UPPER.case",
             "ops_admin > Bad-User.1"
         ]
     );
-    for (database, owner) in [("Sales-DB", "Sales-DB_admin"), ("ops", "ops_admin")] {
+    for (database, owner) in [
+        ("Sales DB \"EU\"", "Sales DB \"EU\"_admin"),
+        ("ops", "ops_admin"),
+    ] {
         let client = instance.admin(database).await;
         assert_eq!(
             text(
@@ -551,4 +554,62 @@ async fn hostile_names_edits_and_removals_go_through_the_instance() {
             .await
             .contains("postgres_instance_sql_errors_total 0")
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ha_example_is_provisioned_by_its_primary() {
+    let users = [
+        ("admin", "very-secure-password"),
+        ("app_user", "app-password"),
+        ("monitoring_user", "monitoring-password"),
+    ];
+    let spec = SpecFile::new(&format!(
+        "{}{}",
+        example("ha.yaml"),
+        secrets_yaml("postgres-ha", "su", "repl", &users)
+    ));
+    let primary = Instance::spawn(&spec, "postgres-ha", "postgres-postgres-ha-0", &[], &[]);
+    primary.wait_ready().await;
+    wait_until("every user logs in with its password", 60, || async {
+        let mut all = true;
+        for (user, password) in users {
+            all &= primary
+                .connect_as(user, password, "production")
+                .await
+                .is_ok();
+        }
+        all
+    })
+    .await;
+    let admin = primary
+        .connect_as("admin", "very-secure-password", "production")
+        .await
+        .unwrap();
+    admin
+        .batch_execute("CREATE TABLE events (id int)")
+        .await
+        .expect("the admin creates tables in its database");
+    let extensions = text(&admin, "SELECT extname::text FROM pg_extension ORDER BY 1").await;
+    for extension in ["btree_gin", "hstore", "pg_stat_statements", "pg_trgm"] {
+        assert!(
+            extensions.contains(&extension.to_string()),
+            "{extensions:?}"
+        );
+    }
+    let memberships = text(
+        &admin,
+        "SELECT g.rolname || ' > ' || m.rolname FROM pg_auth_members a JOIN pg_roles g ON g.oid = a.roleid \
+         JOIN pg_roles m ON m.oid = a.member WHERE g.rolname LIKE 'production\\_%' ORDER BY 1",
+    )
+    .await;
+    assert_eq!(
+        memberships,
+        [
+            "production_admin > admin",
+            "production_app > app_user",
+            "production_monitoring > monitoring_user"
+        ]
+    );
+    assert_eq!(setting(&primary, "max_connections").await, "500");
+    assert_eq!(setting(&primary, "random_page_cost").await, "1.1");
 }
