@@ -109,6 +109,9 @@ struct Manager {
     sync_standby_names: String,
     /// When a setting that needs a restart was first seen pending.
     pending_since: Option<Instant>,
+    /// A restart asked for and not yet seen done (Unix seconds): until the postmaster
+    /// has started again, a setting still pending must not ask a second time.
+    restart_requested: Option<f64>,
 }
 
 /// Runs the instance until `shutdown` turns true; the postmaster is then shut down
@@ -181,6 +184,7 @@ async fn run_with(
         role,
         sync_standby_names: String::new(),
         pending_since: None,
+        restart_requested: None,
         settings,
     };
     if !manager.bootstrap(&snapshot, shutdown).await? {
@@ -189,7 +193,7 @@ async fn run_with(
     manager.write_files(&snapshot)?;
 
     let (events_tx, events) = mpsc::unbounded_channel();
-    let supervisor = {
+    let mut supervisor = {
         let command = manager.postmaster_command();
         let timing = manager.settings.timing;
         let stop = shutdown.clone();
@@ -212,9 +216,11 @@ async fn run_with(
     let mut maintenance = tokio::time::interval(manager.settings.maintenance_period);
     let mut source_open = true;
     let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
-    loop {
+    let ended = loop {
         tokio::select! {
-            _ = shutdown.wait_for(|stop| *stop) => break,
+            _ = shutdown.wait_for(|stop| *stop) => break None,
+            // The supervisor only returns on shutdown, or when it cannot start postgres.
+            result = &mut supervisor => break Some(result),
             Some(()) = async { hangups.as_mut()?.recv().await } => {
                 // SIGHUP, as for a postmaster: rewrite the files and reload.
                 manager.reconfigure(&snapshot).await;
@@ -246,9 +252,12 @@ async fn run_with(
             }
             _ = maintenance.tick() => manager.maintain(&snapshot).await,
         }
-    }
+    };
     manager.provisioner.release_all();
-    let mode = supervisor.await??;
+    let mode = match ended {
+        Some(result) => result??,
+        None => supervisor.await??,
+    };
     tracing::info!(?mode, "postmaster stopped");
     Ok(())
 }
@@ -560,6 +569,19 @@ impl Manager {
                 .get(0);
             self.metrics.replay_lag_bytes.set(lag.unwrap_or(0));
         }
+        if let Some(requested) = self.restart_requested {
+            let started: f64 = client
+                .query_one(
+                    "SELECT extract(epoch FROM pg_postmaster_start_time())::float8",
+                    &[],
+                )
+                .await?
+                .get(0);
+            if started < requested {
+                return Ok(());
+            }
+            self.restart_requested = None;
+        }
         let pending: Vec<String> = client
             .query("SELECT name FROM pg_settings WHERE pending_restart", &[])
             .await?
@@ -580,6 +602,12 @@ impl Manager {
         tracing::info!(?pending, "restarting for settings that need it");
         self.provisioner.release_all();
         self.pending_since = None;
+        self.restart_requested = Some(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs_f64())
+                .unwrap_or_default(),
+        );
         self.restart.notify_one();
         Ok(())
     }
