@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use super::files::{conninfo_value, slot_name};
+use super::files::{replication_conninfo, slot_name};
 use super::provision::Connection;
 use crate::build::secrets::{REPLICATION_USER, SUPERUSER};
 use crate::sql::quote::{ident, literal};
@@ -178,11 +178,11 @@ pub fn clone_from_primary(
     replication_password: &str,
     application_name: &str,
 ) -> Result<(), BootstrapError> {
-    let conninfo = format!(
-        "host={} port={primary_port} user={REPLICATION_USER} password={} application_name={}",
-        conninfo_value(primary_host),
-        conninfo_value(replication_password),
-        conninfo_value(application_name)
+    let conninfo = replication_conninfo(
+        primary_host,
+        primary_port,
+        replication_password,
+        application_name,
     );
     run(
         &tools.wrap,

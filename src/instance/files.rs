@@ -57,6 +57,21 @@ pub struct Listen {
     pub addresses: String,
 }
 
+/// How a standby (or its clone) connects to the primary as the replication user.
+pub fn replication_conninfo(
+    host: &str,
+    port: u16,
+    password: &str,
+    application_name: &str,
+) -> String {
+    format!(
+        "host={} port={port} user={REPLICATION_USER} password={} application_name={}",
+        conninfo_value(host),
+        conninfo_value(password),
+        conninfo_value(application_name)
+    )
+}
+
 /// The run-time include for `role`.
 pub fn runtime_conf(role: &RuntimeRole, listen: &Listen) -> String {
     let mut conf = format!(
@@ -78,12 +93,7 @@ pub fn runtime_conf(role: &RuntimeRole, listen: &Listen) -> String {
             password,
             application_name,
         } => {
-            let conninfo = format!(
-                "host={} port={port} user={REPLICATION_USER} password={} application_name={}",
-                conninfo_value(host),
-                conninfo_value(password),
-                conninfo_value(application_name)
-            );
+            let conninfo = replication_conninfo(host, *port, password, application_name);
             conf.push_str(&format!(
                 "primary_conninfo = {}\nprimary_slot_name = {}\nsynchronous_standby_names = ''\n",
                 quote_literal(&conninfo),

@@ -15,7 +15,7 @@ use tokio::sync::{Notify, mpsc, watch};
 use super::bootstrap::{self, Bootstrap, Tools};
 use super::files::{ConfigFiles, Listen, RuntimeRole};
 use super::metrics::InstanceMetrics;
-use super::provision::{Connection, Provisioner, Scope};
+use super::provision::{Connection, MAINTENANCE_DB, Provisioner, Scope};
 use super::source::{Snapshot, SpecSource};
 use super::supervise::{self, Event, PostmasterCommand};
 use crate::build::config::sync_standby_names;
@@ -91,6 +91,9 @@ pub enum InstanceError {
     Join(#[from] tokio::task::JoinError),
 }
 
+/// Failures of a step that is logged and tried again on the next tick.
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 /// What this instance is doing now.
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Role {
@@ -101,7 +104,8 @@ enum Role {
 struct Manager {
     settings: InstanceSettings,
     operator: OperatorSettings,
-    local: Connection,
+    /// Every connection of the manager to its own server goes through here: the one to
+    /// the maintenance database is kept between ticks and passes.
     provisioner: Provisioner,
     metrics: Arc<InstanceMetrics>,
     restart: Arc<Notify>,
@@ -176,8 +180,7 @@ async fn run_with(
         password: snapshot.superuser_password().map(str::to_string),
     };
     let mut manager = Manager {
-        provisioner: Provisioner::new(local.clone()),
-        local,
+        provisioner: Provisioner::new(local),
         operator: OperatorSettings::default(),
         metrics: Arc::new(InstanceMetrics::default()),
         restart: Arc::new(Notify::new()),
@@ -412,7 +415,7 @@ impl Manager {
     /// Until the server accepts connections (start-up, crash recovery) or shutdown.
     async fn wait_accepting(&self, shutdown: &mut watch::Receiver<bool>) {
         loop {
-            if let Ok(client) = self.local.client("postgres").await
+            if let Ok(client) = self.provisioner.connect(MAINTENANCE_DB).await
                 && client.simple_query("SELECT 1").await.is_ok()
             {
                 return;
@@ -424,8 +427,8 @@ impl Manager {
         }
     }
 
-    async fn reload(&self) -> Result<(), tokio_postgres::Error> {
-        let client = self.local.client("postgres").await?;
+    async fn reload(&self) -> Result<(), BoxError> {
+        let client = self.provisioner.connect(MAINTENANCE_DB).await?;
         client.simple_query("SELECT pg_reload_conf()").await?;
         self.metrics.config_reloads.inc();
         Ok(())
@@ -433,7 +436,8 @@ impl Manager {
 
     /// A new spec or Secret: follow a promoted target, rewrite the files, reload.
     async fn reconfigure(&mut self, snapshot: &Snapshot) {
-        self.local.password = snapshot.superuser_password().map(str::to_string);
+        self.provisioner
+            .set_password(snapshot.superuser_password().map(str::to_string));
         match (role_of(&self.settings, snapshot), &self.role) {
             (Role::Primary, Role::Standby { .. }) => {
                 tracing::info!("this instance is the new target primary: promoting");
@@ -465,8 +469,8 @@ impl Manager {
         }
     }
 
-    async fn promote(&self) -> Result<(), tokio_postgres::Error> {
-        let client = self.local.client("postgres").await?;
+    async fn promote(&self) -> Result<(), BoxError> {
+        let client = self.provisioner.connect(MAINTENANCE_DB).await?;
         client.simple_query("SELECT pg_promote(true, 60)").await?;
         Ok(())
     }
@@ -500,12 +504,8 @@ impl Manager {
         }
     }
 
-    async fn sql_pass(
-        &self,
-        snapshot: &Snapshot,
-        scope: Scope,
-    ) -> Result<usize, Box<dyn std::error::Error + Send + Sync>> {
-        let client = self.local.client("postgres").await?;
+    async fn sql_pass(&self, snapshot: &Snapshot, scope: Scope) -> Result<usize, BoxError> {
+        let client = self.provisioner.connect(MAINTENANCE_DB).await?;
         if client
             .query_one("SELECT pg_is_in_recovery()", &[])
             .await?
@@ -535,7 +535,7 @@ impl Manager {
 
     /// Periodic: the quorum (primary), settings waiting for a restart, gauges.
     async fn maintain(&mut self, snapshot: &Snapshot) {
-        let client = match self.local.client("postgres").await {
+        let client = match self.provisioner.connect(MAINTENANCE_DB).await {
             Ok(client) => client,
             Err(error) => {
                 self.metrics.up.set(0);
@@ -556,7 +556,7 @@ impl Manager {
         &mut self,
         client: &tokio_postgres::Client,
         snapshot: &Snapshot,
-    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    ) -> Result<(), BoxError> {
         if self.role == Role::Primary {
             self.keep_quorum(client, snapshot).await?;
         } else {
@@ -644,7 +644,7 @@ impl Manager {
         &mut self,
         client: &tokio_postgres::Client,
         snapshot: &Snapshot,
-    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    ) -> Result<(), BoxError> {
         let cluster = Cluster::new(&snapshot.postgres, &self.settings.namespace, &self.operator);
         let members: BTreeSet<String> = cluster
             .pod_names()
@@ -686,7 +686,7 @@ impl Manager {
         for (address, router) in [
             (
                 self.settings.status_address,
-                super::status::router(self.local.clone()),
+                super::status::router(self.provisioner.connection().clone()),
             ),
             (
                 self.settings.metrics_address,

@@ -59,7 +59,7 @@ pub struct Report {
 }
 
 /// The database that holds no user data, for cluster-wide statements.
-const MAINTENANCE_DB: &str = "postgres";
+pub const MAINTENANCE_DB: &str = "postgres";
 
 impl Connection {
     /// A client of `database`; its connection task runs in the background.
@@ -114,12 +114,23 @@ impl Provisioner {
         }
     }
 
+    /// Where and as whom it connects.
+    pub fn connection(&self) -> &Connection {
+        &self.connection
+    }
+
+    /// The superuser's password changed: later connections use the new one.
+    pub fn set_password(&mut self, password: Option<String>) {
+        self.connection.password = password;
+    }
+
     fn cached(&self, database: &str) -> Option<Arc<Client>> {
         let clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
         clients.get(database).filter(|c| !c.is_closed()).cloned()
     }
 
-    async fn connect(&self, database: &str) -> Result<Arc<Client>, ProvisionError> {
+    /// The kept client of `database`, connecting again when it was closed.
+    pub async fn connect(&self, database: &str) -> Result<Arc<Client>, ProvisionError> {
         if let Some(client) = self.cached(database) {
             return Ok(client);
         }
