@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use support::example;
 use support::instance::{Instance, SpecFile, secrets_yaml, zombies_of};
+use support::postgres::column;
 
 const PRIMARY: &str = "postgres-postgres-complete-0";
 const STANDBY: &str = "postgres-postgres-complete-1";
@@ -35,19 +36,6 @@ where
     panic!("timed out after {seconds} s waiting until {what}");
 }
 
-async fn text(client: &tokio_postgres::Client, sql: &str) -> Vec<String> {
-    client
-        .simple_query(sql)
-        .await
-        .unwrap()
-        .into_iter()
-        .filter_map(|m| match m {
-            tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0).map(str::to_string),
-            _ => None,
-        })
-        .collect()
-}
-
 /// A setting's value, `None` while the server does not answer (e.g. restarting).
 async fn try_setting(instance: &Instance, name: &str) -> Option<String> {
     let client = instance
@@ -68,7 +56,7 @@ async fn setting(instance: &Instance, name: &str) -> String {
 }
 
 async fn started_at(instance: &Instance) -> String {
-    text(
+    column(
         &instance.admin("postgres").await,
         "SELECT pg_postmaster_start_time()::text",
     )
@@ -134,7 +122,7 @@ async fn the_complete_example_runs_as_a_primary_and_a_streaming_standby() {
         .batch_execute("CREATE TABLE report (id int); INSERT INTO report VALUES (1)")
         .await
         .unwrap();
-    let extensions = text(&admin, "SELECT extname::text FROM pg_extension ORDER BY 1").await;
+    let extensions = column(&admin, "SELECT extname::text FROM pg_extension ORDER BY 1").await;
     for extension in ["hstore", "pg_stat_statements"] {
         assert!(
             extensions.contains(&extension.to_string()),
@@ -159,7 +147,7 @@ async fn the_complete_example_runs_as_a_primary_and_a_streaming_standby() {
         .connect_as("readonly_user", "readonly-password", "myapp")
         .await
         .unwrap();
-    assert_eq!(text(&reader, "SELECT id::text FROM orders").await, ["42"]);
+    assert_eq!(column(&reader, "SELECT id::text FROM orders").await, ["42"]);
     let denied = reader
         .batch_execute("INSERT INTO orders VALUES (1)")
         .await
@@ -187,12 +175,12 @@ async fn the_complete_example_runs_as_a_primary_and_a_streaming_standby() {
     })
     .await;
     assert_eq!(
-        text(&on_standby, "SELECT id::text FROM orders").await,
+        column(&on_standby, "SELECT id::text FROM orders").await,
         ["42"]
     );
     let superuser = primary.admin("postgres").await;
     assert_eq!(
-        text(
+        column(
             &superuser,
             "SELECT slot_name || ' ' || active FROM pg_replication_slots"
         )
@@ -360,7 +348,7 @@ async fn a_killed_postmaster_is_restarted_orphans_are_reaped_and_sigterm_is_clea
     let mut instance = Instance::spawn(&spec, "solo", "postgres-solo-0", &[], &[]);
     instance.wait_ready().await;
     let held = instance.admin("postgres").await;
-    text(&held, "SELECT 1").await;
+    column(&held, "SELECT 1").await;
     let first = instance.postmaster_pid().unwrap();
     let backends = children(first);
     assert!(!backends.is_empty());
@@ -460,7 +448,7 @@ async fn hostile_names_edits_and_removals_go_through_the_instance() {
     .await;
     let superuser = instance.admin("postgres").await;
     assert_eq!(
-        text(
+        column(
             &superuser,
             "SELECT rolname::text FROM pg_roles WHERE rolname = 'postgres'"
         )
@@ -469,7 +457,7 @@ async fn hostile_names_edits_and_removals_go_through_the_instance() {
         "the injection attempt changed nothing"
     );
     let ops = instance.admin("ops").await;
-    let extensions = text(&ops, "SELECT extname::text FROM pg_extension ORDER BY 1").await;
+    let extensions = column(&ops, "SELECT extname::text FROM pg_extension ORDER BY 1").await;
     for extension in [
         "btree_gin",
         "hstore",
@@ -498,7 +486,7 @@ async fn hostile_names_edits_and_removals_go_through_the_instance() {
         .await
         .unwrap();
     assert_eq!(
-        text(&upper, "SELECT count(*)::text FROM owned").await,
+        column(&upper, "SELECT count(*)::text FROM owned").await,
         ["0"]
     );
 
@@ -507,7 +495,7 @@ async fn hostile_names_edits_and_removals_go_through_the_instance() {
     spec.write(&hostile_spec(&users[..2], after));
     // The removed user and the group role of the kind no longer listed go last in a pass.
     wait_until("the removed user and group role are gone", 60, || async {
-        text(
+        column(
             &superuser,
             "SELECT count(*)::text FROM pg_roles WHERE rolname IN ('Owner-Of-Things', 'Sales DB \"EU\"_readonly')",
         )
@@ -515,7 +503,7 @@ async fn hostile_names_edits_and_removals_go_through_the_instance() {
             == ["0"]
     })
     .await;
-    let memberships = text(
+    let memberships = column(
         &superuser,
         "SELECT g.rolname || ' > ' || m.rolname FROM pg_auth_members a JOIN pg_roles g ON g.oid = a.roleid \
          JOIN pg_roles m ON m.oid = a.member WHERE m.rolname IN ('Bad-User.1', 'UPPER.case') ORDER BY 1",
@@ -535,7 +523,7 @@ async fn hostile_names_edits_and_removals_go_through_the_instance() {
     ] {
         let client = instance.admin(database).await;
         assert_eq!(
-            text(
+            column(
                 &client,
                 "SELECT tableowner::text FROM pg_tables WHERE tablename = 'owned'"
             )
@@ -589,14 +577,14 @@ async fn the_ha_example_is_provisioned_by_its_primary() {
         .batch_execute("CREATE TABLE events (id int)")
         .await
         .expect("the admin creates tables in its database");
-    let extensions = text(&admin, "SELECT extname::text FROM pg_extension ORDER BY 1").await;
+    let extensions = column(&admin, "SELECT extname::text FROM pg_extension ORDER BY 1").await;
     for extension in ["btree_gin", "hstore", "pg_stat_statements", "pg_trgm"] {
         assert!(
             extensions.contains(&extension.to_string()),
             "{extensions:?}"
         );
     }
-    let memberships = text(
+    let memberships = column(
         &admin,
         "SELECT g.rolname || ' > ' || m.rolname FROM pg_auth_members a JOIN pg_roles g ON g.oid = a.roleid \
          JOIN pg_roles m ON m.oid = a.member WHERE g.rolname LIKE 'production\\_%' ORDER BY 1",

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use postgres_operator::api::Postgres;
 use postgres_operator::sql::DesiredState;
-use support::postgres::PostgresServer;
+use support::postgres::{PostgresServer, column};
 
 fn spec_of(yaml: &str) -> Postgres {
     serde_yaml::from_str(yaml).unwrap()
@@ -31,16 +31,6 @@ fn desired(pg: &Postgres) -> DesiredState {
         })
         .collect();
     DesiredState::from_spec(&pg.spec, &passwords)
-}
-
-async fn rows(client: &tokio_postgres::Client, sql: &str) -> Vec<String> {
-    client
-        .query(sql, &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get::<_, String>(0))
-        .collect()
 }
 
 #[tokio::test]
@@ -84,7 +74,7 @@ async fn the_complete_example_is_provisioned_and_a_second_pass_changes_nothing()
         .unwrap();
 
     let superuser = server.admin("analytics").await;
-    let extensions = rows(
+    let extensions = column(
         &superuser,
         "SELECT extname::text FROM pg_extension ORDER BY 1",
     )
@@ -94,9 +84,9 @@ async fn the_complete_example_is_provisioned_and_a_second_pass_changes_nothing()
             && extensions.contains(&"pg_stat_statements".to_string()),
         "{extensions:?}"
     );
-    let owners = rows(&superuser, "SELECT datname || '=' || pg_get_userbyid(datdba) FROM pg_database WHERE datname IN ('myapp', 'analytics') ORDER BY 1").await;
+    let owners = column(&superuser, "SELECT datname || '=' || pg_get_userbyid(datdba) FROM pg_database WHERE datname IN ('myapp', 'analytics') ORDER BY 1").await;
     assert_eq!(owners, ["analytics=analytics_admin", "myapp=myapp_admin"]);
-    let replication = rows(
+    let replication = column(
         &superuser,
         "SELECT rolname::text FROM pg_roles WHERE rolreplication AND rolname = 'readonly_user'",
     )
@@ -118,7 +108,7 @@ async fn the_ha_example_and_all_six_seed_extensions_work() {
         .await
         .unwrap();
     let superuser = server.admin("production").await;
-    let members = rows(&superuser, "SELECT g.rolname || '>' || m.rolname FROM pg_auth_members a JOIN pg_roles g ON g.oid = a.roleid JOIN pg_roles m ON m.oid = a.member WHERE g.rolname LIKE 'production_%' ORDER BY 1").await;
+    let members = column(&superuser, "SELECT g.rolname || '>' || m.rolname FROM pg_auth_members a JOIN pg_roles g ON g.oid = a.roleid JOIN pg_roles m ON m.oid = a.member WHERE g.rolname LIKE 'production_%' ORDER BY 1").await;
     assert_eq!(
         members,
         [
@@ -133,7 +123,7 @@ async fn the_ha_example_and_all_six_seed_extensions_work() {
     );
     server.superuser().reconcile(&desired(&all)).await.unwrap();
     let client = server.admin("ext").await;
-    let installed = rows(
+    let installed = column(
         &client,
         "SELECT extname::text FROM pg_extension WHERE extname <> 'plpgsql' ORDER BY 1",
     )
@@ -186,18 +176,18 @@ async fn membership_follows_edits_and_removed_users_are_dropped_after_reassignme
     assert!(report.statements > 0);
     let superuser = server.admin("postgres").await;
     assert!(
-        rows(
+        column(
             &superuser,
             "SELECT rolname::text FROM pg_roles WHERE rolname IN ('bob', 'two_readonly')"
         )
         .await
         .is_empty()
     );
-    let members = rows(&superuser, "SELECT g.rolname || '>' || m.rolname FROM pg_auth_members a JOIN pg_roles g ON g.oid = a.roleid JOIN pg_roles m ON m.oid = a.member WHERE g.rolname ~ '^(one|two)_' ORDER BY 1").await;
+    let members = column(&superuser, "SELECT g.rolname || '>' || m.rolname FROM pg_auth_members a JOIN pg_roles g ON g.oid = a.roleid JOIN pg_roles m ON m.oid = a.member WHERE g.rolname ~ '^(one|two)_' ORDER BY 1").await;
     assert_eq!(members, ["one_admin>alice", "two_admin>alice"]);
     for database in ["one", "two"] {
         let client = server.admin(database).await;
-        let owner = rows(
+        let owner = column(
             &client,
             "SELECT pg_get_userbyid(relowner)::text FROM pg_class WHERE relname = 'owned_by_bob'",
         )
@@ -234,7 +224,7 @@ async fn hostile_names_and_injection_attempts_stay_inert() {
         .await
         .unwrap();
     let superuser = server.admin("postgres").await;
-    let survivors = rows(&superuser, "SELECT datname::text FROM pg_database WHERE datname = 'postgres' UNION ALL SELECT rolname::text FROM pg_roles WHERE rolname = 'postgres'").await;
+    let survivors = column(&superuser, "SELECT datname::text FROM pg_database WHERE datname = 'postgres' UNION ALL SELECT rolname::text FROM pg_roles WHERE rolname = 'postgres'").await;
     assert_eq!(survivors, ["postgres", "postgres"]);
     assert_eq!(
         server
@@ -265,7 +255,7 @@ async fn roles_created_by_hand_are_left_alone() {
         .await
         .expect("the hand-made password is kept");
     assert_eq!(
-        rows(
+        column(
             &superuser,
             "SELECT rolname::text FROM pg_roles WHERE rolname = 'legacy'"
         )

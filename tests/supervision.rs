@@ -12,6 +12,7 @@ use postgres_operator::instance::supervise::{
     Event, PostmasterCommand, ShutdownMode, Timing, supervise,
 };
 use std::sync::Arc;
+use support::instance::processes_mentioning;
 use support::postgres::DataDir;
 
 use tokio::sync::{Notify, mpsc, watch};
@@ -71,22 +72,9 @@ fn alive(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
 }
 
-/// Every process whose command line mentions the data directory.
-fn processes_of(dir: &DataDir) -> Vec<String> {
-    let needle = dir.data_dir.to_string_lossy().into_owned();
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .filter(|e| {
-            e.file_name()
-                .to_string_lossy()
-                .chars()
-                .all(|c| c.is_ascii_digit())
-        })
-        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
-        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
-        .filter(|c| c.contains(&needle))
-        .collect()
+/// Every live process whose command line mentions the data directory.
+fn processes_of(dir: &DataDir) -> Vec<(u32, String)> {
+    processes_mentioning(&dir.data_dir.to_string_lossy())
 }
 
 #[tokio::test]

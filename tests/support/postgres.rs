@@ -103,6 +103,22 @@ pub async fn login(
     Ok(client)
 }
 
+/// The first column of every row of `sql`, as text (simple protocol: any type).
+pub async fn column(client: &tokio_postgres::Client, sql: &str) -> Vec<String> {
+    client
+        .simple_query(sql)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter_map(|message| match message {
+            tokio_postgres::SimpleQueryMessage::Row(row) => {
+                Some(row.get(0).expect("a NULL in the first column").to_string())
+            }
+            _ => None,
+        })
+        .collect()
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
