@@ -2,6 +2,7 @@
 //! `apps.cozystack.io/v1alpha1 Postgres` objects.
 
 pub mod api;
+pub mod backup;
 pub mod binaries;
 pub mod build;
 pub mod controller;
