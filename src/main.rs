@@ -5,6 +5,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+
+mod backup_cli;
 use postgres_operator::build::OperatorSettings;
 use postgres_operator::build::cluster::{
     DEFAULT_OPERATOR_IMAGE, DEFAULT_OPERATOR_NAMESPACE, DEFAULT_POSTGRES_IMAGE_REPOSITORY,
@@ -43,6 +45,11 @@ enum Command {
     Controller(ControllerArgs),
     /// Run and supervise PostgreSQL (PID 1 of each database pod).
     Instance(Box<InstanceArgs>),
+    /// Back up every database (pg_dump | restic) and the roles to S3, then apply retention
+    /// (in backup Jobs).
+    Backup(Box<backup_cli::BackupArgs>),
+    /// Restore databases (and missing roles) from a backup run into a running server.
+    Restore(Box<backup_cli::RestoreArgs>),
     /// Copy this binary and restic into DIR (init container of database and backup pods).
     CopyBinaries {
         /// Target directory, shared with the PostgreSQL container.
@@ -279,6 +286,8 @@ fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Instance(args) => run_instance(*args),
         Command::Controller(args) => run_controller(args),
+        Command::Backup(args) => backup_cli::run_backup(*args),
+        Command::Restore(args) => backup_cli::run_restore(*args),
         Command::Render(args) => run_render(args),
         Command::Crds => match crdgen::crds_yaml() {
             Ok(yaml) => {
@@ -404,7 +413,7 @@ fn run_controller(args: ControllerArgs) -> ExitCode {
     })
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -438,7 +447,7 @@ async fn wait_for_signal() {
     }
 }
 
-fn fail(message: &str) -> ExitCode {
+pub(crate) fn fail(message: &str) -> ExitCode {
     eprintln!("error: {message}");
     ExitCode::FAILURE
 }

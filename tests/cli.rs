@@ -120,12 +120,88 @@ fn help_lists_only_the_modes_that_work() {
         help.lines()
             .any(|line| line.trim_start().starts_with(&format!("{mode} ")))
     };
-    for mode in ["render", "crds", "controller", "instance", "copy-binaries"] {
+    for mode in [
+        "render",
+        "crds",
+        "controller",
+        "instance",
+        "backup",
+        "restore",
+        "copy-binaries",
+    ] {
         assert!(listed(mode), "{mode} missing:\n{help}");
     }
+}
+
+/// `backup`/`restore` with the given environment (nothing inherited from the test's).
+fn backup_mode(args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_postgres-operator"))
+        .args(args)
+        .env_clear()
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    (out.status.success(), text(&out.stderr))
+}
+
+#[test]
+fn backup_and_restore_name_what_is_missing_or_wrong() {
+    let base = [
+        "--cluster",
+        "shop",
+        "--repository-base",
+        "s3:h/b",
+        "--log-format",
+        "text",
+    ];
+    let (ok, stderr) = backup_mode(&[&["backup"][..], &base].concat(), &[]);
+    assert!(!ok);
     assert!(
-        !listed("backup"),
-        "backup is not implemented yet but listed:\n{help}"
+        stderr.contains("AWS_ACCESS_KEY_ID is not set (key s3AccessKey"),
+        "{stderr}"
+    );
+    let keys = [("AWS_ACCESS_KEY_ID", "a"), ("AWS_SECRET_ACCESS_KEY", "b")];
+    let (ok, stderr) = backup_mode(&[&["backup"][..], &base].concat(), &keys);
+    assert!(!ok);
+    assert!(
+        stderr.contains("RESTIC_PASSWORD is not set (key resticPassword"),
+        "{stderr}"
+    );
+    let (ok, stderr) = backup_mode(
+        &[&["backup"][..], &base, &["--cleanup-strategy", "--prune"]].concat(),
+        &keys,
+    );
+    assert!(!ok);
+    assert!(stderr.contains("--cleanup-strategy:"), "{stderr}");
+    let (ok, stderr) = backup_mode(
+        &[
+            "backup",
+            "--cluster",
+            "shop",
+            "--repository-base",
+            "s3:hostonly",
+            "--log-format",
+            "text",
+        ],
+        &[
+            ("AWS_ACCESS_KEY_ID", "a"),
+            ("AWS_SECRET_ACCESS_KEY", "b"),
+            ("RESTIC_PASSWORD", "c"),
+        ],
+    );
+    assert!(!ok);
+    assert!(
+        stderr.contains("repository base \"s3:hostonly\": the bucket is missing"),
+        "{stderr}"
+    );
+    let (ok, stderr) = backup_mode(
+        &[&["restore"][..], &base, &["--target-database", "copy"]].concat(),
+        &keys,
+    );
+    assert!(!ok);
+    assert!(
+        stderr.contains("--target-database needs exactly one --database"),
+        "{stderr}"
     );
 }
 

@@ -44,7 +44,9 @@ impl Location {
             None => ("https", rest),
         };
         let mut parts = rest.split('/').filter(|part| !part.is_empty());
-        let host = parts.next().ok_or_else(|| error("the S3 host is missing"))?;
+        let host = parts
+            .next()
+            .ok_or_else(|| error("the S3 host is missing"))?;
         let bucket = parts
             .next()
             .ok_or_else(|| error("the bucket is missing (write host/bucket[/prefix])"))?;

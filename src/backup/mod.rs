@@ -7,6 +7,7 @@
 
 pub mod location;
 pub mod manifest;
+pub mod record;
 pub mod restic;
 pub mod restore;
 pub mod run;

@@ -164,7 +164,10 @@ impl Restic {
             return Ok(Vec::new());
         }
         let groups: Vec<ForgetGroup> = parse_json(repository, "forget", &out)?;
-        Ok(groups.into_iter().flat_map(|g| g.keep.unwrap_or_default()).collect())
+        Ok(groups
+            .into_iter()
+            .flat_map(|g| g.keep.unwrap_or_default())
+            .collect())
     }
 
     /// Forgets the snapshots `ids`.
@@ -232,9 +235,9 @@ impl Restic {
 pub fn backup_summary(repository: &str, stdout: &str) -> Result<BackupSummary, ResticError> {
     stdout
         .lines()
+        .rev()
         .filter(|line| line.contains("\"summary\""))
-        .filter_map(|line| serde_json::from_str::<BackupSummary>(line).ok())
-        .last()
+        .find_map(|line| serde_json::from_str::<BackupSummary>(line).ok())
         .ok_or_else(|| ResticError {
             repository: repository.to_string(),
             action: "backup",
@@ -316,16 +319,27 @@ mod tests {
     fn known_restic_failures_are_explained() {
         let wrong = explain("Fatal: wrong password or no key found\n");
         assert!(wrong.starts_with("wrong restic password"), "{wrong}");
-        let refused = explain("Fatal: unable to open config file: Stat: Head \"http://127.0.0.1:5999/b/c/config\": dial tcp 127.0.0.1:5999: connect: connection refused\nIs there a repository at the following location?\n");
-        assert!(refused.starts_with("S3 endpoint unreachable (unable to open config file"), "{refused}");
+        let refused = explain(
+            "Fatal: unable to open config file: Stat: Head \"http://127.0.0.1:5999/b/c/config\": dial tcp 127.0.0.1:5999: connect: connection refused\nIs there a repository at the following location?\n",
+        );
+        assert!(
+            refused.starts_with("S3 endpoint unreachable (unable to open config file"),
+            "{refused}"
+        );
         assert_eq!(explain("Fatal: something new"), "something new");
     }
 
     #[test]
     fn a_missing_repository_is_told_from_other_open_failures() {
-        assert!(is_missing_repository(&explain("Fatal: unable to open config file: Stat: The specified key does not exist.\nIs there a repository at the following location?\ns3:h/b/db")));
-        assert!(!is_missing_repository(&explain("Fatal: wrong password or no key found")));
-        assert!(!is_missing_repository(&explain("Fatal: unable to open config file: Stat: Access Denied.\nIs there a repository at the following location?")));
+        assert!(is_missing_repository(&explain(
+            "Fatal: unable to open config file: Stat: The specified key does not exist.\nIs there a repository at the following location?\ns3:h/b/db"
+        )));
+        assert!(!is_missing_repository(&explain(
+            "Fatal: wrong password or no key found"
+        )));
+        assert!(!is_missing_repository(&explain(
+            "Fatal: unable to open config file: Stat: Access Denied.\nIs there a repository at the following location?"
+        )));
     }
 
     #[test]

@@ -70,7 +70,11 @@ impl RunSelector {
         let text = text.trim();
         if text.is_empty() || text == "latest" {
             RunSelector::Latest
-        } else if let Some(time) = text.contains('-').then(|| text.parse::<Timestamp>().ok()).flatten() {
+        } else if let Some(time) = text
+            .contains('-')
+            .then(|| text.parse::<Timestamp>().ok())
+            .flatten()
+        {
             RunSelector::LatestBefore(time)
         } else {
             RunSelector::Id(text.to_string())
@@ -116,8 +120,7 @@ pub async fn find_run(
                 .parse::<Timestamp>()
                 .is_ok_and(|time| time <= *limit),
             RunSelector::Id(id) => {
-                snapshot.tag(TAG_RUN) == Some(id.as_str())
-                    || snapshot.id.starts_with(id.as_str())
+                snapshot.tag(TAG_RUN) == Some(id.as_str()) || snapshot.id.starts_with(id.as_str())
             }
         })
         .ok_or_else(|| RestoreError::NoRun {
@@ -248,6 +251,13 @@ fn redact(statement: &str) -> String {
     }
 }
 
+/// `--dbname=` as a connection string, so any database name (with `=`, spaces or quotes)
+/// is read as a name.
+fn dbname_option(database: &str) -> String {
+    let escaped = database.replace('\\', "\\\\").replace('\'', "\\'");
+    format!("--dbname=dbname='{escaped}'")
+}
+
 /// Restores database `name` of the run into `target` (the same name by default).
 pub async fn restore_database(
     settings: &RestoreSettings,
@@ -283,17 +293,21 @@ pub async fn restore_database(
     if exists && !clean {
         return Err(RestoreError::TargetExists(target.to_string()));
     }
-    let mut restore = pg_command(settings.bin_dir.as_deref(), &settings.postgres, "pg_restore");
+    let mut restore = pg_command(
+        settings.bin_dir.as_deref(),
+        &settings.postgres,
+        "pg_restore",
+    );
     restore.args(["--format=tar", "--exit-on-error", "--no-password"]);
     let created = if exists {
         // One transaction: a failure leaves the database exactly as it was.
         restore
             .args(["--clean", "--if-exists", "--single-transaction"])
-            .env("PGDATABASE", target);
+            .arg(dbname_option(target));
         false
     } else if target == name {
         // The archive's own CREATE DATABASE: owner, encoding, locale and settings as they were.
-        restore.arg("--create").env("PGDATABASE", MAINTENANCE_DB);
+        restore.arg("--create").arg(dbname_option(MAINTENANCE_DB));
         true
     } else {
         let owner_exists = client
@@ -312,7 +326,7 @@ pub async fn restore_database(
             .map_err(pg_error)?;
         restore
             .arg("--single-transaction")
-            .env("PGDATABASE", target);
+            .arg(dbname_option(target));
         true
     };
     let dump = settings.restic.dump_command(
@@ -334,6 +348,45 @@ pub async fn restore_database(
     }
     tracing::info!(database = target, run = %manifest.run, "database restored");
     Ok(())
+}
+
+/// What a restore did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Restored {
+    pub run: String,
+    pub databases: Vec<String>,
+    pub globals_statements: usize,
+}
+
+/// Restores a run: the missing roles first (when `globals`), then each database asked for
+/// (every database of the run when `databases` is empty). Stops at the first failure.
+pub async fn restore(
+    settings: &RestoreSettings,
+    selector: &RunSelector,
+    databases: &[String],
+    target: Option<&str>,
+    clean: bool,
+    globals: bool,
+) -> Result<Restored, RestoreError> {
+    let manifest = find_run(settings, selector).await?;
+    let globals_statements = if globals {
+        restore_globals(settings, &manifest).await?
+    } else {
+        0
+    };
+    let names: Vec<String> = if databases.is_empty() {
+        manifest.databases.iter().map(|d| d.name.clone()).collect()
+    } else {
+        databases.to_vec()
+    };
+    for name in &names {
+        restore_database(settings, &manifest, name, target, clean).await?;
+    }
+    Ok(Restored {
+        run: manifest.run.clone(),
+        databases: names,
+        globals_statements,
+    })
 }
 
 #[cfg(test)]
@@ -381,6 +434,15 @@ GRANT admin TO "Odd ""one""" GRANTED BY postgres;
                 "ALTER ROLE admin WITH NOSUPERUSER INHERIT NOCREATEROLE NOCREATEDB LOGIN NOREPLICATION NOBYPASSRLS PASSWORD 'SCRAM-SHA-256$4096:x';".to_string(),
                 "GRANT admin TO \"Odd \"\"one\"\"\" GRANTED BY postgres;".to_string(),
             ]
+        );
+    }
+
+    #[test]
+    fn database_names_reach_pg_restore_as_names() {
+        assert_eq!(dbname_option("shop"), "--dbname=dbname='shop'");
+        assert_eq!(
+            dbname_option("a='b' c\\"),
+            "--dbname=dbname='a=\\'b\\' c\\\\'"
         );
     }
 

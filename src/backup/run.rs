@@ -134,7 +134,11 @@ async fn store_run(
         format!("{TAG_CLUSTER}={}", settings.cluster),
     ];
 
-    let mut dumpall = pg_command(settings.bin_dir.as_deref(), &settings.postgres, "pg_dumpall");
+    let mut dumpall = pg_command(
+        settings.bin_dir.as_deref(),
+        &settings.postgres,
+        "pg_dumpall",
+    );
     dumpall.args(["--globals-only", "--no-password"]);
     let globals = store(
         settings,
@@ -162,9 +166,7 @@ async fn store_run(
             &database.name,
         )
         .await?;
-        report
-            .snapshots
-            .push(api_snapshot(&database.name, &stored));
+        report.snapshots.push(api_snapshot(&database.name, &stored));
         dumps.push(DatabaseDump {
             name: database.name.clone(),
             owner: database.owner.clone(),
@@ -182,7 +184,8 @@ async fn store_run(
         globals,
         databases: dumps,
     };
-    let json = serde_json::to_vec_pretty(&manifest).map_err(|e| BackupError::Manifest(e.to_string()))?;
+    let json =
+        serde_json::to_vec_pretty(&manifest).map_err(|e| BackupError::Manifest(e.to_string()))?;
     let out = stream::feed(
         &json,
         restic.backup_command(&globals_repository, MANIFEST_FILE, &settings.cluster, &tags),

@@ -1,6 +1,8 @@
 //! One signed S3 request before any restic command: it tells a missing bucket, rejected keys
 //! and an unreachable endpoint apart with S3's own words. restic cannot: it reports a
 //! missing bucket like a missing repository, and `restic init` would create the bucket.
+//! The request is signed with AWS Signature Version 4 in the Authorization header, which every
+//! S3 implementation accepts (query-string signatures are not universal).
 
 use std::time::Duration;
 
@@ -8,7 +10,8 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use rusty_s3::{Bucket, Credentials, S3Action, UrlStyle};
+use k8s_openapi::jiff::Timestamp;
+use ring::{digest, hmac};
 
 use super::location::Location;
 
@@ -61,24 +64,8 @@ pub async fn check_bucket(location: &Location, credentials: &S3Credentials) -> R
         endpoint: endpoint.clone(),
         reason,
     };
-    let style = if location.endpoint.host_str().is_some_and(is_aws) {
-        UrlStyle::VirtualHost
-    } else {
-        UrlStyle::Path
-    };
-    let bucket = Bucket::new(
-        location.endpoint.clone(),
-        style,
-        location.bucket.clone(),
-        credentials.region.clone(),
-    )
-    .map_err(|e| unreachable(format!("invalid bucket address: {e}")))?;
-    let keys = Credentials::new(&credentials.access_key, &credentials.secret_key);
-    let mut action = bucket.list_objects_v2(Some(&keys));
-    action.with_prefix(location.key_prefix());
-    action.with_max_keys(1);
-    let url = action.sign(Duration::from_secs(300));
-
+    let request = signed_listing(location, credentials, Timestamp::now())
+        .map_err(|e| unreachable(format!("invalid request: {e}")))?;
     let https = hyper_rustls::HttpsConnectorBuilder::new()
         .with_native_roots()
         .map_err(|e| unreachable(format!("no TLS root certificates: {e}")))?
@@ -86,9 +73,6 @@ pub async fn check_bucket(location: &Location, credentials: &S3Credentials) -> R
         .enable_http1()
         .build();
     let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build(https);
-    let request = http::Request::get(url.as_str())
-        .body(Empty::new())
-        .map_err(|e| unreachable(e.to_string()))?;
     let exchange = async {
         let response = client.request(request).await.map_err(|e| {
             // hyper's top-level message ("client error (Connect)") hides the cause.
@@ -115,6 +99,126 @@ pub async fn check_bucket(location: &Location, credentials: &S3Credentials) -> R
     classify(location, status, &body)
 }
 
+/// SHA-256 of the empty payload.
+const EMPTY_SHA256: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+
+/// `GET ?list-type=2&max-keys=1&prefix=<prefix>` on the bucket, signed (SigV4).
+fn signed_listing(
+    location: &Location,
+    credentials: &S3Credentials,
+    now: Timestamp,
+) -> Result<http::Request<Empty<Bytes>>, http::Error> {
+    let endpoint = &location.endpoint;
+    let host = endpoint.host_str().unwrap_or_default();
+    let authority = match endpoint.port() {
+        Some(port) => format!("{host}:{port}"),
+        None => host.to_string(),
+    };
+    let (authority, path) = if is_aws(host) {
+        (format!("{}.{authority}", location.bucket), "/".to_string())
+    } else {
+        (authority, format!("/{}", uri_encode(&location.bucket)))
+    };
+    let query = canonical_query(&[
+        ("list-type", "2"),
+        ("max-keys", "1"),
+        ("prefix", &location.key_prefix()),
+    ]);
+    let amz_date = now.strftime("%Y%m%dT%H%M%SZ").to_string();
+    let authorization = sign_v4(
+        &SigningInput {
+            method: "GET",
+            authority: &authority,
+            path: &path,
+            query: &query,
+            amz_date: &amz_date,
+            service: "s3",
+        },
+        credentials,
+    );
+    http::Request::get(format!("{}://{authority}{path}?{query}", endpoint.scheme()))
+        .header("host", &authority)
+        .header("x-amz-date", &amz_date)
+        .header("x-amz-content-sha256", EMPTY_SHA256)
+        .header("authorization", authorization)
+        .body(Empty::new())
+}
+
+struct SigningInput<'a> {
+    method: &'a str,
+    authority: &'a str,
+    path: &'a str,
+    /// Already canonical (sorted, encoded).
+    query: &'a str,
+    amz_date: &'a str,
+    service: &'a str,
+}
+
+/// The Authorization header of a request without payload (signed headers: host,
+/// x-amz-content-sha256, x-amz-date).
+fn sign_v4(input: &SigningInput<'_>, credentials: &S3Credentials) -> String {
+    let date = &input.amz_date[..8];
+    let scope = format!(
+        "{date}/{}/{}/aws4_request",
+        credentials.region, input.service
+    );
+    let signed_headers = "host;x-amz-content-sha256;x-amz-date";
+    let canonical_request = format!(
+        "{}\n{}\n{}\nhost:{}\nx-amz-content-sha256:{EMPTY_SHA256}\nx-amz-date:{}\n\n{signed_headers}\n{EMPTY_SHA256}",
+        input.method, input.path, input.query, input.authority, input.amz_date
+    );
+    let string_to_sign = format!(
+        "AWS4-HMAC-SHA256\n{}\n{scope}\n{}",
+        input.amz_date,
+        hex(digest::digest(&digest::SHA256, canonical_request.as_bytes()).as_ref())
+    );
+    let mut key = format!("AWS4{}", credentials.secret_key).into_bytes();
+    for part in [
+        date,
+        credentials.region.as_str(),
+        input.service,
+        "aws4_request",
+    ] {
+        key = hmac_sha256(&key, part.as_bytes());
+    }
+    let signature = hex(&hmac_sha256(&key, string_to_sign.as_bytes()));
+    format!(
+        "AWS4-HMAC-SHA256 Credential={}/{scope}, SignedHeaders={signed_headers}, Signature={signature}",
+        credentials.access_key
+    )
+}
+
+fn hmac_sha256(key: &[u8], data: &[u8]) -> Vec<u8> {
+    hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, key), data)
+        .as_ref()
+        .to_vec()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// URI encoding as SigV4 wants it: only unreserved characters stay.
+fn uri_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn canonical_query(pairs: &[(&str, &str)]) -> String {
+    let mut encoded: Vec<String> = pairs
+        .iter()
+        .map(|(key, value)| format!("{}={}", uri_encode(key), uri_encode(value)))
+        .collect();
+    encoded.sort();
+    encoded.join("&")
+}
+
 fn is_aws(host: &str) -> bool {
     host == "amazonaws.com" || host.ends_with(".amazonaws.com")
 }
@@ -134,7 +238,10 @@ pub fn classify(location: &Location, status: u16, body: &str) -> Result<(), S3Er
         }),
         (
             _,
-            "InvalidAccessKeyId" | "SignatureDoesNotMatch" | "AccessDenied" | "InvalidToken"
+            "InvalidAccessKeyId"
+            | "SignatureDoesNotMatch"
+            | "AccessDenied"
+            | "InvalidToken"
             | "ExpiredToken",
         )
         | (401 | 403, _) => Err(S3Error::Credentials {
@@ -176,6 +283,31 @@ mod tests {
     }
 
     #[test]
+    fn signatures_match_the_aws_documentation_example() {
+        // "GET Bucket (List Objects)" of the AWS Signature Version 4 documentation.
+        let credentials = S3Credentials {
+            access_key: "AKIAIOSFODNN7EXAMPLE".into(),
+            secret_key: "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY".into(),
+            region: "us-east-1".into(),
+        };
+        let authorization = sign_v4(
+            &SigningInput {
+                method: "GET",
+                authority: "examplebucket.s3.amazonaws.com",
+                path: "/",
+                query: &canonical_query(&[("max-keys", "2"), ("prefix", "J")]),
+                amz_date: "20130524T000000Z",
+                service: "s3",
+            },
+            &credentials,
+        );
+        assert_eq!(
+            authorization,
+            "AWS4-HMAC-SHA256 Credential=AKIAIOSFODNN7EXAMPLE/20130524/us-east-1/s3/aws4_request, SignedHeaders=host;x-amz-content-sha256;x-amz-date, Signature=34b48302e7b5fa45bde8084f4b7868a86f0a534bc59db6670ed5711ef69dc6f7"
+        );
+    }
+
+    #[test]
     fn s3_error_codes_become_precise_errors() {
         let missing = "<?xml version=\"1.0\"?><Error><Code>NoSuchBucket</Code><Message>The specified bucket does not exist</Message></Error>";
         assert!(matches!(
@@ -184,13 +316,22 @@ mod tests {
         ));
         let denied = "<Error><Code>InvalidAccessKeyId</Code><Message>The AWS Access Key Id you provided does not exist in our records.</Message></Error>";
         let error = classify(&location(), 403, denied).unwrap_err();
-        assert!(error.to_string().contains("rejected the access key (InvalidAccessKeyId: The AWS Access Key Id"), "{error}");
+        assert!(
+            error
+                .to_string()
+                .contains("rejected the access key (InvalidAccessKeyId: The AWS Access Key Id"),
+            "{error}"
+        );
         assert!(matches!(
             classify(&location(), 403, "<html>no</html>"),
             Err(S3Error::Credentials { code, .. }) if code == "403"
         ));
         assert!(matches!(
-            classify(&location(), 500, "<Error><Code>InternalError</Code><Message>x</Message></Error>"),
+            classify(
+                &location(),
+                500,
+                "<Error><Code>InternalError</Code><Message>x</Message></Error>"
+            ),
             Err(S3Error::Unexpected { status: 500, .. })
         ));
         assert_eq!(classify(&location(), 200, "<ListBucketResult/>"), Ok(()));

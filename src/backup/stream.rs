@@ -79,6 +79,14 @@ pub async fn pipe(mut producer: Command, mut consumer: Command) -> Result<Piped,
     let consumer_out = tokio::spawn(read_all(consumer_child.stdout.take()));
 
     let relayed = relay(&mut producer_child, &mut consumer_child).await;
+    if let Ok(Relayed::ConsumerFailed(status)) = relayed {
+        kill(&mut producer_child).await;
+        return Err(PipeError::Failed {
+            program: consumer_name,
+            status: describe(status),
+            stderr: consumer_err.await.unwrap_or_default(),
+        });
+    }
     let producer_status = producer_child.wait().await;
     let producer_stderr = producer_err.await.unwrap_or_default();
     let relay_error = |source| PipeError::Relay {
@@ -93,7 +101,8 @@ pub async fn pipe(mut producer: Command, mut consumer: Command) -> Result<Piped,
             stderr: producer_stderr,
         }),
         (_, Err(source)) | (Err(source), Ok(_)) => Err(relay_error(source)),
-        (Ok(bytes), Ok(_)) => Ok(bytes),
+        (Ok(Relayed::All(bytes) | Relayed::ConsumerDone(bytes)), Ok(_)) => Ok(bytes),
+        (Ok(Relayed::ConsumerFailed(_)), Ok(_)) => Ok(0),
     };
     let bytes = match bytes {
         Ok(bytes) => bytes,
@@ -118,8 +127,19 @@ pub async fn pipe(mut producer: Command, mut consumer: Command) -> Result<Piped,
     Ok(Piped { bytes, stdout })
 }
 
+/// How a relay ended.
+enum Relayed {
+    /// Everything the producer wrote reached the consumer.
+    All(u64),
+    /// The consumer stopped reading and exited 0 (pg_restore leaves the end padding of a tar
+    /// unread); the rest of the producer's output was drained so the producer could finish.
+    ConsumerDone(u64),
+    /// The consumer stopped reading and failed.
+    ConsumerFailed(ExitStatus),
+}
+
 /// Copies the producer's stdout into the consumer's stdin, keeping the latter open.
-async fn relay(producer: &mut Child, consumer: &mut Child) -> Result<u64, std::io::Error> {
+async fn relay(producer: &mut Child, consumer: &mut Child) -> Result<Relayed, std::io::Error> {
     let (Some(mut from), Some(to)) = (producer.stdout.take(), consumer.stdin.as_mut()) else {
         return Err(std::io::Error::other("pipes were not set up"));
     };
@@ -130,24 +150,37 @@ async fn relay(producer: &mut Child, consumer: &mut Child) -> Result<u64, std::i
         if read == 0 {
             break;
         }
-        to.write_all(&buffer[..read]).await?;
-        total += read as u64;
+        match to.write_all(&buffer[..read]).await {
+            Ok(()) => total += read as u64,
+            Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => {
+                let status = consumer.wait().await?;
+                if !status.success() {
+                    return Ok(Relayed::ConsumerFailed(status));
+                }
+                total += read as u64;
+                loop {
+                    let read = from.read(&mut buffer).await?;
+                    if read == 0 {
+                        return Ok(Relayed::ConsumerDone(total));
+                    }
+                    total += read as u64;
+                }
+            }
+            Err(error) => return Err(error),
+        }
     }
     to.flush().await?;
-    Ok(total)
+    Ok(Relayed::All(total))
 }
 
 /// Runs one program to completion; its stdout on success, a [`PipeError`] otherwise.
 pub async fn output(mut command: Command) -> Result<String, PipeError> {
     let program = program_name(&command);
     command.stdin(Stdio::null()).kill_on_drop(true);
-    let out = command
-        .output()
-        .await
-        .map_err(|source| PipeError::Spawn {
-            program: program.clone(),
-            source,
-        })?;
+    let out = command.output().await.map_err(|source| PipeError::Spawn {
+        program: program.clone(),
+        source,
+    })?;
     if !out.status.success() {
         return Err(PipeError::Failed {
             program,

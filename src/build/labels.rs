@@ -26,6 +26,11 @@ pub const ROLE_REPLICA: &str = "replica";
 /// `apps.kubernetes.io/pod-index`; ours is available on every supported version).
 pub const INSTANCE_NAME: &str = "postgres.apps.cozystack.io/instance";
 
+/// On `PostgresBackup` records the operator creates: `schedule` for the CronJob's runs,
+/// which already run when their record appears (no Job is started for them).
+pub const BACKUP_ORIGIN: &str = "postgres.apps.cozystack.io/backup-origin";
+pub const BACKUP_ORIGIN_SCHEDULE: &str = "schedule";
+
 /// Component values.
 pub const COMPONENT_DATABASE: &str = "database";
 pub const COMPONENT_BACKUP: &str = "backup";

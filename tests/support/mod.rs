@@ -50,6 +50,7 @@ pub fn example(file: &str) -> String {
 pub mod apiserver;
 pub mod instance;
 pub mod postgres;
+pub mod s3;
 
 /// Polls `check` every 50 ms until it holds, failing the test after 10 s with `what`.
 pub async fn wait_for(what: &str, mut check: impl FnMut() -> bool) {

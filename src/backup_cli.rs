@@ -1,0 +1,246 @@
+//! The `backup` and `restore` subcommands: flags and environment into settings, a report on
+//! standard output, the exit code. Secrets come from the environment only (never flags, which
+//! `ps` shows).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use postgres_operator::api::DEFAULT_CLEANUP_STRATEGY;
+use postgres_operator::backup::location::Location;
+use postgres_operator::backup::record::{self, Recording};
+use postgres_operator::backup::restic::Restic;
+use postgres_operator::backup::restore::{self, RestoreSettings, RunSelector};
+use postgres_operator::backup::run::{self, BackupSettings, Run};
+use postgres_operator::backup::s3::S3Credentials;
+use postgres_operator::instance::provision::Connection;
+use postgres_operator::telemetry::{self, LogFormat};
+use postgres_operator::validate::retention::RetentionPolicy;
+
+use crate::{fail, runtime};
+
+/// Where the backups are and how to open them.
+#[derive(clap::Args)]
+pub struct RepositoryArgs {
+    /// The cluster: its name is the host of every snapshot.
+    #[arg(long, env = "CLUSTER_NAME")]
+    cluster: String,
+    /// restic repository base, `s3:host/bucket[/prefix]` (`s3:http://…` for S3 without TLS);
+    /// each database is in `<base>/<database>`. AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and
+    /// RESTIC_PASSWORD come from the environment.
+    #[arg(long, env = "RESTIC_REPOSITORY_BASE")]
+    repository_base: String,
+    #[arg(long, env = "AWS_DEFAULT_REGION", default_value = "us-east-1")]
+    s3_region: String,
+    /// The restic program.
+    #[arg(long, env = "RESTIC_BINARY", default_value = "restic")]
+    restic: PathBuf,
+    /// PostgreSQL server (libpq's PGHOST, PGPORT, PGUSER; PGPASSWORD from the environment).
+    #[arg(long, env = "PGHOST", default_value = "localhost")]
+    pghost: String,
+    #[arg(long, env = "PGPORT", default_value_t = 5432)]
+    pgport: u16,
+    #[arg(long, env = "PGUSER", default_value = "postgres")]
+    pguser: String,
+    /// Directory of pg_dump, pg_dumpall and pg_restore (default: PATH).
+    #[arg(long, env = "PG_BIN_DIR")]
+    bin_dir: Option<PathBuf>,
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "json")]
+    log_format: LogFormat,
+}
+
+/// What the environment must provide, read once with errors that name the variable.
+struct Secrets {
+    credentials: S3Credentials,
+    restic_password: String,
+    pg_password: Option<String>,
+}
+
+impl RepositoryArgs {
+    fn secrets(&self) -> Result<Secrets, String> {
+        let required = |name: &str, key: &str| match std::env::var(name) {
+            Ok(value) if !value.is_empty() => Ok(value),
+            _ => Err(format!(
+                "{name} is not set (key {key} of the backup credentials Secret)"
+            )),
+        };
+        Ok(Secrets {
+            credentials: S3Credentials {
+                access_key: required("AWS_ACCESS_KEY_ID", "s3AccessKey")?,
+                secret_key: required("AWS_SECRET_ACCESS_KEY", "s3SecretKey")?,
+                region: self.s3_region.clone(),
+            },
+            restic_password: required("RESTIC_PASSWORD", "resticPassword")?,
+            pg_password: std::env::var("PGPASSWORD").ok().filter(|p| !p.is_empty()),
+        })
+    }
+
+    fn parts(&self) -> Result<(Location, Restic, S3Credentials, Connection), String> {
+        let location = Location::parse(&self.repository_base).map_err(|e| e.to_string())?;
+        let secrets = self.secrets()?;
+        let restic = Restic::new(
+            self.restic.clone(),
+            secrets.credentials.clone(),
+            secrets.restic_password,
+        );
+        let postgres = Connection {
+            host: self.pghost.clone(),
+            port: self.pgport,
+            user: self.pguser.clone(),
+            password: secrets.pg_password,
+        };
+        Ok((location, restic, secrets.credentials, postgres))
+    }
+}
+
+#[derive(clap::Args)]
+pub struct BackupArgs {
+    #[command(flatten)]
+    repository: RepositoryArgs,
+    /// restic forget flags (only --keep-*), applied after a successful run.
+    #[arg(long, env = "BACKUP_CLEANUP_STRATEGY", default_value = DEFAULT_CLEANUP_STRATEGY, allow_hyphen_values = true)]
+    cleanup_strategy: String,
+    /// Database to back up (repeatable); default: every user database.
+    #[arg(long = "database")]
+    databases: Vec<String>,
+    /// Report into this PostgresBackup (a run requested by hand).
+    #[arg(long, conflicts_with = "scheduled")]
+    record: Option<String>,
+    /// Record this run as a new PostgresBackup (the CronJob's runs).
+    #[arg(long)]
+    scheduled: bool,
+    /// Namespace of the cluster and its records.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    namespace: String,
+}
+
+pub fn run_backup(args: BackupArgs) -> ExitCode {
+    telemetry::init(args.repository.log_format);
+    let retention = match RetentionPolicy::parse(&args.cleanup_strategy) {
+        Ok(policy) => policy,
+        Err(e) => return fail(&format!("--cleanup-strategy: {e}")),
+    };
+    let (location, restic, credentials, postgres) = match args.repository.parts() {
+        Ok(parts) => parts,
+        Err(e) => return fail(&e),
+    };
+    let settings = BackupSettings {
+        cluster: args.repository.cluster.clone(),
+        location,
+        credentials,
+        restic,
+        postgres,
+        bin_dir: args.repository.bin_dir.clone(),
+        retention,
+        databases: args.databases.clone(),
+    };
+    let runtime = match runtime() {
+        Ok(runtime) => runtime,
+        Err(code) => return code,
+    };
+    runtime.block_on(async move {
+        let run = Run::now();
+        let recording = if args.record.is_some() || args.scheduled {
+            let client = match kube::Client::try_default().await {
+                Ok(client) => client,
+                Err(e) => return fail(&format!("cannot configure the Kubernetes client: {e}")),
+            };
+            let target = match &args.record {
+                Some(name) => record::Target::Existing(name.clone()),
+                None => record::Target::Scheduled,
+            };
+            match Recording::start(client, &args.namespace, &settings.cluster, target, &run).await {
+                Ok(recording) => Some(recording),
+                Err(e) => return fail(&e.to_string()),
+            }
+        } else {
+            None
+        };
+        tracing::info!(cluster = %settings.cluster, run = %run.id, "backup started");
+        let report = run::run_backup(&settings, &run).await;
+        if let Some(recording) = &recording
+            && let Err(e) = recording.finish(&report).await
+        {
+            tracing::error!(error = %e, "cannot record the result");
+        }
+        println!("{}", record::report_json(&report));
+        match &report.error {
+            None => {
+                tracing::info!(run = %report.run, bytes = report.added_bytes(), forgotten = report.forgotten, "backup completed");
+                ExitCode::SUCCESS
+            }
+            Some(error) => fail(&format!("backup {} failed: {error}", report.run)),
+        }
+    })
+}
+
+#[derive(clap::Args)]
+pub struct RestoreArgs {
+    #[command(flatten)]
+    repository: RepositoryArgs,
+    /// The cluster whose backups to read (default: --cluster).
+    #[arg(long)]
+    from_cluster: Option<String>,
+    /// `latest`, an RFC 3339 time (the latest run completed by then), or a run id.
+    #[arg(long, default_value = "latest")]
+    run: String,
+    /// Database to restore (repeatable); default: every database of the run.
+    #[arg(long = "database")]
+    databases: Vec<String>,
+    /// Restore into this database instead (only with one --database).
+    #[arg(long)]
+    target_database: Option<String>,
+    /// Replace the objects of an existing database (in one transaction).
+    #[arg(long)]
+    clean: bool,
+    /// Do not create the roles of the run that the server lacks.
+    #[arg(long)]
+    no_globals: bool,
+}
+
+pub fn run_restore(args: RestoreArgs) -> ExitCode {
+    telemetry::init(args.repository.log_format);
+    if args.target_database.is_some() && args.databases.len() != 1 {
+        return fail("--target-database needs exactly one --database");
+    }
+    let (location, restic, credentials, postgres) = match args.repository.parts() {
+        Ok(parts) => parts,
+        Err(e) => return fail(&e),
+    };
+    let settings = RestoreSettings {
+        source_cluster: args
+            .from_cluster
+            .clone()
+            .unwrap_or_else(|| args.repository.cluster.clone()),
+        location,
+        credentials,
+        restic,
+        postgres,
+        bin_dir: args.repository.bin_dir.clone(),
+    };
+    let runtime = match runtime() {
+        Ok(runtime) => runtime,
+        Err(code) => return code,
+    };
+    runtime.block_on(async move {
+        let selector = RunSelector::parse(&args.run);
+        let outcome = restore::restore(
+            &settings,
+            &selector,
+            &args.databases,
+            args.target_database.as_deref(),
+            args.clean,
+            !args.no_globals,
+        )
+        .await;
+        match outcome {
+            Ok(restored) => {
+                println!(
+                    "{}",
+                    serde_json::json!({"run": restored.run, "databases": restored.databases, "globalsStatements": restored.globals_statements})
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(&e.to_string()),
+        }
+    })
+}

@@ -1,0 +1,429 @@
+//! Backups and restores with real parts: PostgreSQL servers on loopback, the Debian restic,
+//! and a moto S3 server with authentication on.
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use postgres_operator::api::{BackupPhase, PostgresBackup};
+use postgres_operator::backup::location::Location;
+use postgres_operator::backup::record::{Recording, Target};
+use postgres_operator::backup::restic::{Restic, TAG_RUN};
+use postgres_operator::backup::restore::{self, RestoreError, RestoreSettings, RunSelector};
+use postgres_operator::backup::run::{BackupSettings, Run, RunReport, run_backup};
+use postgres_operator::backup::s3::S3Credentials;
+use postgres_operator::validate::retention::RetentionPolicy;
+use support::apiserver::ApiServer;
+use support::postgres::{PostgresServer, bin_dir, column};
+use support::s3::S3Server;
+
+const CLUSTER: &str = "postgres-complete";
+const BUCKET: &str = "postgres-backups";
+const PASSWORD: &str = "your-restic-password";
+
+fn restic(credentials: &S3Credentials, password: &str) -> Restic {
+    Restic::new("restic".into(), credentials.clone(), password.to_string())
+}
+
+fn backup_settings(server: &PostgresServer, s3: &S3Server, policy: &str) -> BackupSettings {
+    BackupSettings {
+        cluster: CLUSTER.to_string(),
+        location: Location::parse(&s3.base(BUCKET)).unwrap(),
+        credentials: s3.credentials.clone(),
+        restic: restic(&s3.credentials, PASSWORD),
+        postgres: server.superuser(),
+        bin_dir: Some(bin_dir()),
+        retention: RetentionPolicy::parse(policy).unwrap(),
+        databases: Vec::new(),
+    }
+}
+
+fn restore_settings(target: &PostgresServer, s3: &S3Server) -> RestoreSettings {
+    RestoreSettings {
+        source_cluster: CLUSTER.to_string(),
+        location: Location::parse(&s3.base(BUCKET)).unwrap(),
+        credentials: s3.credentials.clone(),
+        restic: restic(&s3.credentials, PASSWORD),
+        postgres: target.superuser(),
+        bin_dir: Some(bin_dir()),
+    }
+}
+
+fn fixture(name: &str) -> String {
+    std::fs::read_to_string(format!(
+        "{}/tests/fixtures/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap()
+}
+
+/// Runs a fixture one statement at a time (CREATE DATABASE refuses a transaction).
+async fn run_script(server: &PostgresServer, database: &str, file: &str) {
+    let client = server.admin(database).await;
+    for statement in fixture(file).split(";\n") {
+        let statement: String = statement
+            .lines()
+            .filter(|line| !line.trim_start().starts_with("--"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        if !statement.trim().is_empty() {
+            client.batch_execute(&statement).await.unwrap();
+        }
+    }
+}
+
+/// The complete example's roles, databases and data.
+async fn load_complete_example(server: &PostgresServer) {
+    run_script(server, "postgres", "complete_data.sql").await;
+    run_script(server, "myapp", "myapp_data.sql").await;
+    run_script(server, "analytics", "analytics_data.sql").await;
+}
+
+/// Everything a restore must reproduce, as text: roles (with password verifiers and
+/// settings), memberships, databases and owners, extensions, and per table its ACL and a
+/// checksum of every row.
+async fn fingerprint(server: &PostgresServer) -> BTreeMap<String, String> {
+    let mut facts = BTreeMap::new();
+    let postgres = server.admin("postgres").await;
+    let roles = column(&postgres, "SELECT concat_ws(' ', rolname, rolsuper, rolinherit, rolcreaterole, rolcreatedb, rolcanlogin, rolreplication, rolbypassrls, rolconnlimit, rolpassword, (SELECT string_agg(s, ',') FROM pg_db_role_setting, unnest(setconfig) s WHERE setrole = a.oid), shobj_description(a.oid, 'pg_authid')) FROM pg_authid a WHERE rolname !~ '^pg_' AND rolname <> 'postgres' ORDER BY rolname").await;
+    facts.insert("roles".to_string(), roles.join("\n"));
+    let members = column(&postgres, "SELECT concat_ws(' ', r.rolname, m.rolname, admin_option) FROM pg_auth_members a JOIN pg_roles r ON r.oid = a.roleid JOIN pg_roles m ON m.oid = a.member WHERE r.rolname !~ '^pg_' ORDER BY 1").await;
+    facts.insert("memberships".to_string(), members.join("\n"));
+    let databases = column(&postgres, "SELECT concat_ws(' ', datname, pg_get_userbyid(datdba), datcollate, pg_encoding_to_char(encoding)) FROM pg_database WHERE NOT datistemplate AND datname <> 'postgres' ORDER BY 1").await;
+    facts.insert("databases".to_string(), databases.join("\n"));
+    for database in ["myapp", "analytics"] {
+        let client = server.admin(database).await;
+        let extensions = column(&client, "SELECT extname FROM pg_extension ORDER BY 1").await;
+        facts.insert(format!("{database} extensions"), extensions.join(","));
+        let tables = column(&client, "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind IN ('r', 'v') AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.objid = c.oid AND d.deptype = 'e') AND n.nspname NOT IN ('pg_catalog', 'information_schema') ORDER BY 1").await;
+        assert!(!tables.is_empty());
+        for table in tables {
+            let sum = column(&client, &format!("SELECT concat_ws(' ', count(*), md5(coalesce(string_agg(t::text, '|' ORDER BY t::text), '')), (SELECT relacl::text FROM pg_class WHERE oid = '{table}'::regclass), (SELECT pg_get_userbyid(relowner) FROM pg_class WHERE oid = '{table}'::regclass)) FROM {table} t")).await;
+            facts.insert(format!("{database} {table}"), sum.join(""));
+        }
+        let sequences = column(&client, "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind = 'S' ORDER BY 1").await;
+        for sequence in sequences {
+            let state = column(
+                &client,
+                &format!("SELECT concat_ws(' ', last_value, is_called) FROM {sequence}"),
+            )
+            .await;
+            facts.insert(format!("{database} {sequence}"), state.join(""));
+        }
+    }
+    facts
+}
+
+/// Snapshots of every repository of the cluster, by repository.
+async fn snapshots_by_repository(
+    restic: &Restic,
+    location: &Location,
+    databases: &[&str],
+) -> BTreeMap<String, Vec<postgres_operator::backup::restic::Snapshot>> {
+    let mut all = BTreeMap::new();
+    let mut repositories = vec![location.globals_repository()];
+    repositories.extend(databases.iter().map(|db| location.database_repository(db)));
+    for repository in repositories {
+        let snapshots = restic.snapshots(&repository, CLUSTER, None).await.unwrap();
+        all.insert(repository, snapshots);
+    }
+    all
+}
+
+fn assert_completed(report: &RunReport) {
+    assert!(report.succeeded(), "backup failed: {:?}", report.error);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_complete_example_is_backed_up_per_database_and_restored_identically() {
+    let s3 = S3Server::start(&[BUCKET]);
+    let source = PostgresServer::start();
+    load_complete_example(&source).await;
+    let settings = backup_settings(&source, &s3, "--keep-last=5 --keep-daily=7");
+
+    let api = ApiServer::new();
+    let run = Run::now();
+    let recording = Recording::start(api.client(), "default", CLUSTER, Target::Scheduled, &run)
+        .await
+        .unwrap();
+    let running = api
+        .get(
+            "apps.cozystack.io/postgresbackups",
+            "default",
+            recording.name(),
+        )
+        .unwrap();
+    assert_eq!(running["status"]["phase"], "Running");
+    let report = run_backup(&settings, &run).await;
+    recording.finish(&report).await.unwrap();
+    assert_completed(&report);
+
+    // One repository per database plus the globals, every snapshot tagged with the run.
+    let databases: Vec<&str> = report
+        .snapshots
+        .iter()
+        .map(|s| s.database.as_str())
+        .collect();
+    assert_eq!(databases, ["globals", "analytics", "myapp"]);
+    let location = &settings.location;
+    let repositories =
+        snapshots_by_repository(&settings.restic, location, &["analytics", "myapp"]).await;
+    for (repository, snapshots) in &repositories {
+        let expected = if repository.ends_with(".globals") {
+            2
+        } else {
+            1
+        };
+        assert_eq!(snapshots.len(), expected, "{repository}: {snapshots:?}");
+        for snapshot in snapshots {
+            assert_eq!(snapshot.tag(TAG_RUN), Some(run.id.as_str()));
+            assert_eq!(snapshot.tag("cluster"), Some(CLUSTER));
+            assert_eq!(snapshot.hostname, CLUSTER);
+        }
+    }
+    assert_eq!(
+        repositories[&location.database_repository("myapp")][0].paths,
+        ["/myapp.dump"]
+    );
+
+    // The record, as `kubectl get postgresbackups` shows it.
+    let record: PostgresBackup = serde_json::from_value(
+        api.get(
+            "apps.cozystack.io/postgresbackups",
+            "default",
+            recording.name(),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let status = record.status.unwrap();
+    assert_eq!(status.phase, Some(BackupPhase::Completed));
+    assert_eq!(status.snapshots.len(), 3);
+    assert!(
+        status
+            .snapshots
+            .iter()
+            .all(|s| s.size_bytes.unwrap_or(0) > 0)
+    );
+    assert_eq!(status.snapshot_ids.unwrap().split(',').count(), 3);
+    assert!(status.total_size.is_some() && status.completed_at.is_some());
+    assert_eq!(
+        record.metadata.labels.unwrap()["postgres.apps.cozystack.io/backup-origin"],
+        "schedule"
+    );
+
+    // Restore into a fresh server: every role, membership, database, table and row.
+    let target = PostgresServer::start();
+    let restored = restore::restore(
+        &restore_settings(&target, &s3),
+        &RunSelector::Latest,
+        &[],
+        None,
+        false,
+        true,
+    )
+    .await
+    .unwrap();
+    assert_eq!(restored.run, run.id);
+    assert_eq!(restored.databases, ["analytics", "myapp"]);
+    let before = fingerprint(&source).await;
+    let after = fingerprint(&target).await;
+    assert_eq!(before, after);
+    // Restored roles log in with their old passwords.
+    target
+        .connect_as("app_user", "app-password", "myapp")
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_runs_with_keep_last_two_leave_two_runs_in_every_repository() {
+    let s3 = S3Server::start(&[BUCKET]);
+    let source = PostgresServer::start();
+    let admin = source.admin("postgres").await;
+    admin.batch_execute("CREATE DATABASE shop").await.unwrap();
+    let shop = source.admin("shop").await;
+    shop.batch_execute("CREATE TABLE t (n int)").await.unwrap();
+    let settings = backup_settings(&source, &s3, "--keep-last=2");
+    let mut runs = Vec::new();
+    for n in 0..5 {
+        shop.execute("INSERT INTO t VALUES ($1)", &[&n])
+            .await
+            .unwrap();
+        // Run ids have one-second resolution.
+        tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+        let run = Run::now();
+        let report = run_backup(&settings, &run).await;
+        assert_completed(&report);
+        runs.push(run.id);
+    }
+    let kept: BTreeSet<&str> = runs[3..].iter().map(String::as_str).collect();
+    let repositories =
+        snapshots_by_repository(&settings.restic, &settings.location, &["shop"]).await;
+    for (repository, snapshots) in &repositories {
+        let per_run = if repository.ends_with(".globals") {
+            4
+        } else {
+            2
+        };
+        assert_eq!(snapshots.len(), per_run, "{repository}");
+        let tagged: BTreeSet<&str> = snapshots.iter().filter_map(|s| s.tag(TAG_RUN)).collect();
+        assert_eq!(tagged, kept, "{repository}");
+    }
+    // The newest run restores the newest data.
+    let target = PostgresServer::start();
+    restore::restore(
+        &restore_settings(&target, &s3),
+        &RunSelector::Latest,
+        &[],
+        None,
+        false,
+        true,
+    )
+    .await
+    .unwrap();
+    let rows = column(&target.admin("shop").await, "SELECT count(*)::text FROM t").await;
+    assert_eq!(rows, ["5"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_credentials_and_unreachable_storage_fail_clearly_and_delete_nothing() {
+    let s3 = S3Server::start(&[BUCKET]);
+    let source = PostgresServer::start();
+    load_complete_example(&source).await;
+    let good = backup_settings(&source, &s3, "--keep-last=1");
+    assert_completed(&run_backup(&good, &Run::now()).await);
+    let before =
+        snapshots_by_repository(&good.restic, &good.location, &["analytics", "myapp"]).await;
+    let data_before = fingerprint(&source).await;
+
+    let mut wrong_password = good.clone();
+    wrong_password.restic = restic(&s3.credentials, "not-the-password");
+    let mut wrong_keys = good.clone();
+    wrong_keys.credentials.secret_key = "wrong-secret".to_string();
+    wrong_keys.restic = restic(&wrong_keys.credentials, PASSWORD);
+    let mut missing_bucket = good.clone();
+    missing_bucket.location = Location::parse(&s3.base("no-such-bucket")).unwrap();
+    let mut unreachable = good.clone();
+    let closed_port = support::postgres::free_port();
+    unreachable.location =
+        Location::parse(&format!("s3:http://127.0.0.1:{closed_port}/{BUCKET}")).unwrap();
+    let mut missing_database = good.clone();
+    missing_database.databases = vec!["myapp".to_string(), "nope".to_string()];
+
+    for (settings, expected) in [
+        (&wrong_password, "wrong restic password"),
+        (
+            &wrong_keys,
+            "rejected the access key (SignatureDoesNotMatch",
+        ),
+        (
+            &missing_bucket,
+            "S3 bucket \"no-such-bucket\" does not exist",
+        ),
+        (&unreachable, "is unreachable"),
+        (&missing_database, "database \"nope\" does not exist"),
+    ] {
+        let report = run_backup(settings, &Run::now()).await;
+        let error = report.error.clone().expect(expected);
+        assert!(
+            error.contains(expected),
+            "expected {expected:?} in {error:?}"
+        );
+        assert_eq!(report.forgotten, 0);
+    }
+    // Nothing was deleted, no bucket was created, and the cluster is as it was.
+    let after =
+        snapshots_by_repository(&good.restic, &good.location, &["analytics", "myapp"]).await;
+    assert_eq!(before, after);
+    let missing = good
+        .restic
+        .snapshots(&missing_bucket.location.globals_repository(), CLUSTER, None)
+        .await;
+    assert!(missing.is_err(), "the missing bucket was created");
+    assert_eq!(fingerprint(&source).await, data_before);
+
+    // Restores refuse to overwrite, and name what they could not find.
+    let settings = restore_settings(&source, &s3);
+    let error = restore::restore(
+        &settings,
+        &RunSelector::Latest,
+        &["myapp".into()],
+        None,
+        false,
+        false,
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(error, RestoreError::TargetExists(ref db) if db == "myapp"),
+        "{error}"
+    );
+    let error = restore::restore(
+        &settings,
+        &RunSelector::Latest,
+        &["gone".into()],
+        None,
+        false,
+        false,
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .contains("database \"gone\" is not in backup run"),
+        "{error}"
+    );
+    let error = restore::find_run(&settings, &RunSelector::parse("2001-01-01T00:00:00Z"))
+        .await
+        .unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .contains("completed at or before 2001-01-01"),
+        "{error}"
+    );
+    assert_eq!(fingerprint(&source).await, data_before);
+
+    // Beside the original, and in place with --clean (one transaction).
+    restore::restore(
+        &settings,
+        &RunSelector::Latest,
+        &["myapp".into()],
+        Some("myapp_copy"),
+        false,
+        false,
+    )
+    .await
+    .unwrap();
+    let copy = column(
+        &source.admin("myapp_copy").await,
+        "SELECT count(*)::text FROM orders",
+    )
+    .await;
+    assert_eq!(copy, ["30000"]);
+    source
+        .admin("postgres")
+        .await
+        .batch_execute("DROP DATABASE myapp_copy")
+        .await
+        .unwrap();
+    source
+        .admin("myapp")
+        .await
+        .batch_execute("DELETE FROM orders WHERE id > 100")
+        .await
+        .unwrap();
+    restore::restore(
+        &settings,
+        &RunSelector::Latest,
+        &["myapp".into()],
+        None,
+        true,
+        false,
+    )
+    .await
+    .unwrap();
+    assert_eq!(fingerprint(&source).await, data_before);
+}
