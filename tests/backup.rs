@@ -427,3 +427,110 @@ async fn bad_credentials_and_unreachable_storage_fail_clearly_and_delete_nothing
     .unwrap();
     assert_eq!(fingerprint(&source).await, data_before);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_run_leaves_no_complete_run_and_the_next_run_cleans_it_up() {
+    let s3 = S3Server::start(&[BUCKET]);
+    let source = PostgresServer::start();
+    source
+        .admin("postgres")
+        .await
+        .batch_execute("CREATE DATABASE big")
+        .await
+        .unwrap();
+    let big = source.admin("big").await;
+    big.batch_execute("CREATE TABLE t (n int, s text); INSERT INTO t VALUES (0, 'first')")
+        .await
+        .unwrap();
+    let settings = backup_settings(&source, &s3, "--keep-last=3");
+    let first = Run::now();
+    assert_completed(&run_backup(&settings, &first).await);
+    // Enough data that the dump is still streaming when the runner is killed.
+    big.batch_execute(
+        "INSERT INTO t SELECT i, repeat(md5(i::text), 3) FROM generate_series(1, 1500000) i",
+    )
+    .await
+    .unwrap();
+
+    let mut runner = std::process::Command::new(env!("CARGO_BIN_EXE_postgres-operator"))
+        .args([
+            "backup",
+            "--log-format",
+            "text",
+            "--cleanup-strategy=--keep-last=3",
+        ])
+        .env("CLUSTER_NAME", CLUSTER)
+        .env("RESTIC_REPOSITORY_BASE", s3.base(BUCKET))
+        .env("AWS_ACCESS_KEY_ID", &s3.credentials.access_key)
+        .env("AWS_SECRET_ACCESS_KEY", &s3.credentials.secret_key)
+        .env("RESTIC_PASSWORD", PASSWORD)
+        .env("PGHOST", &source.socket_dir)
+        .env("PGPORT", source.port.to_string())
+        .env("PGUSER", "postgres")
+        .env("PG_BIN_DIR", bin_dir())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let streaming = || !support::instance::processes_mentioning("big.dump").is_empty();
+    support::wait_for("restic storing big.dump", streaming).await;
+    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    assert!(
+        runner.try_wait().unwrap().is_none(),
+        "the run ended before it was interrupted"
+    );
+    runner.kill().unwrap();
+    runner.wait().unwrap();
+    support::wait_for("restic to die with its runner", || !streaming()).await;
+
+    // No complete run but the first, and no snapshot of the interrupted one in `big`.
+    let restore = restore_settings(&source, &s3);
+    let latest = restore::find_run(&restore, &RunSelector::Latest)
+        .await
+        .unwrap();
+    assert_eq!(latest.run, first.id);
+    let big_repository = settings.location.database_repository("big");
+    let snapshots = settings
+        .restic
+        .snapshots(&big_repository, CLUSTER, None)
+        .await
+        .unwrap();
+    assert_eq!(
+        snapshots
+            .iter()
+            .filter_map(|s| s.tag(TAG_RUN))
+            .collect::<Vec<_>>(),
+        [first.id.as_str()]
+    );
+
+    // The next run takes the stale lock and the uploaded leftovers away.
+    let next = Run::now();
+    assert_completed(&run_backup(&settings, &next).await);
+    let repositories =
+        snapshots_by_repository(&settings.restic, &settings.location, &["big"]).await;
+    for (repository, snapshots) in &repositories {
+        for snapshot in snapshots {
+            let run = snapshot.tag(TAG_RUN).unwrap();
+            assert!(
+                run == first.id || run == next.id,
+                "{repository}: leftover {snapshot:?}"
+            );
+        }
+        let mut check = settings.restic.command(repository);
+        check.arg("check");
+        let out = check.output().await.unwrap();
+        assert!(
+            out.status.success(),
+            "{repository}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let mut locks = settings.restic.command(&big_repository);
+    locks.args(["list", "locks"]);
+    let out = locks.output().await.unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "",
+        "locks left behind"
+    );
+}
