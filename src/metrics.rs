@@ -17,6 +17,12 @@ pub struct WriteLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClusterLabels {
+    pub namespace: String,
+    pub cluster: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReadyLabels {
     pub ready: String,
 }
@@ -29,6 +35,9 @@ pub struct Metrics {
     pub reconcile_duration: Histogram,
     pub api_writes: Family<WriteLabels, Counter>,
     clusters: Family<ReadyLabels, Gauge>,
+    backup_failures: Family<ClusterLabels, Counter>,
+    /// Failed backup records already counted (by uid), so each failure counts once.
+    failed_backups: Mutex<std::collections::BTreeSet<String>>,
     /// Readiness of every managed cluster, by namespace/name, to keep the gauge exact.
     readiness: Mutex<BTreeMap<String, bool>>,
 }
@@ -42,6 +51,12 @@ impl Default for Metrics {
         let reconcile_duration = Histogram::new(exponential_buckets(0.001, 2.0, 15));
         let api_writes = Family::<WriteLabels, Counter>::default();
         let clusters = Family::<ReadyLabels, Gauge>::default();
+        let backup_failures = Family::<ClusterLabels, Counter>::default();
+        registry.register(
+            "backup_failures",
+            "Backup runs that ended Failed, by cluster",
+            backup_failures.clone(),
+        );
         registry.register("reconciles", "Reconciles run", reconciles.clone());
         registry.register(
             "reconcile_errors",
@@ -70,6 +85,8 @@ impl Default for Metrics {
             reconcile_duration,
             api_writes,
             clusters,
+            backup_failures,
+            failed_backups: Mutex::new(Default::default()),
             readiness: Mutex::new(BTreeMap::new()),
         }
     }
@@ -83,6 +100,23 @@ impl Metrics {
                 kind: kind.to_string(),
             })
             .inc();
+    }
+
+    /// Counts a failed backup record once; returns whether it was new.
+    pub fn count_backup_failure(&self, uid: &str, namespace: &str, cluster: &str) -> bool {
+        let Ok(mut seen) = self.failed_backups.lock() else {
+            return false;
+        };
+        if !seen.insert(uid.to_string()) {
+            return false;
+        }
+        self.backup_failures
+            .get_or_create(&ClusterLabels {
+                namespace: namespace.to_string(),
+                cluster: cluster.to_string(),
+            })
+            .inc();
+        true
     }
 
     /// Total writes so far (all verbs and kinds).

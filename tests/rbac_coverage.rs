@@ -125,6 +125,16 @@ async fn full_scenario(server: &ApiServer) {
             .is_some_and(|c| c["spec"]["resources"]["requests"]["storage"] == "50Gi")
     })
     .await;
+    // A backup asked for by hand gets its Job, and the record names it.
+    server.put("apps.cozystack.io/postgresbackups", "ns", json!({"apiVersion": "apps.cozystack.io/v1alpha1",
+        "kind": "PostgresBackup", "metadata": {"name": "now", "namespace": "ns"}, "spec": {"postgres": "all"}}));
+    support::wait_for("the backup Job", || {
+        server.get("batch/jobs", "ns", "now-backup").is_some()
+            && server
+                .get("apps.cozystack.io/postgresbackups", "ns", "now")
+                .is_some_and(|r| r["status"]["jobName"] == "now-backup")
+    })
+    .await;
     let mut pg = server
         .get("apps.cozystack.io/postgreses", "ns", "all")
         .unwrap();

@@ -3,9 +3,9 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::batch::v1::{CronJob, CronJobSpec, JobSpec, JobTemplateSpec};
+use k8s_openapi::api::batch::v1::{CronJob, CronJobSpec, Job, JobSpec, JobTemplateSpec};
 use k8s_openapi::api::core::v1::{Container, PodSpec, PodTemplateSpec, ResourceRequirements};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 
 use super::pod::{self, CONTROLLER_BINARY};
 use super::resources::amounts;
@@ -31,12 +31,10 @@ pub fn backup_credentials_secret(cluster: &Cluster) -> String {
         .unwrap_or_else(|| names::secret_backup(&cluster.name))
 }
 
-/// CronJob `postgres-<name>-backup`, only when backups are enabled.
-pub fn desired_backup_cronjob(cluster: &Cluster) -> Option<CronJob> {
+/// The pod of a backup run: `postgres-operator backup` in the cluster's own PostgreSQL image
+/// (so pg_dump matches the server), with `args` after `backup --cluster <name>`.
+fn backup_pod_template(cluster: &Cluster, args: &[String]) -> PodTemplateSpec {
     let backup = &cluster.spec().backup;
-    if !backup.enabled {
-        return None;
-    }
     let credentials = backup_credentials_secret(cluster);
     let mut env = pod::cluster_env(cluster);
     env.retain(|var| var.name != "PGHOST");
@@ -57,17 +55,25 @@ pub fn desired_backup_cronjob(cluster: &Cluster) -> Option<CronJob> {
             format!("s3:{}", backup.s3_bucket.clone().unwrap_or_default()),
         ),
         pod::env("BACKUP_CLEANUP_STRATEGY", backup.cleanup_strategy.clone()),
+        pod::env("RESTIC_BINARY", format!("{}/restic", pod::CONTROLLER_DIR)),
+        pod::env_from_field(
+            "JOB_NAME",
+            "metadata.labels['batch.kubernetes.io/job-name']",
+        ),
+        pod::env("LOG_FORMAT", "json"),
     ]);
+    let mut command = vec![
+        CONTROLLER_BINARY.to_string(),
+        "backup".to_string(),
+        "--cluster".to_string(),
+        cluster.name.clone(),
+    ];
+    command.extend(args.iter().cloned());
     let container = Container {
         name: "backup".to_string(),
         image: Some(cluster.postgres_image()),
         image_pull_policy: Some("IfNotPresent".to_string()),
-        command: Some(vec![
-            CONTROLLER_BINARY.to_string(),
-            "backup".to_string(),
-            "--cluster".to_string(),
-            cluster.name.clone(),
-        ]),
+        command: Some(command),
         env: Some(env),
         resources: Some(ResourceRequirements {
             requests: Some(amounts("100m", "128Mi")),
@@ -78,6 +84,31 @@ pub fn desired_backup_cronjob(cluster: &Cluster) -> Option<CronJob> {
         volume_mounts: Some(pod::runtime_mounts()),
         ..Container::default()
     };
+    PodTemplateSpec {
+        metadata: Some(ObjectMeta {
+            labels: Some(backup_pod_labels(cluster)),
+            ..ObjectMeta::default()
+        }),
+        spec: Some(PodSpec {
+            restart_policy: Some("Never".to_string()),
+            service_account_name: Some(names::prefix(&cluster.name)),
+            enable_service_links: Some(false),
+            security_context: Some(pod::pod_security_context()),
+            init_containers: Some(vec![pod::copy_binaries_init_container(cluster)]),
+            containers: vec![container],
+            volumes: Some(pod::runtime_volumes()),
+            ..PodSpec::default()
+        }),
+    }
+}
+
+/// CronJob `postgres-<name>-backup`, only when backups are enabled. Each run records itself
+/// as a new `PostgresBackup` (`--scheduled`).
+pub fn desired_backup_cronjob(cluster: &Cluster) -> Option<CronJob> {
+    let backup = &cluster.spec().backup;
+    if !backup.enabled {
+        return None;
+    }
     Some(CronJob {
         metadata: cluster.meta(
             names::backup_cronjob(&cluster.name),
@@ -98,22 +129,7 @@ pub fn desired_backup_cronjob(cluster: &Cluster) -> Option<CronJob> {
                 }),
                 spec: Some(JobSpec {
                     backoff_limit: Some(2),
-                    template: PodTemplateSpec {
-                        metadata: Some(ObjectMeta {
-                            labels: Some(backup_pod_labels(cluster)),
-                            ..ObjectMeta::default()
-                        }),
-                        spec: Some(PodSpec {
-                            restart_policy: Some("Never".to_string()),
-                            service_account_name: Some(names::prefix(&cluster.name)),
-                            enable_service_links: Some(false),
-                            security_context: Some(pod::pod_security_context()),
-                            init_containers: Some(vec![pod::copy_binaries_init_container(cluster)]),
-                            containers: vec![container],
-                            volumes: Some(pod::runtime_volumes()),
-                            ..PodSpec::default()
-                        }),
-                    },
+                    template: backup_pod_template(cluster, &["--scheduled".to_string()]),
                     ..JobSpec::default()
                 }),
             },
@@ -121,6 +137,60 @@ pub fn desired_backup_cronjob(cluster: &Cluster) -> Option<CronJob> {
         }),
         ..CronJob::default()
     })
+}
+
+/// Name of the Job of a `PostgresBackup` requested by hand: the record's name with
+/// `-backup`, shortened with a hash when that would pass the 63 characters a Job name (a
+/// pod label value) may have.
+pub fn backup_job_name(record: &str) -> String {
+    let name = format!("{record}-backup");
+    if name.len() <= 63 {
+        return name;
+    }
+    let hash = ring::digest::digest(&ring::digest::SHA256, record.as_bytes());
+    let suffix: String = hash.as_ref()[..4]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let mut keep = 63 - suffix.len() - 1;
+    while !record.is_char_boundary(keep) {
+        keep -= 1;
+    }
+    format!("{}-{suffix}", record[..keep].trim_end_matches('-'))
+}
+
+/// The Job that runs a `PostgresBackup` requested by hand, owned by the record. It reports
+/// into the record (`--record`); a failed run is not retried, since it already says why.
+pub fn desired_backup_job(
+    cluster: &Cluster,
+    record: &str,
+    record_owner: OwnerReference,
+    databases: &[String],
+) -> Job {
+    let mut args = vec!["--record".to_string(), record.to_string()];
+    for database in databases {
+        args.push("--database".to_string());
+        args.push(database.clone());
+    }
+    let mut job_labels = backup_pod_labels(cluster);
+    job_labels.insert(labels::BACKUP_RECORD.to_string(), record.to_string());
+    Job {
+        metadata: ObjectMeta {
+            name: Some(backup_job_name(record)),
+            namespace: Some(cluster.namespace.clone()),
+            labels: Some(job_labels),
+            owner_references: Some(vec![record_owner]),
+            ..ObjectMeta::default()
+        },
+        spec: Some(JobSpec {
+            backoff_limit: Some(0),
+            // Finished Jobs go after a day; the record keeps the result.
+            ttl_seconds_after_finished: Some(86400),
+            template: backup_pod_template(cluster, &args),
+            ..JobSpec::default()
+        }),
+        ..Job::default()
+    }
 }
 
 #[cfg(test)]
@@ -173,7 +243,7 @@ mod tests {
         let pod = pod_of(&job);
         assert_eq!(
             pod.containers[0].command.as_ref().unwrap()[1..],
-            ["backup", "--cluster", "demo"]
+            ["backup", "--cluster", "demo", "--scheduled"]
         );
         assert_eq!(
             pod.containers[0].image.as_deref(),
@@ -205,6 +275,47 @@ mod tests {
         );
         let job = cron("backup:\n  enabled: true\n  s3Bucket: s3.example.org/pg\n  credentialsSecretRef:\n    name: mine\n").unwrap();
         assert_eq!(secret_of(&job, "RESTIC_PASSWORD"), "mine");
+    }
+
+    #[test]
+    fn a_manual_backup_job_reports_into_its_record_and_is_not_retried() {
+        let (pg, settings) = cluster_from_yaml(ENABLED);
+        let cluster = Cluster::new(&pg, "ns", &settings);
+        let owner = OwnerReference {
+            api_version: "apps.cozystack.io/v1alpha1".into(),
+            kind: "PostgresBackup".into(),
+            name: "manual-1".into(),
+            uid: "u".into(),
+            controller: Some(true),
+            block_owner_deletion: Some(true),
+        };
+        let job = desired_backup_job(&cluster, "manual-1", owner, &["shop".to_string()]);
+        assert_eq!(job.metadata.name.as_deref(), Some("manual-1-backup"));
+        let spec = job.spec.as_ref().unwrap();
+        assert_eq!(spec.backoff_limit, Some(0));
+        let container = &spec.template.spec.as_ref().unwrap().containers[0];
+        assert_eq!(
+            container.command.as_ref().unwrap()[1..],
+            [
+                "backup",
+                "--cluster",
+                "demo",
+                "--record",
+                "manual-1",
+                "--database",
+                "shop"
+            ]
+        );
+        assert_eq!(job.metadata.owner_references.unwrap()[0].name, "manual-1");
+    }
+
+    #[test]
+    fn long_record_names_give_valid_job_names() {
+        let record = "a".repeat(70);
+        let name = backup_job_name(&record);
+        assert_eq!(name.len(), 63);
+        assert_ne!(backup_job_name(&"a".repeat(71)), name);
+        assert_eq!(backup_job_name("short"), "short-backup");
     }
 
     #[test]

@@ -30,6 +30,8 @@ pub const INSTANCE_NAME: &str = "postgres.apps.cozystack.io/instance";
 /// which already run when their record appears (no Job is started for them).
 pub const BACKUP_ORIGIN: &str = "postgres.apps.cozystack.io/backup-origin";
 pub const BACKUP_ORIGIN_SCHEDULE: &str = "schedule";
+/// On the Job of a `PostgresBackup` requested by hand: the record's name.
+pub const BACKUP_RECORD: &str = "postgres.apps.cozystack.io/backup";
 
 /// Component values.
 pub const COMPONENT_DATABASE: &str = "database";

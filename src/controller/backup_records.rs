@@ -1,78 +1,193 @@
-//! `PostgresBackup` records: each one is checked against its cluster and given a phase.
-//! Running the backup itself (a Job with `postgres-operator backup`) belongs to the
-//! backup mode; until it exists a valid request stays `Pending` and says why.
+//! `PostgresBackup` records: a record created by hand gets a backup Job (one run of a
+//! cluster at a time), and a record whose Job died before the run reported is failed with
+//! the reason. The run itself (`postgres-operator backup --record`) writes Running,
+//! Completed or Failed; scheduled runs create their own records and need nothing here.
 
 use std::sync::Arc;
+use std::time::Duration;
 
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 
 use super::{Context, Error, FIELD_MANAGER};
 use crate::api::{API_VERSION, BackupPhase, Postgres, PostgresBackup, PostgresBackupStatus};
+use crate::build::cronjob::{backup_job_name, desired_backup_job};
+use crate::build::{Cluster, labels};
 
-/// The phase and message a record should show, given its cluster.
-pub fn desired_backup_status(
+/// How often an unfinished record is looked at again (its Job may have died).
+const WATCH_PERIOD: Duration = Duration::from_secs(30);
+
+/// What to do with a record.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Step {
+    /// Nothing (finished, scheduled, or running under its Job).
+    Nothing,
+    /// Fail it with this message.
+    Fail(String),
+    /// Start its Job now.
+    StartJob,
+    /// Stay Pending with this message.
+    Wait(String),
+}
+
+/// The next step for `record`, given its cluster, the other records of the namespace and its
+/// Job (when it has one).
+pub fn next_step(
     record: &PostgresBackup,
     cluster: Option<&Postgres>,
-) -> PostgresBackupStatus {
-    let current = record.status.clone().unwrap_or_default();
+    others: &[PostgresBackup],
+    job: Option<&Job>,
+) -> Step {
+    let status = record.status.clone().unwrap_or_default();
     if matches!(
-        current.phase,
-        Some(BackupPhase::Running | BackupPhase::Completed)
+        status.phase,
+        Some(BackupPhase::Completed | BackupPhase::Failed)
     ) {
-        return current;
+        return Step::Nothing;
+    }
+    let scheduled = record
+        .labels()
+        .get(labels::BACKUP_ORIGIN)
+        .is_some_and(|origin| origin == labels::BACKUP_ORIGIN_SCHEDULE);
+    if scheduled {
+        return Step::Nothing;
     }
     let namespace = record.namespace().unwrap_or_default();
-    let error = match cluster {
-        None => Some(format!(
-            "Postgres {:?} not found in namespace {namespace:?}",
-            record.spec.postgres
-        )),
-        Some(cluster) if !cluster.spec.backup.enabled => Some(format!(
-            "Postgres {:?} has no backup configuration (spec.backup.enabled is false)",
-            record.spec.postgres
-        )),
-        Some(_) => None,
+    let cluster = match cluster {
+        None => {
+            return Step::Fail(format!(
+                "Postgres {:?} not found in namespace {namespace:?}",
+                record.spec.postgres
+            ));
+        }
+        Some(cluster) if !cluster.spec.backup.enabled => {
+            return Step::Fail(format!(
+                "Postgres {:?} has no backup configuration (spec.backup.enabled is false)",
+                record.spec.postgres
+            ));
+        }
+        Some(cluster) => cluster,
     };
-    match error {
-        Some(error) => PostgresBackupStatus {
-            phase: Some(BackupPhase::Failed),
-            completed_at: current
-                .completed_at
-                .or_else(|| Some(Timestamp::now().to_string())),
-            error: Some(error),
-            ..current
-        },
-        None => PostgresBackupStatus {
-            phase: Some(BackupPhase::Pending),
-            error: Some(
-                "waiting for a backup runner: this operator version does not run backup Jobs yet"
-                    .to_string(),
-            ),
-            ..current
-        },
+    if let Some(job_name) = &status.job_name {
+        return match job {
+            Some(job) if job_failed(job) => Step::Fail(format!(
+                "backup Job {job_name:?} failed before the run reported (see `kubectl logs job/{job_name}`)"
+            )),
+            None if status.phase == Some(BackupPhase::Pending) => Step::StartJob,
+            _ => Step::Nothing,
+        };
+    }
+    let busy = others.iter().find(|other| {
+        other.name_any() != record.name_any()
+            && other.spec.postgres == cluster.name_any()
+            && other.status.as_ref().is_some_and(|s| {
+                s.phase == Some(BackupPhase::Running)
+                    || (s.phase == Some(BackupPhase::Pending) && s.job_name.is_some())
+            })
+    });
+    match busy {
+        Some(other) => Step::Wait(format!(
+            "waiting for backup {:?} of the same cluster to finish",
+            other.name_any()
+        )),
+        None => Step::StartJob,
     }
 }
 
-/// Reconciles one record: reads its cluster, writes the status when it changed.
+fn job_failed(job: &Job) -> bool {
+    job.status.as_ref().is_some_and(|status| {
+        status
+            .conditions
+            .iter()
+            .flatten()
+            .any(|condition| condition.type_ == "Failed" && condition.status == "True")
+    })
+}
+
+fn record_owner(record: &PostgresBackup) -> OwnerReference {
+    OwnerReference {
+        api_version: API_VERSION.to_string(),
+        kind: "PostgresBackup".to_string(),
+        name: record.name_any(),
+        uid: record.meta().uid.clone().unwrap_or_default(),
+        controller: Some(true),
+        block_owner_deletion: Some(true),
+    }
+}
+
+/// Reconciles one record.
 pub async fn reconcile(record: Arc<PostgresBackup>, ctx: Arc<Context>) -> Result<Action, Error> {
     let namespace = record.namespace().unwrap_or_default();
     let name = record.name_any();
+    let current = record.status.clone().unwrap_or_default();
+    match current.phase {
+        Some(BackupPhase::Completed) => return Ok(Action::await_change()),
+        Some(BackupPhase::Failed) => {
+            report_failure(&record, &ctx, &current).await;
+            return Ok(Action::await_change());
+        }
+        _ => {}
+    }
     let cluster = Api::<Postgres>::namespaced(ctx.client.clone(), &namespace)
         .get_opt(&record.spec.postgres)
         .await
         .map_err(Error::kube("get", "Postgres", &record.spec.postgres))?;
-    let mut desired = desired_backup_status(&record, cluster.as_ref());
-    let current = record.status.clone().unwrap_or_default();
-    // A failure keeps the time it was first recorded.
-    if current.phase == desired.phase && current.error == desired.error {
-        desired.completed_at = current.completed_at.clone();
-    }
-    if record.status.as_ref() == Some(&desired) {
-        return Ok(Action::requeue(ctx.settings.resync));
+    let others = Api::<PostgresBackup>::namespaced(ctx.client.clone(), &namespace)
+        .list(&ListParams::default())
+        .await
+        .map_err(Error::kube("list", "PostgresBackup", &namespace))?;
+    let jobs = Api::<Job>::namespaced(ctx.client.clone(), &namespace);
+    let job = match &current.job_name {
+        Some(job_name) => jobs
+            .get_opt(job_name)
+            .await
+            .map_err(Error::kube("get", "Job", job_name))?,
+        None => None,
+    };
+    let desired = match next_step(&record, cluster.as_ref(), &others.items, job.as_ref()) {
+        Step::Nothing => return Ok(Action::requeue(WATCH_PERIOD)),
+        Step::Fail(message) => PostgresBackupStatus {
+            phase: Some(BackupPhase::Failed),
+            completed_at: Some(Timestamp::now().to_string()),
+            error: Some(message),
+            ..current.clone()
+        },
+        Step::Wait(message) => PostgresBackupStatus {
+            phase: Some(BackupPhase::Pending),
+            error: Some(message),
+            ..current.clone()
+        },
+        Step::StartJob => {
+            let Some(postgres) = cluster.as_ref() else {
+                return Ok(Action::requeue(WATCH_PERIOD));
+            };
+            let built = Cluster::new(postgres, &namespace, &ctx.settings.operator);
+            let job =
+                desired_backup_job(&built, &name, record_owner(&record), &record.spec.databases);
+            let job_name = backup_job_name(&name);
+            jobs.patch(
+                &job_name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&job),
+            )
+            .await
+            .map_err(Error::kube("apply", "Job", &job_name))?;
+            ctx.metrics.count_write("apply", "Job");
+            PostgresBackupStatus {
+                phase: Some(BackupPhase::Pending),
+                job_name: Some(job_name),
+                error: None,
+                ..current.clone()
+            }
+        }
+    };
+    if desired == current {
+        return Ok(Action::requeue(WATCH_PERIOD));
     }
     let patch = json!({"apiVersion": API_VERSION, "kind": "PostgresBackup", "status": desired});
     Api::<PostgresBackup>::namespaced(ctx.client.clone(), &namespace)
@@ -85,18 +200,36 @@ pub async fn reconcile(record: Arc<PostgresBackup>, ctx: Arc<Context>) -> Result
         .map_err(Error::kube("apply status", "PostgresBackup", &name))?;
     ctx.metrics.count_write("apply status", "PostgresBackup");
     if desired.phase == Some(BackupPhase::Failed) {
-        let event = kube::runtime::events::Event {
-            type_: kube::runtime::events::EventType::Warning,
-            reason: "BackupFailed".to_string(),
-            note: desired.error.clone(),
-            action: "Backup".to_string(),
-            secondary: None,
-        };
-        if let Err(error) = ctx.recorder.publish(&event, &record.object_ref(&())).await {
-            tracing::warn!(%error, "cannot record event");
-        }
+        report_failure(&record, &ctx, &desired).await;
     }
-    Ok(Action::requeue(ctx.settings.resync))
+    Ok(Action::requeue(WATCH_PERIOD))
+}
+
+/// A Warning event and the failure metric, once per failed record (whoever failed it: the
+/// run itself, or this controller when the Job died first).
+async fn report_failure(record: &PostgresBackup, ctx: &Context, status: &PostgresBackupStatus) {
+    let uid = record
+        .meta()
+        .uid
+        .clone()
+        .unwrap_or_else(|| record.name_any());
+    let namespace = record.namespace().unwrap_or_default();
+    if !ctx
+        .metrics
+        .count_backup_failure(&uid, &namespace, &record.spec.postgres)
+    {
+        return;
+    }
+    let event = kube::runtime::events::Event {
+        type_: kube::runtime::events::EventType::Warning,
+        reason: "BackupFailed".to_string(),
+        note: status.error.clone(),
+        action: "Backup".to_string(),
+        secondary: None,
+    };
+    if let Err(error) = ctx.recorder.publish(&event, &record.object_ref(&())).await {
+        tracing::warn!(%error, "cannot record event");
+    }
 }
 
 #[cfg(test)]
@@ -104,9 +237,9 @@ mod tests {
     use super::*;
     use crate::api::PostgresBackupSpec;
 
-    fn record() -> PostgresBackup {
+    fn record(name: &str, phase: Option<BackupPhase>, job: Option<&str>) -> PostgresBackup {
         let mut record = PostgresBackup::new(
-            "manual",
+            name,
             PostgresBackupSpec {
                 postgres: "shop".to_string(),
                 databases: Vec::new(),
@@ -114,6 +247,11 @@ mod tests {
             },
         );
         record.metadata.namespace = Some("ns".to_string());
+        record.status = Some(PostgresBackupStatus {
+            phase,
+            job_name: job.map(str::to_string),
+            ..Default::default()
+        });
         record
     }
 
@@ -126,46 +264,87 @@ mod tests {
         Postgres::new("shop", serde_yaml::from_str(spec).unwrap())
     }
 
-    #[test]
-    fn a_record_for_a_missing_cluster_fails_with_the_reason() {
-        let status = desired_backup_status(&record(), None);
-        assert_eq!(status.phase, Some(BackupPhase::Failed));
-        assert!(
-            status
-                .error
-                .unwrap()
-                .contains("\"shop\" not found in namespace \"ns\"")
-        );
+    fn failed_job() -> Job {
+        serde_json::from_value(
+            json!({"status": {"failed": 1, "conditions": [{"type": "Failed", "status": "True"}]}}),
+        )
+        .unwrap()
     }
 
     #[test]
-    fn a_record_for_a_cluster_without_backups_fails() {
-        let status = desired_backup_status(&record(), Some(&cluster(false)));
-        assert_eq!(status.phase, Some(BackupPhase::Failed));
-        assert!(
-            status
-                .error
-                .unwrap()
-                .contains("spec.backup.enabled is false")
-        );
+    fn a_record_for_a_missing_cluster_or_one_without_backups_fails_with_the_reason() {
+        let manual = record("manual", None, None);
+        assert!(matches!(
+            next_step(&manual, None, &[], None),
+            Step::Fail(message) if message.contains("\"shop\" not found in namespace \"ns\"")
+        ));
+        assert!(matches!(
+            next_step(&manual, Some(&cluster(false)), &[], None),
+            Step::Fail(message) if message.contains("spec.backup.enabled is false")
+        ));
     }
 
     #[test]
-    fn a_valid_record_waits_pending() {
-        let status = desired_backup_status(&record(), Some(&cluster(true)));
-        assert_eq!(status.phase, Some(BackupPhase::Pending));
-    }
-
-    #[test]
-    fn finished_records_are_left_alone() {
-        let mut done = record();
-        done.status = Some(PostgresBackupStatus {
-            phase: Some(BackupPhase::Completed),
-            ..Default::default()
-        });
+    fn a_new_record_starts_its_job_unless_another_run_of_the_cluster_is_active() {
+        let manual = record("manual", None, None);
         assert_eq!(
-            desired_backup_status(&done, None).phase,
-            Some(BackupPhase::Completed)
+            next_step(&manual, Some(&cluster(true)), &[], None),
+            Step::StartJob
+        );
+        let running = record(
+            "earlier",
+            Some(BackupPhase::Running),
+            Some("earlier-backup"),
+        );
+        assert!(matches!(
+            next_step(&manual, Some(&cluster(true)), &[running], None),
+            Step::Wait(message) if message.contains("\"earlier\"")
+        ));
+        let done = record("older", Some(BackupPhase::Completed), Some("older-backup"));
+        assert_eq!(
+            next_step(&manual, Some(&cluster(true)), &[done], None),
+            Step::StartJob
+        );
+    }
+
+    #[test]
+    fn a_job_that_dies_before_reporting_fails_its_record() {
+        let pending = record("manual", Some(BackupPhase::Pending), Some("manual-backup"));
+        assert!(matches!(
+            next_step(&pending, Some(&cluster(true)), &[], Some(&failed_job())),
+            Step::Fail(message) if message.contains("kubectl logs job/manual-backup")
+        ));
+        let running = record("manual", Some(BackupPhase::Running), Some("manual-backup"));
+        assert_eq!(
+            next_step(&running, Some(&cluster(true)), &[], None),
+            Step::Nothing
+        );
+        // A Job deleted before it ran is started again.
+        assert_eq!(
+            next_step(&pending, Some(&cluster(true)), &[], None),
+            Step::StartJob
+        );
+    }
+
+    #[test]
+    fn finished_and_scheduled_records_are_left_to_their_runs() {
+        let done = record("manual", Some(BackupPhase::Completed), None);
+        assert_eq!(next_step(&done, None, &[], None), Step::Nothing);
+        let mut scheduled = record(
+            "shop-scheduled-20261125-030000",
+            Some(BackupPhase::Running),
+            None,
+        );
+        scheduled.metadata.labels = Some(
+            [(
+                labels::BACKUP_ORIGIN.to_string(),
+                labels::BACKUP_ORIGIN_SCHEDULE.to_string(),
+            )]
+            .into(),
+        );
+        assert_eq!(
+            next_step(&scheduled, Some(&cluster(true)), &[], None),
+            Step::Nothing
         );
     }
 }
