@@ -219,6 +219,20 @@ pub async fn run(
                 .owns_stream(owned!(ServiceAccount))
                 .owns_stream(owned!(Role))
                 .owns_stream(owned!(RoleBinding))
+                // A finished backup changes the cluster's BackupSucceeded and lastBackup.
+                .watches(
+                    api!(PostgresBackup),
+                    watcher::Config::default(),
+                    |record: PostgresBackup| {
+                        let namespace = record.metadata.namespace.clone().unwrap_or_default();
+                        Some(
+                            kube::runtime::reflector::ObjectRef::<Postgres>::new(
+                                &record.spec.postgres,
+                            )
+                            .within(&namespace),
+                        )
+                    },
+                )
                 .graceful_shutdown_on(shutdown.clone())
                 .run(reconcile::reconcile, error_policy, ctx.clone())
                 .for_each(log_outcome);

@@ -19,11 +19,47 @@ use serde_json::json;
 
 use super::status::{self, Observed};
 use super::{Context, Error, FIELD_MANAGER};
-use crate::api::{API_VERSION, Postgres};
+use crate::api::{API_VERSION, Postgres, PostgresBackup};
+use crate::build::cronjob::backup_credentials_secret;
 use crate::build::secrets::{ExistingSecrets, RandomPasswords};
 use crate::build::{Cluster, ManagedObject, desired_objects, labels, names, pod};
 use crate::quantity::Quantity;
 use crate::validate;
+
+/// The cluster's backup records, and the name of its backup credentials Secret when that
+/// Secret neither exists nor is about to be applied. Reads only, and only with backups on.
+async fn observe_backups(
+    ctx: &Context,
+    cluster: &Cluster<'_>,
+    desired: &[ManagedObject],
+) -> Result<(Vec<PostgresBackup>, Option<String>), Error> {
+    if !cluster.spec().backup.enabled {
+        return Ok((Vec::new(), None));
+    }
+    let records = Api::<PostgresBackup>::namespaced(ctx.client.clone(), &cluster.namespace)
+        .list(&ListParams::default())
+        .await
+        .map_err(Error::kube("list", "PostgresBackup", &cluster.namespace))?
+        .items
+        .into_iter()
+        .filter(|record| record.spec.postgres == cluster.name)
+        .collect();
+    let secret = backup_credentials_secret(cluster);
+    let applied = desired
+        .iter()
+        .any(|object| object.kind() == "Secret" && object.name() == secret);
+    let missing = if applied {
+        None
+    } else {
+        Api::<Secret>::namespaced(ctx.client.clone(), &cluster.namespace)
+            .get_opt(&secret)
+            .await
+            .map_err(Error::kube("get", "Secret", &secret))?
+            .is_none()
+            .then_some(secret)
+    };
+    Ok((records, missing))
+}
 
 /// Reconciles one cluster; errors are retried by the controller with backoff.
 pub async fn reconcile(postgres: Arc<Postgres>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -85,6 +121,7 @@ async fn reconcile_inner(postgres: &Postgres, ctx: &Context) -> Result<Action, E
             statefulset: None,
             pods: &[],
             invalid: Some(message.clone()),
+            backups: None,
         };
         if write_status(postgres, ctx, &observed).await? {
             event(
@@ -151,10 +188,19 @@ async fn reconcile_inner(postgres: &Postgres, ctx: &Context) -> Result<Action, E
         .list(&ListParams::default().labels(&selector))
         .await
         .map_err(Error::kube("list", "Pod", &name))?;
+    let (records, missing_credentials) = observe_backups(ctx, &cluster, &desired).await?;
     let observed = Observed {
         statefulset: live_statefulset.as_ref(),
         pods: &pods.items,
         invalid: None,
+        backups: postgres
+            .spec
+            .backup
+            .enabled
+            .then_some(status::BackupsObserved {
+                records: &records,
+                missing_credentials,
+            }),
     };
     write_status(postgres, ctx, &observed).await?;
     let ready = postgres

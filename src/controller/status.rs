@@ -6,12 +6,15 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 
-use crate::api::{Postgres, PostgresStatus};
+use kube::ResourceExt;
+
+use crate::api::{BackupPhase, Postgres, PostgresBackup, PostgresStatus};
 use crate::build::labels;
 
 pub const READY: &str = "Ready";
 pub const PROGRESSING: &str = "Progressing";
 pub const DEGRADED: &str = "Degraded";
+pub const BACKUP_SUCCEEDED: &str = "BackupSucceeded";
 
 /// What the reconcile observed.
 pub struct Observed<'a> {
@@ -19,6 +22,94 @@ pub struct Observed<'a> {
     pub pods: &'a [Pod],
     /// The validation message when the spec is refused.
     pub invalid: Option<String>,
+    /// Backup records of the cluster and the state of its credentials; `None` when the
+    /// spec has no backups.
+    pub backups: Option<BackupsObserved<'a>>,
+}
+
+/// What the backup condition is computed from.
+pub struct BackupsObserved<'a> {
+    /// `PostgresBackup` records of this cluster.
+    pub records: &'a [PostgresBackup],
+    /// Set when the credentials Secret does not exist: its name.
+    pub missing_credentials: Option<String>,
+}
+
+/// `BackupSucceeded` and `lastBackup`: whether the latest finished run succeeded, and when
+/// the latest successful one ended.
+pub fn backup_condition(
+    observed: &BackupsObserved<'_>,
+    generation: Option<i64>,
+) -> (Condition, Option<String>) {
+    let finished = |phase: BackupPhase| {
+        observed
+            .records
+            .iter()
+            .filter_map(move |record| {
+                let status = record.status.as_ref()?;
+                (status.phase == Some(phase)).then_some(())?;
+                let at: Timestamp = status.completed_at.as_deref()?.parse().ok()?;
+                Some((at, record))
+            })
+            .max_by_key(|(at, _)| *at)
+    };
+    let last_ok = finished(BackupPhase::Completed);
+    let last_failed = finished(BackupPhase::Failed);
+    let last_backup = last_ok.map(|(at, _)| at.to_string());
+    let mut condition = match (&observed.missing_credentials, last_ok, last_failed) {
+        (Some(secret), _, _) => condition(
+            BACKUP_SUCCEEDED,
+            false,
+            "CredentialsMissing",
+            format!(
+                "Secret {secret:?} not found: create it with keys s3AccessKey, s3SecretKey and resticPassword"
+            ),
+            generation,
+        ),
+        (None, ok, Some((failed_at, failed))) if ok.is_none_or(|(ok_at, _)| failed_at > ok_at) => {
+            condition(
+                BACKUP_SUCCEEDED,
+                false,
+                "BackupFailed",
+                format!(
+                    "backup {} failed: {}",
+                    failed.name_any(),
+                    failed
+                        .status
+                        .as_ref()
+                        .and_then(|s| s.error.clone())
+                        .unwrap_or_default()
+                ),
+                generation,
+            )
+        }
+        (None, Some((at, ok)), _) => condition(
+            BACKUP_SUCCEEDED,
+            true,
+            "BackupCompleted",
+            format!(
+                "backup {} completed at {at}{}",
+                ok.name_any(),
+                ok.status
+                    .as_ref()
+                    .and_then(|s| s.total_size.as_ref())
+                    .map(|size| format!(", {size} added"))
+                    .unwrap_or_default()
+            ),
+            generation,
+        ),
+        (None, None, _) => condition(
+            BACKUP_SUCCEEDED,
+            false,
+            "NoBackupYet",
+            "no backup run has finished yet".to_string(),
+            generation,
+        ),
+    };
+    if condition.reason == "NoBackupYet" {
+        condition.status = "Unknown".to_string();
+    }
+    (condition, last_backup)
 }
 
 fn condition(
@@ -138,13 +229,21 @@ pub fn desired_status(postgres: &Postgres, observed: &Observed, now: Timestamp) 
             ),
         ]
     };
+    let mut conditions = conditions;
+    if let Some(backups) = &observed.backups {
+        let (backup, last_backup) = backup_condition(backups, generation);
+        conditions.push(backup);
+        status.last_backup = last_backup.or(status.last_backup);
+    }
     status.conditions = conditions
         .into_iter()
         .chain(
             current
                 .conditions
                 .iter()
-                .filter(|c| ![READY, PROGRESSING, DEGRADED].contains(&c.type_.as_str()))
+                .filter(|c| {
+                    ![READY, PROGRESSING, DEGRADED, BACKUP_SUCCEEDED].contains(&c.type_.as_str())
+                })
                 .cloned(),
         )
         .map(|mut c| {
@@ -205,12 +304,81 @@ mod tests {
             statefulset,
             pods,
             invalid: None,
+            backups: None,
         };
         desired_status(pg, &observed, now())
     }
 
     fn now() -> Timestamp {
         Timestamp::from_second(1_800_000_000).unwrap()
+    }
+
+    fn backup_record(name: &str, phase: BackupPhase, at: &str) -> PostgresBackup {
+        let mut record: PostgresBackup = serde_json::from_value(serde_json::json!({
+            "apiVersion": "apps.cozystack.io/v1alpha1", "kind": "PostgresBackup",
+            "metadata": {"name": name}, "spec": {"postgres": "demo"}}))
+        .unwrap();
+        record.status = Some(crate::api::PostgresBackupStatus {
+            phase: Some(phase),
+            completed_at: Some(at.to_string()),
+            total_size: Some("1.0MiB".to_string()),
+            error: (phase == BackupPhase::Failed).then(|| "wrong restic password".to_string()),
+            ..Default::default()
+        });
+        record
+    }
+
+    #[test]
+    fn the_backup_condition_follows_the_latest_finished_run() {
+        let ok = backup_record("a", BackupPhase::Completed, "2026-11-24T03:00:00Z");
+        let failed = backup_record("b", BackupPhase::Failed, "2026-11-25T03:00:00Z");
+        let observed = BackupsObserved {
+            records: &[ok.clone(), failed.clone()],
+            missing_credentials: None,
+        };
+        let (condition, last) = backup_condition(&observed, Some(1));
+        assert_eq!(
+            (condition.status.as_str(), condition.reason.as_str()),
+            ("False", "BackupFailed")
+        );
+        assert!(
+            condition
+                .message
+                .contains("backup b failed: wrong restic password")
+        );
+        assert_eq!(last.as_deref(), Some("2026-11-24T03:00:00Z"));
+        let newer = backup_record("c", BackupPhase::Completed, "2026-11-26T03:00:00Z");
+        let observed = BackupsObserved {
+            records: &[ok, failed, newer],
+            missing_credentials: None,
+        };
+        let (condition, last) = backup_condition(&observed, Some(1));
+        assert_eq!(
+            (condition.status.as_str(), condition.reason.as_str()),
+            ("True", "BackupCompleted")
+        );
+        assert_eq!(last.as_deref(), Some("2026-11-26T03:00:00Z"));
+        let (condition, last) = backup_condition(
+            &BackupsObserved {
+                records: &[],
+                missing_credentials: None,
+            },
+            None,
+        );
+        assert_eq!((condition.status.as_str(), last), ("Unknown", None));
+        let (condition, _) = backup_condition(
+            &BackupsObserved {
+                records: &[],
+                missing_credentials: Some("postgres-demo-backup".into()),
+            },
+            None,
+        );
+        assert_eq!(condition.reason, "CredentialsMissing");
+        assert!(
+            condition
+                .message
+                .contains("\"postgres-demo-backup\" not found")
+        );
     }
 
     #[test]
@@ -260,6 +428,7 @@ mod tests {
             statefulset: None,
             pods: &[],
             invalid: Some("spec.replicas: must be at least 1".to_string()),
+            backups: None,
         };
         let status = desired_status(&postgres(1), &observed, now());
         let ready = condition_of(&status, READY).unwrap();
@@ -279,6 +448,7 @@ mod tests {
             statefulset: Some(&s),
             pods: &pods,
             invalid: None,
+            backups: None,
         };
         let first = desired_status(&pg, &observed, now());
         pg.status = Some(first.clone());
@@ -292,6 +462,7 @@ mod tests {
                 statefulset: Some(&degraded),
                 pods: &pods,
                 invalid: None,
+                backups: None,
             },
             later,
         );
