@@ -54,16 +54,7 @@ pub async fn pipe(mut producer: Command, mut consumer: Command) -> Result<Piped,
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
-    consumer
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    die_with_parent(&mut consumer);
-    let mut consumer_child = consumer.spawn().map_err(|source| PipeError::Spawn {
-        program: consumer_name.clone(),
-        source,
-    })?;
+    let mut consumer_child = spawn_consumer(&mut consumer, &consumer_name)?;
     let mut producer_child = match producer.spawn() {
         Ok(child) => child,
         Err(source) => {
@@ -261,19 +252,24 @@ fn die_with_parent(command: &mut Command) {
     }
 }
 
-/// Writes `bytes` as the whole standard input of `consumer`; its stdout on success.
-pub async fn feed(bytes: &[u8], mut consumer: Command) -> Result<String, PipeError> {
-    let program = program_name(&consumer);
+/// Starts a program that reads its standard input from this process, and dies with it.
+fn spawn_consumer(consumer: &mut Command, program: &str) -> Result<Child, PipeError> {
     consumer
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
-    die_with_parent(&mut consumer);
-    let mut child = consumer.spawn().map_err(|source| PipeError::Spawn {
-        program: program.clone(),
+    die_with_parent(consumer);
+    consumer.spawn().map_err(|source| PipeError::Spawn {
+        program: program.to_string(),
         source,
-    })?;
+    })
+}
+
+/// Writes `bytes` as the whole standard input of `consumer`; its stdout on success.
+pub async fn feed(bytes: &[u8], mut consumer: Command) -> Result<String, PipeError> {
+    let program = program_name(&consumer);
+    let mut child = spawn_consumer(&mut consumer, &program)?;
     let mut stdin = child.stdin.take();
     let written = match stdin.as_mut() {
         Some(stdin) => stdin.write_all(bytes).await,
