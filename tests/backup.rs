@@ -130,6 +130,34 @@ async fn snapshots_by_repository(
     all
 }
 
+/// Every database of the latest run, and the roles `target` lacks.
+async fn restore_everything(
+    target: &PostgresServer,
+    s3: &S3Server,
+) -> Result<restore::Restored, RestoreError> {
+    let settings = restore_settings(target, s3);
+    restore::restore(&settings, &RunSelector::Latest, &[], None, false, true).await
+}
+
+/// One database of the latest run, without roles.
+async fn restore_one(
+    settings: &RestoreSettings,
+    database: &str,
+    target: Option<&str>,
+    clean: bool,
+) -> Result<restore::Restored, RestoreError> {
+    let databases = [database.to_string()];
+    restore::restore(
+        settings,
+        &RunSelector::Latest,
+        &databases,
+        target,
+        clean,
+        false,
+    )
+    .await
+}
+
 fn assert_completed(report: &RunReport) {
     assert!(report.succeeded(), "backup failed: {:?}", report.error);
 }
@@ -214,16 +242,7 @@ async fn the_complete_example_is_backed_up_per_database_and_restored_identically
 
     // Restore into a fresh server: every role, membership, database, table and row.
     let target = PostgresServer::start();
-    let restored = restore::restore(
-        &restore_settings(&target, &s3),
-        &RunSelector::Latest,
-        &[],
-        None,
-        false,
-        true,
-    )
-    .await
-    .unwrap();
+    let restored = restore_everything(&target, &s3).await.unwrap();
     assert_eq!(restored.run, run.id);
     assert_eq!(restored.databases, ["analytics", "myapp"]);
     let before = fingerprint(&source).await;
@@ -272,16 +291,7 @@ async fn five_runs_with_keep_last_two_leave_two_runs_in_every_repository() {
     }
     // The newest run restores the newest data.
     let target = PostgresServer::start();
-    restore::restore(
-        &restore_settings(&target, &s3),
-        &RunSelector::Latest,
-        &[],
-        None,
-        false,
-        true,
-    )
-    .await
-    .unwrap();
+    restore_everything(&target, &s3).await.unwrap();
     let rows = column(&target.admin("shop").await, "SELECT count(*)::text FROM t").await;
     assert_eq!(rows, ["5"]);
 }
@@ -345,30 +355,16 @@ async fn bad_credentials_and_unreachable_storage_fail_clearly_and_delete_nothing
 
     // Restores refuse to overwrite, and name what they could not find.
     let settings = restore_settings(&source, &s3);
-    let error = restore::restore(
-        &settings,
-        &RunSelector::Latest,
-        &["myapp".into()],
-        None,
-        false,
-        false,
-    )
-    .await
-    .unwrap_err();
+    let error = restore_one(&settings, "myapp", None, false)
+        .await
+        .unwrap_err();
     assert!(
         matches!(error, RestoreError::TargetExists(ref db) if db == "myapp"),
         "{error}"
     );
-    let error = restore::restore(
-        &settings,
-        &RunSelector::Latest,
-        &["gone".into()],
-        None,
-        false,
-        false,
-    )
-    .await
-    .unwrap_err();
+    let error = restore_one(&settings, "gone", None, false)
+        .await
+        .unwrap_err();
     assert!(
         error
             .to_string()
@@ -387,16 +383,9 @@ async fn bad_credentials_and_unreachable_storage_fail_clearly_and_delete_nothing
     assert_eq!(fingerprint(&source).await, data_before);
 
     // Beside the original, and in place with --clean (one transaction).
-    restore::restore(
-        &settings,
-        &RunSelector::Latest,
-        &["myapp".into()],
-        Some("myapp_copy"),
-        false,
-        false,
-    )
-    .await
-    .unwrap();
+    restore_one(&settings, "myapp", Some("myapp_copy"), false)
+        .await
+        .unwrap();
     let copy = column(
         &source.admin("myapp_copy").await,
         "SELECT count(*)::text FROM orders",
@@ -415,16 +404,7 @@ async fn bad_credentials_and_unreachable_storage_fail_clearly_and_delete_nothing
         .batch_execute("DELETE FROM orders WHERE id > 100")
         .await
         .unwrap();
-    restore::restore(
-        &settings,
-        &RunSelector::Latest,
-        &["myapp".into()],
-        None,
-        true,
-        false,
-    )
-    .await
-    .unwrap();
+    restore_one(&settings, "myapp", None, true).await.unwrap();
     assert_eq!(fingerprint(&source).await, data_before);
 }
 

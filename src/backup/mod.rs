@@ -34,3 +34,9 @@ pub enum BackupError {
     #[error("run manifest: {0}")]
     Manifest(String),
 }
+
+impl From<tokio_postgres::Error> for BackupError {
+    fn from(error: tokio_postgres::Error) -> Self {
+        BackupError::Postgres(run::describe_pg(&error))
+    }
+}

@@ -5,7 +5,6 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
-use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
@@ -150,22 +149,31 @@ impl Recording {
     }
 
     async fn write(&self, status: &PostgresBackupStatus) -> Result<(), RecordError> {
-        // The whole status each time: with one field manager, fields left out would be removed.
-        let patch = json!({"apiVersion": API_VERSION, "kind": "PostgresBackup", "status": status});
-        self.api
-            .patch_status(
-                &self.name,
-                &PatchParams::apply(FIELD_MANAGER).force(),
-                &Patch::Apply(&patch),
-            )
+        apply_status(&self.api, &self.name, status)
             .await
             .map_err(|source| RecordError::Kube {
                 action: "update status of",
                 name: self.name.clone(),
                 source,
             })
-            .map(drop)
     }
+}
+
+/// Applies a record's whole status. The runner and the controller share the one field
+/// manager, so each must send every field: fields left out would be removed.
+pub async fn apply_status(
+    api: &Api<PostgresBackup>,
+    name: &str,
+    status: &PostgresBackupStatus,
+) -> Result<(), kube::Error> {
+    let patch = json!({"apiVersion": API_VERSION, "kind": "PostgresBackup", "status": status});
+    api.patch_status(
+        name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await
+    .map(drop)
 }
 
 fn owner_reference(postgres: &Postgres) -> OwnerReference {
@@ -232,15 +240,11 @@ pub fn report_json(report: &RunReport) -> String {
     .to_string()
 }
 
-/// When the record was last updated by a run (its start or end), for ordering.
-pub fn finished_at(status: &PostgresBackupStatus) -> Option<Timestamp> {
-    status.completed_at.as_deref()?.parse().ok()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::api::BackupSnapshot;
+    use k8s_openapi::jiff::Timestamp;
 
     fn report(error: Option<&str>) -> RunReport {
         let at: Timestamp = "2026-11-25T03:00:00Z".parse().unwrap();
@@ -254,7 +258,6 @@ mod tests {
                 id: "0123456789abcdef".into(),
                 size_bytes: Some(3 * 1024 * 1024 / 2),
             }],
-            manifest: None,
             forgotten: 0,
             error: error.map(str::to_string),
         }

@@ -53,6 +53,12 @@ pub enum RestoreError {
     Database { database: String, message: String },
 }
 
+impl From<tokio_postgres::Error> for RestoreError {
+    fn from(error: tokio_postgres::Error) -> Self {
+        RestoreError::Postgres(describe_pg(&error))
+    }
+}
+
 /// Which run to restore.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RunSelector {
@@ -159,15 +165,10 @@ pub async fn restore_globals(
             GLOBALS_FILE,
         )
         .await?;
-    let client = settings
-        .postgres
-        .client(MAINTENANCE_DB)
-        .await
-        .map_err(|e| RestoreError::Postgres(describe_pg(&e)))?;
+    let client = settings.postgres.client(MAINTENANCE_DB).await?;
     let existing: BTreeSet<String> = client
         .query("SELECT rolname FROM pg_roles", &[])
-        .await
-        .map_err(|e| RestoreError::Postgres(describe_pg(&e)))?
+        .await?
         .iter()
         .map(|row| row.get(0))
         .collect();
@@ -279,16 +280,10 @@ pub async fn restore_database(
                 .join(", "),
         })?;
     let target = target.unwrap_or(name);
-    let client = settings
-        .postgres
-        .client(MAINTENANCE_DB)
-        .await
-        .map_err(|e| RestoreError::Postgres(describe_pg(&e)))?;
-    let pg_error = |e: tokio_postgres::Error| RestoreError::Postgres(describe_pg(&e));
+    let client = settings.postgres.client(MAINTENANCE_DB).await?;
     let exists = client
         .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&target])
-        .await
-        .map_err(pg_error)?
+        .await?
         .is_some();
     if exists && !clean {
         return Err(RestoreError::TargetExists(target.to_string()));
@@ -312,8 +307,7 @@ pub async fn restore_database(
     } else {
         let owner_exists = client
             .query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&entry.owner])
-            .await
-            .map_err(pg_error)?
+            .await?
             .is_some();
         let owner = if owner_exists {
             format!(" OWNER {}", ident(&entry.owner))
@@ -322,8 +316,7 @@ pub async fn restore_database(
         };
         client
             .batch_execute(&format!("CREATE DATABASE {}{owner}", ident(target)))
-            .await
-            .map_err(pg_error)?;
+            .await?;
         restore
             .arg("--single-transaction")
             .arg(dbname_option(target));

@@ -62,8 +62,6 @@ pub struct RunReport {
     pub completed_at: Timestamp,
     /// The snapshots stored (globals first), including those of a run that failed later.
     pub snapshots: Vec<BackupSnapshot>,
-    /// The manifest, when the run completed.
-    pub manifest: Option<RunManifest>,
     /// Snapshots that retention forgot, in all repositories.
     pub forgotten: usize,
     pub error: Option<String>,
@@ -94,16 +92,11 @@ pub async fn run_backup(settings: &BackupSettings, run: &Run) -> RunReport {
         started_at: run.started_at,
         completed_at: run.started_at,
         snapshots: Vec::new(),
-        manifest: None,
         forgotten: 0,
         error: None,
     };
-    let outcome = store_run(settings, run, &mut report).await;
-    let outcome = match outcome {
-        Ok(manifest) => {
-            report.manifest = Some(manifest);
-            apply_retention(settings, run, &report).await
-        }
+    let outcome = match store_run(settings, run, &mut report).await {
+        Ok(manifest) => apply_retention(settings, run, &manifest).await,
         Err(error) => Err(error),
     };
     match outcome {
@@ -263,28 +256,18 @@ pub fn pg_command(bin_dir: Option<&Path>, postgres: &Connection, program: &str) 
 async fn list_databases(
     settings: &BackupSettings,
 ) -> Result<(Vec<DatabaseInfo>, i32), BackupError> {
-    let client = settings
-        .postgres
-        .client(MAINTENANCE_DB)
-        .await
-        .map_err(|e| BackupError::Postgres(describe_pg(&e)))?;
+    let client = settings.postgres.client(MAINTENANCE_DB).await?;
+    let server_version: i32 = client
+        .query_one("SELECT current_setting('server_version_num')::int", &[])
+        .await?
+        .get(0);
     let rows = client
         .query(
-            "SELECT datname, pg_get_userbyid(datdba), current_setting('server_version_num')::int \
-             FROM pg_database WHERE NOT datistemplate AND datallowconn AND datname <> 'postgres' \
-             ORDER BY datname",
+            "SELECT datname, pg_get_userbyid(datdba) FROM pg_database \
+             WHERE NOT datistemplate AND datallowconn AND datname <> 'postgres' ORDER BY datname",
             &[],
         )
-        .await
-        .map_err(|e| BackupError::Postgres(describe_pg(&e)))?;
-    let server_version = match rows.first() {
-        Some(row) => row.get(2),
-        None => client
-            .query_one("SELECT current_setting('server_version_num')::int", &[])
-            .await
-            .map_err(|e| BackupError::Postgres(describe_pg(&e)))?
-            .get(0),
-    };
+        .await?;
     let all: Vec<DatabaseInfo> = rows
         .iter()
         .map(|row| DatabaseInfo {
@@ -327,7 +310,7 @@ pub fn describe_pg(error: &tokio_postgres::Error) -> String {
 async fn apply_retention(
     settings: &BackupSettings,
     run: &Run,
-    report: &RunReport,
+    manifest: &RunManifest,
 ) -> Result<usize, BackupError> {
     let restic = &settings.restic;
     let globals_repository = settings.location.globals_repository();
@@ -350,14 +333,14 @@ async fn apply_retention(
         .filter_map(|snapshot| snapshot.tag(TAG_RUN).map(str::to_string))
         .collect();
     kept_runs.insert(run.id.clone());
+    // The manifest's globals live in the globals repository, so it is not listed twice.
     let mut repositories = vec![globals_repository];
     repositories.extend(
-        report
-            .snapshots
+        manifest
+            .databases
             .iter()
-            .map(|snapshot| snapshot.repository.clone()),
+            .map(|database| database.dump.repository.clone()),
     );
-    repositories.dedup();
     let mut forgotten = 0;
     for repository in repositories {
         restic.unlock(&repository).await?;

@@ -168,7 +168,15 @@ async fn relay(producer: &mut Child, consumer: &mut Child) -> Result<Relayed, st
 pub async fn output(mut command: Command) -> Result<String, PipeError> {
     let program = program_name(&command);
     command.stdin(Stdio::null()).kill_on_drop(true);
-    let out = command.output().await.map_err(|source| PipeError::Spawn {
+    checked(program, command.output().await)
+}
+
+/// A finished program's stdout when it exited 0, else why not.
+fn checked(
+    program: String,
+    out: std::io::Result<std::process::Output>,
+) -> Result<String, PipeError> {
+    let out = out.map_err(|source| PipeError::Spawn {
         program: program.clone(),
         source,
     })?;
@@ -284,19 +292,5 @@ pub async fn feed(bytes: &[u8], mut consumer: Command) -> Result<String, PipeErr
         });
     }
     drop(stdin);
-    let out = child
-        .wait_with_output()
-        .await
-        .map_err(|source| PipeError::Spawn {
-            program: program.clone(),
-            source,
-        })?;
-    if !out.status.success() {
-        return Err(PipeError::Failed {
-            program,
-            status: describe(out.status),
-            stderr: last_bytes(&out.stderr),
-        });
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    checked(program, child.wait_with_output().await)
 }

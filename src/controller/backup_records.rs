@@ -12,10 +12,10 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
-use serde_json::json;
 
 use super::{Context, Error, FIELD_MANAGER};
 use crate::api::{API_VERSION, BackupPhase, Postgres, PostgresBackup, PostgresBackupStatus};
+use crate::backup::record;
 use crate::build::cronjob::{backup_job_name, desired_backup_job};
 use crate::build::{Cluster, labels};
 
@@ -189,13 +189,8 @@ pub async fn reconcile(record: Arc<PostgresBackup>, ctx: Arc<Context>) -> Result
     if desired == current {
         return Ok(Action::requeue(WATCH_PERIOD));
     }
-    let patch = json!({"apiVersion": API_VERSION, "kind": "PostgresBackup", "status": desired});
-    Api::<PostgresBackup>::namespaced(ctx.client.clone(), &namespace)
-        .patch_status(
-            &name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&patch),
-        )
+    let records = Api::<PostgresBackup>::namespaced(ctx.client.clone(), &namespace);
+    record::apply_status(&records, &name, &desired)
         .await
         .map_err(Error::kube("apply status", "PostgresBackup", &name))?;
     ctx.metrics.count_write("apply status", "PostgresBackup");
@@ -236,6 +231,7 @@ async fn report_failure(record: &PostgresBackup, ctx: &Context, status: &Postgre
 mod tests {
     use super::*;
     use crate::api::PostgresBackupSpec;
+    use serde_json::json;
 
     fn record(name: &str, phase: Option<BackupPhase>, job: Option<&str>) -> PostgresBackup {
         let mut record = PostgresBackup::new(

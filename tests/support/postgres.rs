@@ -336,17 +336,7 @@ impl PostgresServer {
 
     /// The superuser over the socket, in `database`.
     pub async fn admin(&self, database: &str) -> tokio_postgres::Client {
-        let mut config = tokio_postgres::Config::new();
-        config
-            .host(self.socket_dir.to_str().unwrap())
-            .port(self.port)
-            .user("postgres")
-            .dbname(database);
-        let (client, connection) = config.connect(tokio_postgres::NoTls).await.unwrap();
-        tokio::spawn(async move {
-            let _ = connection.await;
-        });
-        client
+        self.superuser().client(database).await.unwrap()
     }
 }
 
