@@ -6,12 +6,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use postgres_operator::api::DEFAULT_CLEANUP_STRATEGY;
-use postgres_operator::backup::location::Location;
+use postgres_operator::backup::access::Access;
 use postgres_operator::backup::record::{self, Recording};
-use postgres_operator::backup::restic::Restic;
 use postgres_operator::backup::restore::{self, RestoreSettings, RunSelector};
 use postgres_operator::backup::run::{self, BackupSettings, Run};
-use postgres_operator::backup::s3::S3Credentials;
 use postgres_operator::instance::provision::Connection;
 use postgres_operator::telemetry::{self, LogFormat};
 use postgres_operator::validate::retention::RetentionPolicy;
@@ -48,47 +46,17 @@ pub struct RepositoryArgs {
     log_format: LogFormat,
 }
 
-/// What the environment must provide, read once with errors that name the variable.
-struct Secrets {
-    credentials: S3Credentials,
-    restic_password: String,
-    pg_password: Option<String>,
-}
-
 impl RepositoryArgs {
-    fn secrets(&self) -> Result<Secrets, String> {
-        let required = |name: &str, key: &str| match std::env::var(name) {
-            Ok(value) if !value.is_empty() => Ok(value),
-            _ => Err(format!(
-                "{name} is not set (key {key} of the backup credentials Secret)"
-            )),
-        };
-        Ok(Secrets {
-            credentials: S3Credentials {
-                access_key: required("AWS_ACCESS_KEY_ID", "s3AccessKey")?,
-                secret_key: required("AWS_SECRET_ACCESS_KEY", "s3SecretKey")?,
-                region: self.s3_region.clone(),
-            },
-            restic_password: required("RESTIC_PASSWORD", "resticPassword")?,
-            pg_password: std::env::var("PGPASSWORD").ok().filter(|p| !p.is_empty()),
-        })
-    }
-
-    fn parts(&self) -> Result<(Location, Restic, S3Credentials, Connection), String> {
-        let location = Location::parse(&self.repository_base).map_err(|e| e.to_string())?;
-        let secrets = self.secrets()?;
-        let restic = Restic::new(
-            self.restic.clone(),
-            secrets.credentials.clone(),
-            secrets.restic_password,
-        );
+    fn parts(&self) -> Result<(Access, Connection), String> {
+        let access = Access::from_env(&self.repository_base, &self.s3_region, self.restic.clone())
+            .map_err(|e| e.to_string())?;
         let postgres = Connection {
             host: self.pghost.clone(),
             port: self.pgport,
             user: self.pguser.clone(),
-            password: secrets.pg_password,
+            password: std::env::var("PGPASSWORD").ok().filter(|p| !p.is_empty()),
         };
-        Ok((location, restic, secrets.credentials, postgres))
+        Ok((access, postgres))
     }
 }
 
@@ -119,15 +87,15 @@ pub fn run_backup(args: BackupArgs) -> ExitCode {
         Ok(policy) => policy,
         Err(e) => return fail(&format!("--cleanup-strategy: {e}")),
     };
-    let (location, restic, credentials, postgres) = match args.repository.parts() {
+    let (access, postgres) = match args.repository.parts() {
         Ok(parts) => parts,
         Err(e) => return fail(&e),
     };
     let settings = BackupSettings {
         cluster: args.repository.cluster.clone(),
-        location,
-        credentials,
-        restic,
+        location: access.location,
+        credentials: access.credentials,
+        restic: access.restic,
         postgres,
         bin_dir: args.repository.bin_dir.clone(),
         retention,
@@ -202,7 +170,7 @@ pub fn run_restore(args: RestoreArgs) -> ExitCode {
     if args.target_database.is_some() && args.databases.len() != 1 {
         return fail("--target-database needs exactly one --database");
     }
-    let (location, restic, credentials, postgres) = match args.repository.parts() {
+    let (access, postgres) = match args.repository.parts() {
         Ok(parts) => parts,
         Err(e) => return fail(&e),
     };
@@ -211,9 +179,9 @@ pub fn run_restore(args: RestoreArgs) -> ExitCode {
             .from_cluster
             .clone()
             .unwrap_or_else(|| args.repository.cluster.clone()),
-        location,
-        credentials,
-        restic,
+        location: access.location,
+        credentials: access.credentials,
+        restic: access.restic,
         postgres,
         bin_dir: args.repository.bin_dir.clone(),
     };

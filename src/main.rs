@@ -17,6 +17,7 @@ use postgres_operator::controller::{
     self,
     leader::{self, Ended, LeaseLock, Timing},
 };
+use postgres_operator::instance::from_backup::BackupEnvironment;
 use postgres_operator::instance::manager::{self, InstanceSettings, Peers};
 use postgres_operator::instance::reaper;
 use postgres_operator::instance::source::{FileSource, KubeSource};
@@ -187,6 +188,19 @@ struct InstanceArgs {
     /// one disconnects them (then 90 s for the fast one; fits a 180 s grace period).
     #[arg(long, default_value_t = 60)]
     smart_shutdown_seconds: u64,
+    /// Pause between attempts of a bootstrap from backup that failed.
+    #[arg(long, default_value_t = 30)]
+    restore_retry_seconds: u64,
+    /// Bootstrap from backup: restic repository base (default `s3:<spec.backup.s3Bucket>`);
+    /// AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and RESTIC_PASSWORD come from the environment.
+    #[arg(long, env = "RESTIC_REPOSITORY_BASE")]
+    repository_base: Option<String>,
+    /// Bootstrap from backup: S3 region (default `spec.backup.s3Region`).
+    #[arg(long, env = "AWS_DEFAULT_REGION")]
+    s3_region: Option<String>,
+    /// Bootstrap from backup: the restic program.
+    #[arg(long, env = "RESTIC_BINARY", default_value = "restic")]
+    restic: PathBuf,
     /// Reap orphans and forward signals from a parent process even when not PID 1.
     #[arg(long)]
     reaper: bool,
@@ -243,6 +257,12 @@ fn run_instance(args: InstanceArgs) -> ExitCode {
         maintenance_period: std::time::Duration::from_millis(args.maintenance_period_ms.max(100)),
         primary_restart_wait: std::time::Duration::from_secs(args.primary_restart_wait_seconds),
         clone_retry: std::time::Duration::from_secs(5),
+        restore_retry: std::time::Duration::from_secs(args.restore_retry_seconds.max(1)),
+        backup: BackupEnvironment {
+            repository_base: args.repository_base.clone().filter(|b| !b.is_empty()),
+            region: args.s3_region.clone().filter(|r| !r.is_empty()),
+            restic: args.restic.clone(),
+        },
         timing: postgres_operator::instance::supervise::Timing {
             smart_timeout: std::time::Duration::from_secs(args.smart_shutdown_seconds),
             ..postgres_operator::instance::supervise::Timing::default()

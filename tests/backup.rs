@@ -12,8 +12,10 @@ use postgres_operator::backup::restic::{Restic, TAG_RUN};
 use postgres_operator::backup::restore::{self, RestoreError, RestoreSettings, RunSelector};
 use postgres_operator::backup::run::{BackupSettings, Run, RunReport, run_backup};
 use postgres_operator::backup::s3::S3Credentials;
+use postgres_operator::instance::provision::Connection;
 use postgres_operator::validate::retention::RetentionPolicy;
 use support::apiserver::ApiServer;
+use support::instance::{Instance, SpecFile, secrets_yaml};
 use support::postgres::{PostgresServer, bin_dir, column};
 use support::s3::S3Server;
 
@@ -26,12 +28,16 @@ fn restic(credentials: &S3Credentials, password: &str) -> Restic {
 }
 
 fn backup_settings(server: &PostgresServer, s3: &S3Server, policy: &str) -> BackupSettings {
+    backup_settings_of(server.superuser(), s3, policy)
+}
+
+fn backup_settings_of(admin: Connection, s3: &S3Server, policy: &str) -> BackupSettings {
     BackupSettings {
         cluster: CLUSTER.to_string(),
         location: Location::parse(&s3.base(BUCKET)).unwrap(),
         credentials: s3.credentials.clone(),
         restic: restic(&s3.credentials, PASSWORD),
-        postgres: server.superuser(),
+        postgres: admin,
         bin_dir: Some(bin_dir()),
         retention: RetentionPolicy::parse(policy).unwrap(),
         databases: Vec::new(),
@@ -58,8 +64,8 @@ fn fixture(name: &str) -> String {
 }
 
 /// Runs a fixture one statement at a time (CREATE DATABASE refuses a transaction).
-async fn run_script(server: &PostgresServer, database: &str, file: &str) {
-    let client = server.admin(database).await;
+async fn run_script(admin: &Connection, database: &str, file: &str) {
+    let client = admin.client(database).await.unwrap();
     for statement in fixture(file).split(";\n") {
         let statement: String = statement
             .lines()
@@ -74,25 +80,34 @@ async fn run_script(server: &PostgresServer, database: &str, file: &str) {
 
 /// The complete example's roles, databases and data.
 async fn load_complete_example(server: &PostgresServer) {
-    run_script(server, "postgres", "complete_data.sql").await;
-    run_script(server, "myapp", "myapp_data.sql").await;
-    run_script(server, "analytics", "analytics_data.sql").await;
+    let admin = server.superuser();
+    run_script(&admin, "postgres", "complete_data.sql").await;
+    run_script(&admin, "myapp", "myapp_data.sql").await;
+    run_script(&admin, "analytics", "analytics_data.sql").await;
 }
 
-/// Everything a restore must reproduce, as text: roles (with password verifiers and
-/// settings), memberships, databases and owners, extensions, and per table its ACL and a
-/// checksum of every row.
+/// Everything a restore must reproduce, as text: roles (attributes, settings and comment
+/// under `role <name>`, the password verifier under `password <name>`), memberships,
+/// databases and owners, extensions, and per table its ACL and a checksum of every row.
 async fn fingerprint(server: &PostgresServer) -> BTreeMap<String, String> {
+    fingerprint_of(&server.superuser()).await
+}
+
+async fn fingerprint_of(admin: &Connection) -> BTreeMap<String, String> {
     let mut facts = BTreeMap::new();
-    let postgres = server.admin("postgres").await;
-    let roles = column(&postgres, "SELECT concat_ws(' ', rolname, rolsuper, rolinherit, rolcreaterole, rolcreatedb, rolcanlogin, rolreplication, rolbypassrls, rolconnlimit, rolpassword, (SELECT string_agg(s, ',') FROM pg_db_role_setting, unnest(setconfig) s WHERE setrole = a.oid), shobj_description(a.oid, 'pg_authid')) FROM pg_authid a WHERE rolname !~ '^pg_' AND rolname <> 'postgres' ORDER BY rolname").await;
-    facts.insert("roles".to_string(), roles.join("\n"));
+    let postgres = admin.client("postgres").await.unwrap();
+    let roles = postgres.query("SELECT rolname::text, concat_ws(' ', rolsuper, rolinherit, rolcreaterole, rolcreatedb, rolcanlogin, rolreplication, rolbypassrls, rolconnlimit, (SELECT string_agg(s, ',') FROM pg_db_role_setting, unnest(setconfig) s WHERE setrole = a.oid), shobj_description(a.oid, 'pg_authid')), coalesce(rolpassword, '') FROM pg_authid a WHERE rolname !~ '^pg_' AND rolname <> 'postgres'", &[]).await.unwrap();
+    for row in roles {
+        let name: String = row.get(0);
+        facts.insert(format!("role {name}"), row.get(1));
+        facts.insert(format!("password {name}"), row.get(2));
+    }
     let members = column(&postgres, "SELECT concat_ws(' ', r.rolname, m.rolname, admin_option) FROM pg_auth_members a JOIN pg_roles r ON r.oid = a.roleid JOIN pg_roles m ON m.oid = a.member WHERE r.rolname !~ '^pg_' ORDER BY 1").await;
     facts.insert("memberships".to_string(), members.join("\n"));
     let databases = column(&postgres, "SELECT concat_ws(' ', datname, pg_get_userbyid(datdba), datcollate, pg_encoding_to_char(encoding)) FROM pg_database WHERE NOT datistemplate AND datname <> 'postgres' ORDER BY 1").await;
     facts.insert("databases".to_string(), databases.join("\n"));
     for database in ["myapp", "analytics"] {
-        let client = server.admin(database).await;
+        let client = admin.client(database).await.unwrap();
         let extensions = column(&client, "SELECT extname FROM pg_extension ORDER BY 1").await;
         facts.insert(format!("{database} extensions"), extensions.join(","));
         let tables = column(&client, "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind IN ('r', 'v') AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.objid = c.oid AND d.deptype = 'e') AND n.nspname NOT IN ('pg_catalog', 'information_schema') ORDER BY 1").await;
@@ -512,5 +527,301 @@ async fn an_interrupted_run_leaves_no_complete_run_and_the_next_run_cleans_it_up
         String::from_utf8_lossy(&out.stdout).trim(),
         "",
         "locks left behind"
+    );
+}
+
+const RESTORED: &str = "restored";
+const RESTORED_PRIMARY: &str = "postgres-restored-0";
+const RESTORED_STANDBY: &str = "postgres-restored-1";
+const OLD_PASSWORDS: &[(&str, &str)] = &[
+    ("admin", "secure-admin-password"),
+    ("app_user", "app-password"),
+    ("readonly_user", "readonly-password"),
+];
+/// The restored cluster's own passwords, in its Secrets (not the old cluster's).
+const NEW_PASSWORDS: &[(&str, &str)] = &[
+    ("admin", "admin-new"),
+    ("app_user", "app-new"),
+    ("readonly_user", "readonly-new"),
+];
+
+/// What the StatefulSet gives the pods of a cluster that bootstraps from a backup (see
+/// `build::cronjob::backup_access_env`), pointed at the test's S3 server.
+fn backup_env(s3: &S3Server, restic_password: &str) -> Vec<(String, String)> {
+    [
+        ("RESTIC_REPOSITORY_BASE", s3.base(BUCKET)),
+        ("AWS_DEFAULT_REGION", s3.credentials.region.clone()),
+        ("AWS_ACCESS_KEY_ID", s3.credentials.access_key.clone()),
+        ("AWS_SECRET_ACCESS_KEY", s3.credentials.secret_key.clone()),
+        ("RESTIC_PASSWORD", restic_password.to_string()),
+        ("RESTIC_BINARY", "restic".to_string()),
+    ]
+    .into_iter()
+    .map(|(name, value)| (name.to_string(), value))
+    .collect()
+}
+
+/// A new cluster `name` with `spec` that bootstraps from CLUSTER's backups, with its own
+/// Secrets.
+fn bootstrap_spec(name: &str, spec: &str, recovery_time: Option<&str>) -> SpecFile {
+    let mut postgres = format!(
+        "apiVersion: apps.cozystack.io/v1alpha1\nkind: Postgres\nmetadata:\n  name: {name}\nspec:\n{spec}  bootstrap:\n    enabled: true\n    oldName: {CLUSTER}\n"
+    );
+    if let Some(time) = recovery_time {
+        postgres.push_str(&format!("    recoveryTime: \"{time}\"\n"));
+    }
+    let text = format!(
+        "{postgres}{}",
+        secrets_yaml(name, "new-superuser", "new-replication", NEW_PASSWORDS)
+    );
+    let parsed = postgres_operator::instance::source::parse_snapshot(&text).unwrap();
+    postgres_operator::validate::validate_spec(&parsed.postgres.spec)
+        .expect("a spec the API accepts");
+    SpecFile::new(&text)
+}
+
+/// The superuser of an instance over TCP.
+fn instance_admin(instance: &Instance) -> Connection {
+    Connection {
+        host: "127.0.0.1".to_string(),
+        port: instance.port,
+        user: "postgres".to_string(),
+        password: Some(instance.superuser.clone()),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_cluster_bootstraps_from_the_run_before_its_recovery_time_and_its_standby_follows() {
+    let s3 = S3Server::start(&[BUCKET]);
+    // The old cluster: the complete example run by the instance manager (so its users and
+    // roles are the operator's), with the example's data.
+    let example = support::example("complete.yaml");
+    let old_spec = SpecFile::new(&format!(
+        "{example}{}",
+        secrets_yaml(CLUSTER, "old-superuser", "old-replication", OLD_PASSWORDS)
+    ));
+    let old = Instance::spawn(&old_spec, CLUSTER, "postgres-postgres-complete-0", &[], &[]);
+    old.wait_ready().await;
+    let old_admin = instance_admin(&old);
+    run_script(&old_admin, "myapp", "myapp_data.sql").await;
+    run_script(&old_admin, "analytics", "analytics_data.sql").await;
+    let settings = backup_settings_of(old_admin.clone(), &s3, "--keep-last=5");
+    assert_completed(&run_backup(&settings, &Run::now()).await);
+    let at_first_run = fingerprint_of(&old_admin).await;
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let recovery_time = k8s_openapi::jiff::Timestamp::now().to_string();
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    old.admin("myapp")
+        .await
+        .batch_execute("INSERT INTO customers (name, email) VALUES ('late', 'late@example.org')")
+        .await
+        .unwrap();
+    assert_completed(&run_backup(&settings, &Run::now()).await);
+
+    // The same spec, as a new cluster restored from the first run.
+    let spec_section = &example[example.find("spec:\n").unwrap() + "spec:\n".len()..];
+    let spec = bootstrap_spec(RESTORED, spec_section, Some(&recovery_time));
+    let env = backup_env(&s3, PASSWORD);
+    let primary = Instance::spawn_with_env(&spec, RESTORED, RESTORED_PRIMARY, &[], &[], &env);
+    primary.wait_ready().await;
+    assert!(
+        primary.log().contains("restore from backup complete"),
+        "{}",
+        primary.log()
+    );
+    assert!(
+        !primary
+            .data_dir
+            .with_file_name("pgdata.restore.json")
+            .exists(),
+        "the progress file goes when the restore is complete"
+    );
+
+    // Everything of the first run, and nothing of the second; the spec's users have the
+    // new cluster's passwords, and the operator's replication role is the new cluster's.
+    let mut restored = fingerprint_of(&instance_admin(&primary)).await;
+    let mut expected = at_first_run.clone();
+    for user in ["admin", "app_user", "readonly_user", "streaming_replica"] {
+        assert_ne!(
+            restored.remove(&format!("password {user}")),
+            expected.remove(&format!("password {user}")),
+            "{user} keeps the old cluster's password"
+        );
+    }
+    assert_eq!(restored, expected);
+    for (user, password) in NEW_PASSWORDS {
+        primary.connect_as(user, password, "myapp").await.unwrap();
+    }
+    assert!(
+        primary
+            .connect_as("app_user", "app-password", "myapp")
+            .await
+            .is_err()
+    );
+
+    // A standby clones the restored primary and streams from it.
+    let standby = Instance::spawn_with_env(
+        &spec,
+        RESTORED,
+        RESTORED_STANDBY,
+        &[(RESTORED_PRIMARY, primary.port)],
+        &[],
+        &env,
+    );
+    standby.wait_ready().await;
+    let count = "SELECT count(*)::text FROM orders";
+    assert_eq!(
+        column(&standby.admin("myapp").await, count).await,
+        column(&primary.admin("myapp").await, count).await
+    );
+}
+
+/// Count of `table` in `database` of an instance.
+async fn count_rows(instance: &Instance, database: &str, table: &str) -> String {
+    column(
+        &instance.admin(database).await,
+        &format!("SELECT count(*)::text FROM {table}"),
+    )
+    .await
+    .remove(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bootstrap_waits_out_a_wrong_password_and_a_cut_short_restore_resumes_its_run() {
+    let s3 = S3Server::start(&[BUCKET]);
+    let source = PostgresServer::start();
+    let admin = source.admin("postgres").await;
+    admin.batch_execute("CREATE DATABASE big").await.unwrap();
+    admin.batch_execute("CREATE DATABASE small").await.unwrap();
+    source
+        .admin("big")
+        .await
+        .batch_execute(
+            "CREATE TABLE t (n int, s text); INSERT INTO t SELECT i, repeat(md5(i::text), 3) FROM generate_series(1, 1000000) i",
+        )
+        .await
+        .unwrap();
+    let small = source.admin("small").await;
+    small
+        .batch_execute("CREATE TABLE t (n int); INSERT INTO t SELECT generate_series(1, 10)")
+        .await
+        .unwrap();
+    let settings = backup_settings(&source, &s3, "--keep-last=5");
+    let first = Run::now();
+    assert_completed(&run_backup(&settings, &first).await);
+
+    let spec = bootstrap_spec(
+        "resumed",
+        "  replicas: 2\n  backup:\n    s3Bucket: s3.example.org/postgres-backups\n",
+        None,
+    );
+    let pod = "postgres-resumed-0";
+    let retry = ["--restore-retry-seconds", "1"];
+
+    // A wrong restic password: PostgreSQL answers, the pod is not ready and says why,
+    // and nothing is restored.
+    let mut primary = Instance::spawn_with_env(
+        &spec,
+        "resumed",
+        pod,
+        &[],
+        &retry,
+        &backup_env(&s3, "wrong"),
+    );
+    let held = async {
+        loop {
+            if let Some((503, body)) = primary.get("/readyz").await
+                && body.contains("restore from backup failed, retrying")
+            {
+                return body;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    };
+    let body = tokio::time::timeout(std::time::Duration::from_secs(60), held)
+        .await
+        .unwrap_or_else(|_| panic!("no failed restore reported; log:\n{}", primary.log()));
+    assert!(body.contains("wrong restic password"), "{body}");
+    assert_eq!(primary.get("/healthz").await.unwrap().0, 200);
+    let status = primary.status().await.unwrap();
+    assert!(
+        status["held"]
+            .as_str()
+            .unwrap()
+            .contains("wrong restic password"),
+        "{status}"
+    );
+    assert!(
+        primary
+            .metrics()
+            .await
+            .contains("postgres_instance_restore_failures_total")
+    );
+    let databases = column(
+        &primary.admin("postgres").await,
+        "SELECT datname::text FROM pg_database WHERE datname IN ('big', 'small')",
+    )
+    .await;
+    assert_eq!(databases, Vec::<String>::new());
+    assert!(
+        primary
+            .terminate(std::time::Duration::from_secs(60))
+            .is_some()
+    );
+
+    // The right password; the pod is deleted while `big` is being restored.
+    let env = backup_env(&s3, PASSWORD);
+    primary.restart_with_env(&env);
+    let restoring = || !support::instance::processes_mentioning("big.dump").is_empty();
+    let created = async {
+        loop {
+            if let Ok(client) = primary
+                .connect_as("postgres", &primary.superuser, "big")
+                .await
+                && client.simple_query("SELECT 1 FROM t LIMIT 1").await.is_ok()
+            {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(60), created)
+        .await
+        .unwrap_or_else(|_| panic!("big never restored; log:\n{}", primary.log()));
+    assert!(restoring(), "big restored before it could be interrupted");
+    assert_ne!(primary.get("/readyz").await.unwrap().0, 200);
+    let status = primary
+        .terminate(std::time::Duration::from_secs(60))
+        .expect("the instance stops on SIGTERM in the middle of a restore");
+    assert!(status.success(), "{status}; log:\n{}", primary.log());
+    assert!(!restoring(), "restic outlived the instance");
+    let progress: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(primary.data_dir.with_file_name("pgdata.restore.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(progress["run"], first.id.as_str());
+    assert_eq!(progress["databases"], serde_json::json!([]));
+
+    // A newer run lands meanwhile; the restore goes on with the run it chose.
+    small
+        .batch_execute("INSERT INTO t VALUES (11)")
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    assert_completed(&run_backup(&settings, &Run::now()).await);
+    primary.restart_with_env(&env);
+    primary.wait_ready().await;
+    let log = primary.log();
+    assert!(
+        log.contains("dropping what an interrupted restore left"),
+        "{log}"
+    );
+    assert_eq!(count_rows(&primary, "big", "t").await, "1000000");
+    assert_eq!(count_rows(&primary, "small", "t").await, "10");
+    assert!(
+        !primary
+            .data_dir
+            .with_file_name("pgdata.restore.json")
+            .exists()
     );
 }

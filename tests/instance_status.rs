@@ -5,13 +5,17 @@ mod support;
 
 use http::{Request, StatusCode};
 use http_body_util::BodyExt;
-use postgres_operator::instance::status::router;
+use postgres_operator::instance::status::{Hold, router};
 use serde_json::Value;
 use support::postgres::PostgresServer;
 use tower::ServiceExt;
 
 async fn get(server: &PostgresServer, path: &str) -> (StatusCode, String) {
-    let response = router(server.superuser())
+    get_held(server, &Hold::default(), path).await
+}
+
+async fn get_held(server: &PostgresServer, hold: &Hold, path: &str) -> (StatusCode, String) {
+    let response = router(server.superuser(), hold.clone())
         .oneshot(Request::get(path).body(axum::body::Body::empty()).unwrap())
         .await
         .unwrap();
@@ -102,7 +106,7 @@ async fn a_stopped_server_is_neither_healthy_nor_ready() {
     let server = PostgresServer::start();
     let connection = server.superuser();
     drop(server);
-    let response = router(connection)
+    let response = router(connection, Hold::default())
         .oneshot(
             Request::get("/healthz")
                 .body(axum::body::Body::empty())
@@ -111,4 +115,26 @@ async fn a_stopped_server_is_neither_healthy_nor_ready() {
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+}
+
+#[tokio::test]
+async fn a_held_instance_is_healthy_but_not_ready_and_says_why() {
+    let server = PostgresServer::start();
+    let hold = Hold::new("restoring from backup run 20261125T030000Z of cluster old");
+    assert_eq!(get_held(&server, &hold, "/healthz").await.0, StatusCode::OK);
+    let (code, body) = get_held(&server, &hold, "/readyz").await;
+    assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        body,
+        "restoring from backup run 20261125T030000Z of cluster old"
+    );
+    let status: Value = serde_json::from_str(&get_held(&server, &hold, "/status").await.1).unwrap();
+    assert_eq!(
+        status["held"],
+        "restoring from backup run 20261125T030000Z of cluster old"
+    );
+    hold.release();
+    assert_eq!(get_held(&server, &hold, "/readyz").await.0, StatusCode::OK);
+    let status: Value = serde_json::from_str(&get_held(&server, &hold, "/status").await.1).unwrap();
+    assert!(status.get("held").is_none(), "{status}");
 }

@@ -38,6 +38,11 @@ fn dev_example() {
 }
 
 #[test]
+fn restore_example() {
+    insta::assert_snapshot!(render_example("restore.yaml"));
+}
+
+#[test]
 fn json_output_is_a_list_of_the_same_objects() {
     let yaml_objects = render_ok(
         &[("complete.yaml", &example("complete.yaml"))],

@@ -13,7 +13,13 @@ use support::validators::{
 };
 use support::{example, render_ok};
 
-const EXAMPLES: [&str; 4] = ["minimal.yaml", "complete.yaml", "ha.yaml", "dev.yaml"];
+const EXAMPLES: [&str; 5] = [
+    "minimal.yaml",
+    "complete.yaml",
+    "ha.yaml",
+    "dev.yaml",
+    "restore.yaml",
+];
 
 fn render_all_examples(settings: &OperatorSettings) -> String {
     let texts: Vec<String> = EXAMPLES.iter().map(|f| example(f)).collect();

@@ -420,17 +420,19 @@ pub struct ResourcesSpec {
     pub memory: Option<Quantity>,
 }
 
-/// Restore a new cluster from the backups of another one.
+/// Create the cluster from the backups of another one, read from this cluster's
+/// `backup.s3Bucket` with its credentials. Acts only on an empty first volume.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct BootstrapSpec {
     /// Restore from backups instead of starting empty.
     #[serde(default)]
     pub enabled: bool,
-    /// Name of the cluster whose backups are restored.
+    /// Name of the cluster whose backups are restored (it may be this cluster's own name).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub old_name: Option<String>,
-    /// Point in time to restore (RFC 3339); empty means the latest backup.
+    /// Restore the latest backup run completed at or before this time (RFC 3339); empty
+    /// means the latest run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recovery_time: Option<String>,
 }
@@ -481,6 +483,13 @@ impl Postgres {
 }
 
 impl PostgresSpec {
+    /// The backups to restore a new cluster from, when `bootstrap.enabled`.
+    pub fn restore_source(&self) -> Option<&BootstrapSpec> {
+        self.bootstrap
+            .as_ref()
+            .filter(|bootstrap| bootstrap.enabled)
+    }
+
     /// The PostgreSQL major version, defaulted.
     pub fn version(&self) -> PostgresVersion {
         self.version.unwrap_or_default()

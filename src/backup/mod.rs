@@ -5,6 +5,7 @@
 //! (`pg_dumpall --globals-only`: roles and memberships) and the run manifests `run.json`.
 //! Every snapshot has host = the cluster name and tags `run=<id>` and `cluster=<name>`.
 
+pub mod access;
 pub mod location;
 pub mod manifest;
 pub mod record;

@@ -4,13 +4,19 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::batch::v1::{CronJob, CronJobSpec, Job, JobSpec, JobTemplateSpec};
-use k8s_openapi::api::core::v1::{Container, PodSpec, PodTemplateSpec, ResourceRequirements};
+use k8s_openapi::api::core::v1::{
+    Container, EnvVar, PodSpec, PodTemplateSpec, ResourceRequirements,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 
 use super::pod::{self, CONTROLLER_BINARY};
 use super::resources::amounts;
 use super::secrets::{BACKUP_ACCESS_KEY, BACKUP_RESTIC_PASSWORD, BACKUP_SECRET_KEY, SUPERUSER};
 use super::{Cluster, labels, names};
+use crate::backup::access::{
+    ENV_ACCESS_KEY, ENV_REGION, ENV_REPOSITORY_BASE, ENV_RESTIC_BINARY, ENV_RESTIC_PASSWORD,
+    ENV_SECRET_KEY,
+};
 
 /// Labels of backup pods: the cluster's, but a different `app.kubernetes.io/name`, so
 /// neither the StatefulSet nor the `-r` Service ever selects a backup pod.
@@ -31,11 +37,29 @@ pub fn backup_credentials_secret(cluster: &Cluster) -> String {
         .unwrap_or_else(|| names::secret_backup(&cluster.name))
 }
 
+/// What opens the backups (see `backup::access`): the credentials Secret's keys, the region,
+/// the repository base and the restic copied in by the init container. The kubelet holds
+/// the container back until the Secret exists.
+pub fn backup_access_env(cluster: &Cluster) -> Vec<EnvVar> {
+    let backup = &cluster.spec().backup;
+    let credentials = backup_credentials_secret(cluster);
+    vec![
+        pod::env_from_secret(ENV_ACCESS_KEY, &credentials, BACKUP_ACCESS_KEY),
+        pod::env_from_secret(ENV_SECRET_KEY, &credentials, BACKUP_SECRET_KEY),
+        pod::env_from_secret(ENV_RESTIC_PASSWORD, &credentials, BACKUP_RESTIC_PASSWORD),
+        pod::env(ENV_REGION, backup.s3_region.clone()),
+        pod::env(
+            ENV_REPOSITORY_BASE,
+            format!("s3:{}", backup.s3_bucket.clone().unwrap_or_default()),
+        ),
+        pod::env(ENV_RESTIC_BINARY, format!("{}/restic", pod::CONTROLLER_DIR)),
+    ]
+}
+
 /// The pod of a backup run: `postgres-operator backup` in the cluster's own PostgreSQL image
 /// (so pg_dump matches the server), with `args` after `backup --cluster <name>`.
 fn backup_pod_template(cluster: &Cluster, args: &[String]) -> PodTemplateSpec {
     let backup = &cluster.spec().backup;
-    let credentials = backup_credentials_secret(cluster);
     let mut env = pod::cluster_env(cluster);
     env.retain(|var| var.name != "PGHOST");
     env.extend([
@@ -46,16 +70,10 @@ fn backup_pod_template(cluster: &Cluster, args: &[String]) -> PodTemplateSpec {
             &names::secret_superuser(&cluster.name),
             "password",
         ),
-        pod::env_from_secret("AWS_ACCESS_KEY_ID", &credentials, BACKUP_ACCESS_KEY),
-        pod::env_from_secret("AWS_SECRET_ACCESS_KEY", &credentials, BACKUP_SECRET_KEY),
-        pod::env_from_secret("RESTIC_PASSWORD", &credentials, BACKUP_RESTIC_PASSWORD),
-        pod::env("AWS_DEFAULT_REGION", backup.s3_region.clone()),
-        pod::env(
-            "RESTIC_REPOSITORY_BASE",
-            format!("s3:{}", backup.s3_bucket.clone().unwrap_or_default()),
-        ),
+    ]);
+    env.extend(backup_access_env(cluster));
+    env.extend([
         pod::env("BACKUP_CLEANUP_STRATEGY", backup.cleanup_strategy.clone()),
-        pod::env("RESTIC_BINARY", format!("{}/restic", pod::CONTROLLER_DIR)),
         pod::env_from_field(
             "JOB_NAME",
             "metadata.labels['batch.kubernetes.io/job-name']",

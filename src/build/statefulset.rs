@@ -16,6 +16,7 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
+use super::cronjob;
 use super::pod::{self, CONTROLLER_BINARY, DATA_MOUNT, DATA_VOLUME};
 use super::resources::instance_resources;
 use super::{Cluster, labels, names};
@@ -152,7 +153,12 @@ fn container_port(name: &str, port: i32) -> ContainerPort {
 }
 
 fn postgres_container(cluster: &Cluster) -> Container {
-    let env = pod::cluster_env(cluster);
+    let mut env = pod::cluster_env(cluster);
+    if cluster.spec().restore_source().is_some() {
+        // The first primary restores from the backups. Pods wait for the credentials
+        // Secret (the kubelet says so in their events) rather than start without them.
+        env.extend(cronjob::backup_access_env(cluster));
+    }
     let mut mounts = vec![
         pod::mount(DATA_VOLUME, DATA_MOUNT),
         pod::mount(pod::SHM_VOLUME, SHM_MOUNT),
@@ -329,6 +335,55 @@ mod tests {
         for name in ["CLUSTER_NAME", "POD_NAME", "POD_NAMESPACE", "PGDATA"] {
             assert!(env.iter().any(|e| e.name == name), "{name} missing");
         }
+    }
+
+    #[test]
+    fn only_a_cluster_that_bootstraps_from_a_backup_gets_the_backup_credentials() {
+        let env_names = |s: &StatefulSet| -> Vec<String> {
+            postgres(s)
+                .env
+                .as_ref()
+                .unwrap()
+                .iter()
+                .map(|e| e.name.clone())
+                .collect()
+        };
+        let plain = statefulset("backup:\n  enabled: true\n  s3Bucket: s3.example.org/b\n");
+        assert!(!env_names(&plain).contains(&"RESTIC_PASSWORD".to_string()));
+
+        let restoring = statefulset(
+            "backup:\n  s3Bucket: s3.example.org/b\n  s3Region: eu-west-3\n  credentialsSecretRef: {name: keys}\nbootstrap:\n  enabled: true\n  oldName: old\n",
+        );
+        let env = postgres(&restoring).env.as_ref().unwrap();
+        let value = |name: &str| {
+            env.iter()
+                .find(|e| e.name == name)
+                .unwrap_or_else(|| panic!("{name} missing"))
+                .clone()
+        };
+        for (name, key) in [
+            ("AWS_ACCESS_KEY_ID", "s3AccessKey"),
+            ("AWS_SECRET_ACCESS_KEY", "s3SecretKey"),
+            ("RESTIC_PASSWORD", "resticPassword"),
+        ] {
+            let reference = value(name).value_from.unwrap().secret_key_ref.unwrap();
+            assert_eq!(
+                (reference.name.as_str(), reference.key.as_str()),
+                ("keys", key)
+            );
+        }
+        assert_eq!(
+            value("RESTIC_REPOSITORY_BASE").value.as_deref(),
+            Some("s3:s3.example.org/b")
+        );
+        assert_eq!(
+            value("AWS_DEFAULT_REGION").value.as_deref(),
+            Some("eu-west-3")
+        );
+        assert_eq!(
+            value("RESTIC_BINARY").value.as_deref(),
+            Some("/controller/restic")
+        );
     }
 
     #[test]

@@ -14,9 +14,11 @@ use tokio::sync::{Notify, mpsc, watch};
 
 use super::bootstrap::{self, Bootstrap, Tools};
 use super::files::{ConfigFiles, Listen, RuntimeRole};
+use super::from_backup::{self, BackupEnvironment, Progress};
 use super::metrics::InstanceMetrics;
 use super::provision::{Connection, MAINTENANCE_DB, Provisioner, Scope};
 use super::source::{Snapshot, SpecSource};
+use super::status::Hold;
 use super::supervise::{self, Event, PostmasterCommand};
 use crate::build::config::sync_standby_names;
 use crate::build::pod::POSTGRES_PORT;
@@ -70,6 +72,10 @@ pub struct InstanceSettings {
     pub primary_restart_wait: Duration,
     /// Pause between clone attempts while the primary is not reachable.
     pub clone_retry: Duration,
+    /// Pause between attempts of a restore from backup that failed.
+    pub restore_retry: Duration,
+    /// Where the backups of a bootstrap from backup are.
+    pub backup: BackupEnvironment,
     pub timing: supervise::Timing,
 }
 
@@ -87,6 +93,8 @@ pub enum InstanceError {
         #[source]
         source: std::io::Error,
     },
+    #[error("bootstrap from backup: {0}")]
+    FromBackup(#[from] from_backup::FromBackupError),
     #[error("a blocking task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
 }
@@ -109,6 +117,8 @@ struct Manager {
     provisioner: Provisioner,
     metrics: Arc<InstanceMetrics>,
     restart: Arc<Notify>,
+    /// Keeps `/readyz` failing until the server is what the spec says.
+    hold: Hold,
     role: Role,
     sync_standby_names: String,
     /// When a setting that needs a restart was first seen pending.
@@ -184,6 +194,7 @@ async fn run_with(
         operator: OperatorSettings::default(),
         metrics: Arc::new(InstanceMetrics::default()),
         restart: Arc::new(Notify::new()),
+        hold: Hold::new("starting: the first declarative SQL pass has not run yet"),
         role,
         sync_standby_names: String::new(),
         pending_since: None,
@@ -207,9 +218,13 @@ async fn run_with(
     };
     tokio::spawn(count_events(events, manager.metrics.clone()));
     manager.wait_accepting(shutdown).await;
-    // Before /readyz can pass: a primary must hold the replication role first.
-    manager.declarative_sql(&snapshot, Scope::Full).await;
+    // Liveness passes from now on, however long a restore takes; readiness waits.
     manager.serve(shutdown.clone()).await?;
+    if manager.restore_if_pending(&snapshot, shutdown).await {
+        // Before /readyz can pass: a primary must hold the replication role first.
+        manager.declarative_sql(&snapshot, Scope::Full).await;
+        manager.hold.release();
+    }
 
     let mut sql_timer = tokio::time::interval(manager.settings.sql_period);
     let mut full_sql_timer = tokio::time::interval(manager.settings.sql_full_period);
@@ -321,6 +336,11 @@ impl Manager {
             }
             Bootstrap::InitDb => {
                 tracing::info!("initialising a new cluster");
+                if let Some(source) = snapshot.postgres.spec.restore_source() {
+                    // Before initdb: whatever happens next, this directory is not
+                    // complete until the restore is.
+                    Progress::begin(source).save(&data_dir)?;
+                }
                 let tools = self.tools();
                 let password = snapshot
                     .superuser_password()
@@ -364,6 +384,55 @@ impl Manager {
             }
         }
         Ok(true)
+    }
+
+    /// A primary whose data directory is an unfinished restore from backup (see
+    /// `from_backup`) finishes it, retrying until it succeeds. False when shut down first.
+    async fn restore_if_pending(
+        &self,
+        snapshot: &Snapshot,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> bool {
+        if self.role != Role::Primary {
+            return true;
+        }
+        let data_dir = &self.settings.data_dir;
+        loop {
+            let attempt = async {
+                let Some(mut progress) = Progress::load(data_dir)? else {
+                    return Ok(None);
+                };
+                let settings = self.settings.backup.restore_settings(
+                    &snapshot.postgres.spec,
+                    &progress,
+                    self.provisioner.connection().clone(),
+                    &self.settings.bin_dir,
+                )?;
+                let done =
+                    from_backup::resume(&settings, &mut progress, data_dir, &self.hold).await?;
+                Progress::finish(data_dir)?;
+                Ok::<_, from_backup::FromBackupError>(Some(done))
+            };
+            let failed = tokio::select! {
+                result = attempt => match result {
+                    Ok(None) => return true,
+                    Ok(Some((run, databases))) => {
+                        tracing::info!(%run, databases, "restore from backup complete");
+                        return true;
+                    }
+                    Err(error) => error,
+                },
+                _ = shutdown.wait_for(|stop| *stop) => return false,
+            };
+            self.metrics.restore_failures.inc();
+            tracing::error!(error = %failed, retry_s = self.settings.restore_retry.as_secs(), "restore from backup failed; retrying");
+            self.hold
+                .set(format!("restore from backup failed, retrying: {failed}"));
+            tokio::select! {
+                () = tokio::time::sleep(self.settings.restore_retry) => {}
+                _ = shutdown.wait_for(|stop| *stop) => return false,
+            }
+        }
     }
 
     fn peer(&self, pod: &str) -> (String, u16) {
@@ -686,7 +755,7 @@ impl Manager {
         for (address, router) in [
             (
                 self.settings.status_address,
-                super::status::router(self.provisioner.connection().clone()),
+                super::status::router(self.provisioner.connection().clone(), self.hold.clone()),
             ),
             (
                 self.settings.metrics_address,

@@ -20,6 +20,7 @@ pub struct InstanceMetrics {
     pub sql_errors: Counter,
     pub sql_statements: Counter,
     pub config_reloads: Counter,
+    pub restore_failures: Counter,
     pub up: Gauge,
     pub primary: Gauge,
     pub pending_restart: Gauge,
@@ -37,6 +38,7 @@ impl Default for InstanceMetrics {
             sql_errors: Counter::default(),
             sql_statements: Counter::default(),
             config_reloads: Counter::default(),
+            restore_failures: Counter::default(),
             up: Gauge::default(),
             primary: Gauge::default(),
             pending_restart: Gauge::default(),
@@ -74,6 +76,11 @@ impl Default for InstanceMetrics {
                 "config_reloads",
                 "Configuration reloads after a change",
                 &metrics.config_reloads,
+            ),
+            (
+                "restore_failures",
+                "Attempts of a bootstrap from backup that failed",
+                &metrics.restore_failures,
             ),
         ];
         for (name, help, counter) in counters {
@@ -158,6 +165,7 @@ mod tests {
             "restarts",
             "sql_errors",
             "config_reloads",
+            "restore_failures",
             "pending_restart",
             "replay_lag_bytes",
             "sync_standbys",

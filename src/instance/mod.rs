@@ -4,6 +4,7 @@
 
 pub mod bootstrap;
 pub mod files;
+pub mod from_backup;
 pub mod manager;
 pub mod metrics;
 pub mod provision;

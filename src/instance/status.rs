@@ -2,7 +2,7 @@
 //! (accepting connections and, for a standby, streaming from the primary) and `/status`
 //! (role, timeline, LSNs, lag, sync state, pending restart, version) as JSON.
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use axum::Json;
 use axum::Router;
@@ -14,6 +14,34 @@ use serde::Serialize;
 use tokio_postgres::Client;
 
 use super::provision::Connection;
+
+/// Why the instance manager keeps `/readyz` failing although PostgreSQL answers: it has not
+/// finished bringing the server to the spec yet (the first declarative SQL pass, or a
+/// restore from backup while the cluster bootstraps).
+#[derive(Clone, Debug, Default)]
+pub struct Hold(Arc<RwLock<Option<String>>>);
+
+impl Hold {
+    pub fn new(reason: impl Into<String>) -> Self {
+        Hold(Arc::new(RwLock::new(Some(reason.into()))))
+    }
+
+    pub fn set(&self, reason: impl Into<String>) {
+        if let Ok(mut held) = self.0.write() {
+            *held = Some(reason.into());
+        }
+    }
+
+    pub fn release(&self) {
+        if let Ok(mut held) = self.0.write() {
+            *held = None;
+        }
+    }
+
+    pub fn reason(&self) -> Option<String> {
+        self.0.read().ok().and_then(|held| held.clone())
+    }
+}
 
 /// The instance's state as the operator and the other instances read it.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
@@ -38,6 +66,9 @@ pub struct InstanceStatus {
     pub pending_restart: Vec<String>,
     /// `server_version`.
     pub version: String,
+    /// Why the instance is not ready although PostgreSQL answers (see [`Hold`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub held: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
@@ -111,8 +142,14 @@ pub fn is_ready(status: &InstanceStatus) -> bool {
     status.role == "primary" || status.streaming
 }
 
-async fn healthz(State(connection): State<Arc<Connection>>) -> impl IntoResponse {
-    match connect(&connection).await {
+#[derive(Clone)]
+struct Endpoints {
+    connection: Arc<Connection>,
+    hold: Hold,
+}
+
+async fn healthz(State(endpoints): State<Endpoints>) -> impl IntoResponse {
+    match connect(&endpoints.connection).await {
         Ok(client) => match client.simple_query("SELECT 1").await {
             Ok(_) => (StatusCode::OK, "ok".to_string()),
             Err(e) => (StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
@@ -121,8 +158,11 @@ async fn healthz(State(connection): State<Arc<Connection>>) -> impl IntoResponse
     }
 }
 
-async fn readyz(State(connection): State<Arc<Connection>>) -> impl IntoResponse {
-    match read_status(&connection).await {
+async fn readyz(State(endpoints): State<Endpoints>) -> impl IntoResponse {
+    if let Some(reason) = endpoints.hold.reason() {
+        return (StatusCode::SERVICE_UNAVAILABLE, reason);
+    }
+    match read_status(&endpoints.connection).await {
         Ok(status) if is_ready(&status) => (StatusCode::OK, "ready".to_string()),
         Ok(_) => (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -133,19 +173,28 @@ async fn readyz(State(connection): State<Arc<Connection>>) -> impl IntoResponse 
 }
 
 async fn status(
-    State(connection): State<Arc<Connection>>,
+    State(endpoints): State<Endpoints>,
 ) -> Result<Json<InstanceStatus>, (StatusCode, String)> {
-    read_status(&connection)
+    read_status(&endpoints.connection)
         .await
-        .map(Json)
+        .map(|status| {
+            Json(InstanceStatus {
+                held: endpoints.hold.reason(),
+                ..status
+            })
+        })
         .map_err(|e| (StatusCode::SERVICE_UNAVAILABLE, e.to_string()))
 }
 
-/// The :8000 endpoints, reading the server through `connection`.
-pub fn router(connection: Connection) -> Router {
+/// The :8000 endpoints, reading the server through `connection`; `/readyz` fails while
+/// `hold` holds a reason.
+pub fn router(connection: Connection, hold: Hold) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/status", get(status))
-        .with_state(Arc::new(connection))
+        .with_state(Endpoints {
+            connection: Arc::new(connection),
+            hold,
+        })
 }

@@ -105,7 +105,15 @@ pub fn validate_spec(spec: &PostgresSpec) -> Result<(), ValidationErrors> {
     check_users(spec, &mut errors);
     check_databases(spec, &mut errors);
     check_parameters(spec, &mut errors);
-    check_backup(&spec.backup, &mut errors);
+    // A restore reads the backups from the cluster's own backup location.
+    let bucket_needed_by = if spec.backup.enabled {
+        Some("spec.backup.enabled")
+    } else if spec.restore_source().is_some() {
+        Some("spec.bootstrap.enabled")
+    } else {
+        None
+    };
+    check_backup(&spec.backup, bucket_needed_by, &mut errors);
     if let Some(bootstrap) = &spec.bootstrap {
         check_bootstrap(bootstrap, &mut errors);
     }
@@ -330,12 +338,12 @@ fn check_parameters(spec: &PostgresSpec, errors: &mut Errors) {
     }
 }
 
-fn check_backup(backup: &BackupSpec, errors: &mut Errors) {
-    if backup.enabled {
+fn check_backup(backup: &BackupSpec, bucket_needed_by: Option<&str>, errors: &mut Errors) {
+    if let Some(needed_by) = bucket_needed_by {
         match backup.s3_bucket.as_deref() {
             None | Some("") => errors.add(
                 "spec.backup.s3Bucket",
-                "is required when spec.backup.enabled is true (restic form host/bucket[/prefix], e.g. s3.example.org/postgres-backups)",
+                format!("is required when {needed_by} is true (restic form host/bucket[/prefix], e.g. s3.example.org/postgres-backups)"),
             ),
             Some(bucket) => {
                 if bucket.contains("://") || bucket.starts_with("s3:") {
@@ -418,10 +426,6 @@ fn check_bootstrap(bootstrap: &BootstrapSpec, errors: &mut Errors) {
             format!("{time:?} is not an RFC 3339 time such as 2026-01-31T12:00:00Z"),
         );
     }
-    errors.add(
-        "spec.bootstrap.enabled",
-        "restoring a new cluster from backups is not supported by this operator version yet",
-    );
 }
 
 /// `YYYY-MM-DDTHH:MM:SS[.frac](Z|±HH:MM)`.
@@ -594,6 +598,34 @@ mod tests {
         ] {
             assert!(!is_rfc3339(bad), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_bootstrap_from_backup_names_its_source_and_reads_the_backup_bucket() {
+        let ok = "bootstrap:\n  enabled: true\n  oldName: old\n  recoveryTime: 2026-01-31T12:00:00Z\nbackup:\n  s3Bucket: s3.example.org/b\n";
+        assert_eq!(validate_spec(&spec(ok)), Ok(()));
+        let err = validate_spec(&spec(
+            "bootstrap:\n  enabled: true\n  recoveryTime: yesterday\n",
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("spec.bootstrap.oldName: is required when spec.bootstrap.enabled is true"),
+            "{err}"
+        );
+        assert!(
+            err.contains("spec.bootstrap.recoveryTime: \"yesterday\" is not an RFC 3339 time"),
+            "{err}"
+        );
+        assert!(
+            err.contains("spec.backup.s3Bucket: is required when spec.bootstrap.enabled is true"),
+            "{err}"
+        );
+        // Disabled, nothing is needed.
+        assert_eq!(
+            validate_spec(&spec("bootstrap:\n  enabled: false\n")),
+            Ok(())
+        );
     }
 
     #[test]

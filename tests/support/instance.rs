@@ -3,6 +3,7 @@
 //! spec and Secrets from a YAML file, and its own PID-1 reaper. Dropping the handle
 //! sends SIGTERM and, if that is not enough, kills every process of the directory.
 
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -74,6 +75,7 @@ pub struct Instance {
     pub data_dir: PathBuf,
     pub socket_dir: PathBuf,
     log: PathBuf,
+    args: Vec<OsString>,
     child: Option<Child>,
     root: tempfile::TempDir,
 }
@@ -87,6 +89,19 @@ impl Instance {
         peers: &[(&str, u16)],
         extra: &[&str],
     ) -> Self {
+        Self::spawn_with_env(spec, cluster, pod, peers, extra, &[])
+    }
+
+    /// As [`Instance::spawn`], with environment variables (e.g. the backup credentials of
+    /// a pod that bootstraps from a backup).
+    pub fn spawn_with_env(
+        spec: &SpecFile,
+        cluster: &str,
+        pod: &str,
+        peers: &[(&str, u16)],
+        extra: &[&str],
+        env: &[(String, String)],
+    ) -> Self {
         let root = tempfile::tempdir().unwrap();
         let socket_dir = root.path().join("run");
         std::fs::create_dir(&socket_dir).unwrap();
@@ -94,64 +109,42 @@ impl Instance {
         let data_dir = root.path().join("pgdata");
         let log = root.path().join("instance.log");
         let (port, status_port, metrics_port) = (free_port(), free_port(), free_port());
-        let mut cmd = command(Path::new(env!("CARGO_BIN_EXE_postgres-operator")));
-        cmd.arg("instance")
-            .args([
-                "--cluster",
-                cluster,
-                "--namespace",
-                "tenant",
-                "--pod-name",
-                pod,
-            ])
-            .arg("--data-dir")
-            .arg(&data_dir)
-            .arg("--bin-dir")
-            .arg(bin_dir())
-            .args([
-                "--port",
-                &port.to_string(),
-                "--listen-addresses",
-                "127.0.0.1",
-            ])
-            .arg("--socket-dir")
-            .arg(&socket_dir)
-            .arg("--local-host")
-            .arg(&socket_dir)
-            .args(["--status-address", &format!("127.0.0.1:{status_port}")])
-            .args(["--metrics-address", &format!("127.0.0.1:{metrics_port}")])
-            .arg("--spec-file")
-            .arg(&spec.path)
-            .args([
-                "--maintenance-period-ms",
-                "200",
-                "--reaper",
-                "--log-format",
-                "text",
-            ]);
+        let mut args: Vec<OsString> = Vec::new();
+        let mut push = |items: &[&dyn AsRef<std::ffi::OsStr>]| {
+            args.extend(items.iter().map(|item| item.as_ref().to_os_string()));
+        };
+        push(&[
+            &"instance",
+            &"--cluster",
+            &cluster,
+            &"--namespace",
+            &"tenant",
+        ]);
+        push(&[&"--pod-name", &pod, &"--data-dir", &data_dir]);
+        push(&[&"--bin-dir", &bin_dir(), &"--port", &port.to_string()]);
+        push(&[
+            &"--listen-addresses",
+            &"127.0.0.1",
+            &"--socket-dir",
+            &socket_dir,
+        ]);
+        push(&[&"--local-host", &socket_dir]);
+        push(&[&"--status-address", &format!("127.0.0.1:{status_port}")]);
+        push(&[&"--metrics-address", &format!("127.0.0.1:{metrics_port}")]);
+        push(&[
+            &"--spec-file",
+            &spec.path,
+            &"--maintenance-period-ms",
+            &"200",
+        ]);
+        push(&[&"--reaper", &"--log-format", &"text"]);
         for (peer, peer_port) in peers {
-            cmd.args(["--peer", &format!("{peer}=127.0.0.1:{peer_port}")]);
+            push(&[&"--peer", &format!("{peer}=127.0.0.1:{peer_port}")]);
         }
-        cmd.args(extra);
-        // The test's environment must not leak in (PGHOST, PGDATA...).
-        for var in [
-            "PGHOST",
-            "PGPORT",
-            "PGDATA",
-            "CLUSTER_NAME",
-            "POD_NAME",
-            "POD_NAMESPACE",
-        ] {
-            cmd.env_remove(var);
+        for arg in extra {
+            push(&[arg]);
         }
-        let log_file = std::fs::File::create(&log).unwrap();
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(log_file.try_clone().unwrap())
-            .stderr(log_file)
-            .spawn()
-            .unwrap();
-        Self {
+        let mut instance = Self {
             pod: pod.to_string(),
             superuser: spec.superuser.clone(),
             port,
@@ -160,9 +153,50 @@ impl Instance {
             data_dir,
             socket_dir,
             log,
-            child: Some(child),
+            args,
+            child: None,
             root,
+        };
+        instance.start(env);
+        instance
+    }
+
+    fn start(&mut self, env: &[(String, String)]) {
+        let mut cmd = command(Path::new(env!("CARGO_BIN_EXE_postgres-operator")));
+        cmd.args(&self.args);
+        // The test's environment must not leak in (PGHOST, PGDATA...).
+        for var in [
+            "PGHOST",
+            "PGPORT",
+            "PGDATA",
+            "CLUSTER_NAME",
+            "POD_NAME",
+            "POD_NAMESPACE",
+            "RESTIC_REPOSITORY_BASE",
+            "AWS_DEFAULT_REGION",
+        ] {
+            cmd.env_remove(var);
         }
+        cmd.envs(env.iter().map(|(name, value)| (name, value)));
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone().unwrap())
+            .stderr(log_file)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+    }
+
+    /// Starts the instance again after it exited, on the same data directory and ports
+    /// (a restarted container), with `env`.
+    pub fn restart_with_env(&mut self, env: &[(String, String)]) {
+        assert!(self.child.is_none(), "{} still runs", self.pod);
+        self.start(env);
     }
 
     /// The reaper's pid (the process a kubelet would signal).
