@@ -284,6 +284,11 @@ async fn five_runs_with_keep_last_two_leave_two_runs_in_every_repository() {
         shop.execute("INSERT INTO t VALUES ($1)", &[&n])
             .await
             .unwrap();
+        if n == 3 {
+            // A restic killed while it held a lock where retention forgets: the run clears
+            // the stale lock and forgets all the same.
+            plant_stale_lock(&settings.restic, &settings.location.globals_repository()).await;
+        }
         // Run ids have one-second resolution.
         tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
         let run = Run::now();
@@ -304,11 +309,46 @@ async fn five_runs_with_keep_last_two_leave_two_runs_in_every_repository() {
         let tagged: BTreeSet<&str> = snapshots.iter().filter_map(|s| s.tag(TAG_RUN)).collect();
         assert_eq!(tagged, kept, "{repository}");
     }
+    assert_eq!(
+        locks(&settings.restic, &settings.location.globals_repository()).await,
+        ""
+    );
     // The newest run restores the newest data.
     let target = PostgresServer::start();
     restore_everything(&target, &s3).await.unwrap();
     let rows = column(&target.admin("shop").await, "SELECT count(*)::text FROM t").await;
     assert_eq!(rows, ["5"]);
+}
+
+/// The lock ids of `repository`, one per line.
+async fn locks(restic: &Restic, repository: &str) -> String {
+    let out = restic
+        .command(repository)
+        .args(["list", "locks"])
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// Starts a `restic backup` that waits on its input, and kills it once its lock is stored.
+async fn plant_stale_lock(restic: &Restic, repository: &str) {
+    let mut holder = restic
+        .command(repository)
+        .args(["backup", "--stdin", "--stdin-filename", "stuck"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while locks(restic, repository).await.is_empty() {
+        assert!(std::time::Instant::now() < deadline, "no lock taken");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    holder.kill().await.unwrap();
+    assert!(!locks(restic, repository).await.is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,7 +2,7 @@
 //! bounded (the API server rejects CRDs whose rules have unbounded estimated cost), and
 //! each rule decides good and bad samples as intended.
 
-use kube::core::cel::compile_schema;
+use kube::core::cel::{Validator, compile_schema};
 use postgres_operator::crdgen;
 use postgres_operator::validate::validate_with_crd_rules;
 use serde_json::{Value, json};
@@ -182,6 +182,24 @@ fn backup_rules() {
     assert!(!accepted(
         json!({"backup": {"s3AccessKey": "a", "credentialsSecretRef": {"name": "s"}}})
     ));
+}
+
+#[test]
+fn a_backup_record_may_not_ask_to_delete_its_snapshots_yet() {
+    let crd = crdgen::crds()
+        .into_iter()
+        .map(|crd| serde_json::to_value(crd).unwrap())
+        .find(|crd| crd["spec"]["names"]["kind"] == "PostgresBackup")
+        .unwrap();
+    let compiled = compile_schema(&crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]);
+    let record = |policy: &str| json!({"apiVersion": "apps.cozystack.io/v1alpha1", "kind": "PostgresBackup", "metadata": {"name": "b"}, "spec": {"postgres": "demo", "snapshotDeletionPolicy": policy}});
+    let validate = |object: &Value| Validator::new().validate_compiled(&compiled, object, None);
+    assert!(validate(&record("Retain")).is_ok());
+    let refused = validate(&record("Delete")).unwrap_err();
+    assert!(
+        format!("{refused:?}").contains("Delete is not supported yet"),
+        "{refused:?}"
+    );
 }
 
 #[test]

@@ -34,8 +34,10 @@ pub struct PostgresBackupSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("maxItems" = 100))]
     pub databases: Vec<String>,
-    /// What happens to the restic snapshots when this record is deleted.
+    /// What happens to the restic snapshots when this record is deleted. Only `Retain` is
+    /// supported yet: the snapshots stay until retention (`cleanupStrategy`) removes them.
     #[serde(default)]
+    #[x_kube(validation = Rule::new("self != 'Delete'").message("snapshotDeletionPolicy Delete is not supported yet: deleting a PostgresBackup keeps its snapshots until retention (spec.backup.cleanupStrategy) removes them"))]
     pub snapshot_deletion_policy: SnapshotDeletionPolicy,
 }
 

@@ -113,9 +113,34 @@ impl Restic {
     ) -> Result<String, ResticError> {
         let mut command = self.command(repository);
         command.args(args);
-        stream::output(command)
+        let started = std::time::Instant::now();
+        let result = stream::output(command)
             .await
-            .map_err(|error| failure(repository, action, error))
+            .map_err(|error| failure(repository, action, error));
+        tracing::debug!(
+            repository,
+            action,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            ok = result.is_ok(),
+            "restic"
+        );
+        result
+    }
+
+    /// Runs `op` on `repository`; when a lock is in the way, removes the stale locks (those of
+    /// killed runs; a live process keeps its own) and tries once more.
+    pub async fn unlocking<T, Op, Fut>(&self, repository: &str, op: Op) -> Result<T, ResticError>
+    where
+        Op: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<T, ResticError>>,
+    {
+        match op().await {
+            Err(error) if error.is_locked() => {
+                self.unlock(repository).await?;
+                op().await
+            }
+            other => other,
+        }
     }
 
     /// Opens the repository, creating it when nothing is there yet. Returns whether it was
@@ -273,6 +298,15 @@ pub fn failure(repository: &str, action: &'static str, error: PipeError) -> Rest
     }
 }
 
+const LOCKED_HINT: &str = "another restic process holds the repository lock";
+
+impl ResticError {
+    /// A lock is in the way: a live process's, or a stale one a killed run left.
+    pub fn is_locked(&self) -> bool {
+        self.message.starts_with(LOCKED_HINT)
+    }
+}
+
 /// restic's "Fatal:" line, with a plain explanation in front of the ones users meet.
 pub fn explain(stderr: &str) -> String {
     let fatal = stderr
@@ -295,7 +329,7 @@ pub fn explain(stderr: &str) -> String {
     {
         Some("S3 rejected the credentials")
     } else if lower.contains("repository is already locked") {
-        Some("another restic process holds the repository lock")
+        Some(LOCKED_HINT)
     } else {
         None
     };
@@ -314,6 +348,23 @@ fn is_missing_repository(message: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_lock_in_the_way_is_recognised() {
+        let locked = ResticError {
+            repository: "r".to_string(),
+            action: "forget",
+            message: explain(
+                "Fatal: unable to create lock in backend: repository is already locked by PID 7 on host by root (UID 0, GID 0)\n",
+            ),
+        };
+        assert!(locked.is_locked());
+        let other = ResticError {
+            message: explain("Fatal: wrong password or no key found\n"),
+            ..locked
+        };
+        assert!(!other.is_locked());
+    }
 
     #[test]
     fn known_restic_failures_are_explained() {

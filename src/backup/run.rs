@@ -5,6 +5,7 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
+use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::jiff::Timestamp;
 use tokio::process::Command;
 
@@ -107,6 +108,10 @@ pub async fn run_backup(settings: &BackupSettings, run: &Run) -> RunReport {
     report
 }
 
+/// restic processes one run starts at once (opening repositories, retention): each
+/// derives a key and holds an index in memory, so there is a bound.
+const PARALLEL_RESTIC: usize = 4;
+
 async fn store_run(
     settings: &BackupSettings,
     run: &Run,
@@ -116,12 +121,17 @@ async fn store_run(
     let (databases, server_version) = list_databases(settings).await?;
     let restic = &settings.restic;
     let globals_repository = settings.location.globals_repository();
-    restic.ensure_repository(&globals_repository).await?;
-    for database in &databases {
-        restic
-            .ensure_repository(&settings.location.database_repository(&database.name))
-            .await?;
-    }
+    // Opening (or on a first run creating) a repository is mostly key derivation: all at once.
+    let mut repositories = vec![globals_repository.clone()];
+    repositories.extend(
+        databases
+            .iter()
+            .map(|database| settings.location.database_repository(&database.name)),
+    );
+    futures::stream::iter(repositories.iter().map(|r| restic.ensure_repository(r)))
+        .buffered(PARALLEL_RESTIC)
+        .try_collect::<Vec<_>>()
+        .await?;
     let tags = vec![
         format!("{TAG_RUN}={}", run.id),
         format!("{TAG_CLUSTER}={}", settings.cluster),
@@ -133,38 +143,44 @@ async fn store_run(
         "pg_dumpall",
     );
     dumpall.args(["--globals-only", "--no-password"]);
-    let globals = store(
+    let store_globals = store(
         settings,
         &globals_repository,
         GLOBALS_FILE,
         &tags,
         dumpall,
         GLOBALS_NAME,
-    )
-    .await?;
+    );
+    // The databases one after the other (one dump's load on the primary at a time), the
+    // small globals beside them; the first failure stops both.
+    let store_databases = async {
+        let mut dumps = Vec::new();
+        for database in &databases {
+            let mut dump = pg_command(settings.bin_dir.as_deref(), &settings.postgres, "pg_dump");
+            // PGDATABASE, not -d: a -d value with `=` in it would be read as a connection string.
+            dump.env("PGDATABASE", &database.name)
+                .args(["--format=tar", "--no-password"]);
+            let stored = store(
+                settings,
+                &settings.location.database_repository(&database.name),
+                &location::dump_file_name(&database.name),
+                &tags,
+                dump,
+                &database.name,
+            )
+            .await?;
+            dumps.push(DatabaseDump {
+                name: database.name.clone(),
+                owner: database.owner.clone(),
+                dump: stored,
+            });
+        }
+        Ok(dumps)
+    };
+    let (globals, dumps) = futures::try_join!(store_globals, store_databases)?;
     report.snapshots.push(api_snapshot(GLOBALS_NAME, &globals));
-
-    let mut dumps = Vec::new();
-    for database in &databases {
-        let mut dump = pg_command(settings.bin_dir.as_deref(), &settings.postgres, "pg_dump");
-        // PGDATABASE, not -d: a -d value with `=` in it would be read as a connection string.
-        dump.env("PGDATABASE", &database.name)
-            .args(["--format=tar", "--no-password"]);
-        let stored = store(
-            settings,
-            &settings.location.database_repository(&database.name),
-            &location::dump_file_name(&database.name),
-            &tags,
-            dump,
-            &database.name,
-        )
-        .await?;
-        report.snapshots.push(api_snapshot(&database.name, &stored));
-        dumps.push(DatabaseDump {
-            name: database.name.clone(),
-            owner: database.owner.clone(),
-            dump: stored,
-        });
+    for dump in &dumps {
+        report.snapshots.push(api_snapshot(&dump.name, &dump.dump));
     }
 
     let manifest = RunManifest {
@@ -305,7 +321,7 @@ pub fn describe_pg(error: &tokio_postgres::Error) -> String {
 /// Retention, decided once per run and applied to every repository alike: the policy picks
 /// the runs to keep among the complete ones (their manifests, always at least the newest),
 /// then every repository forgets the snapshots of the other runs, complete or interrupted,
-/// that started before this one, and is pruned. Snapshots without a run tag (made by hand or
+/// that started before this one, and is pruned when it forgot any. Snapshots without a run tag (made by hand or
 /// by another tool) are never touched. Returns how many snapshots were forgotten.
 async fn apply_retention(
     settings: &BackupSettings,
@@ -319,48 +335,64 @@ async fn apply_retention(
         policy.push("--keep-last=1".to_string());
     }
     let host = &settings.cluster;
-    restic.unlock(&globals_repository).await?;
-    let kept = restic
-        .forget_by_policy(
-            &globals_repository,
-            host,
-            &format!("/{MANIFEST_FILE}"),
-            &policy,
-        )
-        .await?;
+    // While the policy is applied to the manifests, the database repositories are listed.
+    let manifests = format!("/{MANIFEST_FILE}");
+    let decide = async {
+        // This forget locks exclusively, so it meets any stale lock here and clears it.
+        let kept = restic
+            .unlocking(&globals_repository, || {
+                restic.forget_by_policy(&globals_repository, host, &manifests, &policy)
+            })
+            .await?;
+        let listed = restic.snapshots(&globals_repository, host, None).await?;
+        Ok::<_, BackupError>((kept, listed))
+    };
+    let list = futures::stream::iter(manifest.databases.iter().map(|database| async {
+        let repository = database.dump.repository.clone();
+        // Stale locks of killed runs go even where nothing is forgotten (off the critical
+        // path: the policy above takes longer).
+        restic.unlock(&repository).await?;
+        let listed = restic.snapshots(&repository, host, None).await?;
+        Ok::<_, BackupError>((repository, listed))
+    }))
+    .buffered(PARALLEL_RESTIC)
+    .try_collect::<Vec<_>>();
+    let ((kept, globals_listed), mut listed) = futures::try_join!(decide, list)?;
+    listed.insert(0, (globals_repository, globals_listed));
     let mut kept_runs: BTreeSet<String> = kept
         .iter()
         .filter_map(|snapshot| snapshot.tag(TAG_RUN).map(str::to_string))
         .collect();
     kept_runs.insert(run.id.clone());
-    // The manifest's globals live in the globals repository, so it is not listed twice.
-    let mut repositories = vec![globals_repository];
-    repositories.extend(
-        manifest
-            .databases
-            .iter()
-            .map(|database| database.dump.repository.clone()),
-    );
-    let mut forgotten = 0;
-    for repository in repositories {
-        restic.unlock(&repository).await?;
-        let doomed: Vec<String> = restic
-            .snapshots(&repository, host, None)
-            .await?
-            .into_iter()
-            .filter(|snapshot| {
-                snapshot
-                    .tag(TAG_RUN)
-                    .is_some_and(|id| !kept_runs.contains(id))
-                    && started_before(&snapshot.time, &run.started_at)
-            })
-            .map(|snapshot| snapshot.id)
-            .collect();
-        restic.forget_ids(&repository, &doomed).await?;
-        forgotten += doomed.len();
-        restic.prune(&repository).await?;
-    }
-    Ok(forgotten)
+    let doomed: Vec<(String, Vec<String>)> = listed
+        .into_iter()
+        .map(|(repository, snapshots)| {
+            let ids = snapshots
+                .into_iter()
+                .filter(|snapshot| {
+                    snapshot
+                        .tag(TAG_RUN)
+                        .is_some_and(|id| !kept_runs.contains(id))
+                        && started_before(&snapshot.time, &run.started_at)
+                })
+                .map(|snapshot| snapshot.id)
+                .collect::<Vec<_>>();
+            (repository, ids)
+        })
+        // As `restic forget --prune`: a repository that forgot nothing is not pruned (data
+        // an interrupted run left unreferenced goes at its next prune).
+        .filter(|(_, ids)| !ids.is_empty())
+        .collect();
+    let forgotten: Vec<usize> =
+        futures::stream::iter(doomed.into_iter().map(|(repository, ids)| async move {
+            restic.forget_ids(&repository, &ids).await?;
+            restic.prune(&repository).await?;
+            Ok::<_, BackupError>(ids.len())
+        }))
+        .buffer_unordered(PARALLEL_RESTIC)
+        .try_collect()
+        .await?;
+    Ok(forgotten.into_iter().sum())
 }
 
 /// Whether a snapshot time is before `instant`; an unreadable time counts as not before, so
