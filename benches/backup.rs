@@ -89,21 +89,7 @@ fn s3_env(command: &mut Command, s3: &S3Server) {
 
 /// `postgres-operator backup` of the cluster into `base`.
 fn ours(server: &PostgresServer, s3: &S3Server, base: &str) -> (Duration, u64) {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_postgres-operator"));
-    command
-        .args([
-            "backup",
-            "--log-format",
-            "text",
-            "--cleanup-strategy=--keep-last=3",
-        ])
-        .env("CLUSTER_NAME", CLUSTER)
-        .env("RESTIC_REPOSITORY_BASE", base)
-        .env("PGHOST", &server.socket_dir)
-        .env("PGPORT", server.port.to_string())
-        .env("PGUSER", "postgres")
-        .env("PG_BIN_DIR", bin_dir());
-    s3_env(&mut command, s3);
+    let mut command = s3.backup_runner(server, CLUSTER, base, PASSWORD);
     let (elapsed, rss, ok) = run_sampling_rss(&mut command);
     assert!(ok, "postgres-operator backup failed");
     (elapsed, rss)

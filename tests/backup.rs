@@ -15,7 +15,7 @@ use postgres_operator::backup::s3::S3Credentials;
 use postgres_operator::instance::provision::Connection;
 use postgres_operator::validate::retention::RetentionPolicy;
 use support::apiserver::ApiServer;
-use support::instance::{Instance, SpecFile, secrets_yaml};
+use support::instance::{COMPLETE_USERS, Instance, SpecFile, secrets_yaml};
 use support::postgres::{PostgresServer, bin_dir, column};
 use support::s3::S3Server;
 
@@ -487,22 +487,8 @@ async fn an_interrupted_run_leaves_no_complete_run_and_the_next_run_cleans_it_up
     .await
     .unwrap();
 
-    let mut runner = std::process::Command::new(env!("CARGO_BIN_EXE_postgres-operator"))
-        .args([
-            "backup",
-            "--log-format",
-            "text",
-            "--cleanup-strategy=--keep-last=3",
-        ])
-        .env("CLUSTER_NAME", CLUSTER)
-        .env("RESTIC_REPOSITORY_BASE", s3.base(BUCKET))
-        .env("AWS_ACCESS_KEY_ID", &s3.credentials.access_key)
-        .env("AWS_SECRET_ACCESS_KEY", &s3.credentials.secret_key)
-        .env("RESTIC_PASSWORD", PASSWORD)
-        .env("PGHOST", &source.socket_dir)
-        .env("PGPORT", source.port.to_string())
-        .env("PGUSER", "postgres")
-        .env("PG_BIN_DIR", bin_dir())
+    let mut runner = s3
+        .backup_runner(&source, CLUSTER, &s3.base(BUCKET), PASSWORD)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -573,11 +559,6 @@ async fn an_interrupted_run_leaves_no_complete_run_and_the_next_run_cleans_it_up
 const RESTORED: &str = "restored";
 const RESTORED_PRIMARY: &str = "postgres-restored-0";
 const RESTORED_STANDBY: &str = "postgres-restored-1";
-const OLD_PASSWORDS: &[(&str, &str)] = &[
-    ("admin", "secure-admin-password"),
-    ("app_user", "app-password"),
-    ("readonly_user", "readonly-password"),
-];
 /// The restored cluster's own passwords, in its Secrets (not the old cluster's).
 const NEW_PASSWORDS: &[(&str, &str)] = &[
     ("admin", "admin-new"),
@@ -638,7 +619,7 @@ async fn a_new_cluster_bootstraps_from_the_run_before_its_recovery_time_and_its_
     let example = support::example("complete.yaml");
     let old_spec = SpecFile::new(&format!(
         "{example}{}",
-        secrets_yaml(CLUSTER, "old-superuser", "old-replication", OLD_PASSWORDS)
+        secrets_yaml(CLUSTER, "old-superuser", "old-replication", COMPLETE_USERS)
     ));
     let old = Instance::spawn(&old_spec, CLUSTER, "postgres-postgres-complete-0", &[], &[]);
     old.wait_ready().await;

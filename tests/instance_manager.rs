@@ -10,16 +10,11 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 use support::example;
-use support::instance::{Instance, SpecFile, secrets_yaml, zombies_of};
+use support::instance::{COMPLETE_USERS, Instance, SpecFile, secrets_yaml, zombies_of};
 use support::postgres::column;
 
 const PRIMARY: &str = "postgres-postgres-complete-0";
 const STANDBY: &str = "postgres-postgres-complete-1";
-const COMPLETE_USERS: &[(&str, &str)] = &[
-    ("admin", "secure-admin-password"),
-    ("app_user", "app-password"),
-    ("readonly_user", "readonly-password"),
-];
 
 async fn wait_until<F, Fut>(what: &str, seconds: u64, mut check: F)
 where

@@ -43,6 +43,13 @@ impl SpecFile {
     }
 }
 
+/// The passwords of the complete example's users (examples/complete.yaml).
+pub const COMPLETE_USERS: &[(&str, &str)] = &[
+    ("admin", "secure-admin-password"),
+    ("app_user", "app-password"),
+    ("readonly_user", "readonly-password"),
+];
+
 /// The Secrets of cluster `name` in a spec file: superuser, replication and user passwords.
 pub fn secrets_yaml(
     name: &str,

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use postgres_operator::backup::s3::S3Credentials;
 
-use super::postgres::free_port;
+use super::postgres::{PostgresServer, bin_dir, free_port};
 use super::validators::tools_bin;
 
 pub struct S3Server {
@@ -63,6 +63,38 @@ impl S3Server {
     /// The restic repository base of `bucket[/prefix]` on this server.
     pub fn base(&self, bucket: &str) -> String {
         format!("s3:http://127.0.0.1:{}/{bucket}", self.port)
+    }
+}
+
+impl S3Server {
+    /// The real `postgres-operator backup` of `server`'s databases as cluster `cluster` into
+    /// the repository base `base`, with the environment a backup Job gets.
+    pub fn backup_runner(
+        &self,
+        server: &PostgresServer,
+        cluster: &str,
+        base: &str,
+        restic_password: &str,
+    ) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_postgres-operator"));
+        command
+            .args([
+                "backup",
+                "--log-format",
+                "text",
+                "--cleanup-strategy=--keep-last=3",
+            ])
+            .env("CLUSTER_NAME", cluster)
+            .env("RESTIC_REPOSITORY_BASE", base)
+            .env("AWS_ACCESS_KEY_ID", &self.credentials.access_key)
+            .env("AWS_SECRET_ACCESS_KEY", &self.credentials.secret_key)
+            .env("AWS_DEFAULT_REGION", &self.credentials.region)
+            .env("RESTIC_PASSWORD", restic_password)
+            .env("PGHOST", &server.socket_dir)
+            .env("PGPORT", server.port.to_string())
+            .env("PGUSER", "postgres")
+            .env("PG_BIN_DIR", bin_dir());
+        command
     }
 }
 
