@@ -321,8 +321,9 @@ pub fn describe_pg(error: &tokio_postgres::Error) -> String {
 /// Retention, decided once per run and applied to every repository alike: the policy picks
 /// the runs to keep among the complete ones (their manifests, always at least the newest),
 /// then every repository forgets the snapshots of the other runs, complete or interrupted,
-/// that started before this one, and is pruned when it forgot any. Snapshots without a run tag (made by hand or
-/// by another tool) are never touched. Returns how many snapshots were forgotten.
+/// that started before this one, and is pruned when it forgot any. Snapshots without a run
+/// tag (made by hand or by another tool) are never touched. Returns how many snapshots were
+/// forgotten.
 async fn apply_retention(
     settings: &BackupSettings,
     run: &Run,

@@ -178,14 +178,13 @@ impl Progress {
                 self.source_cluster,
                 self.databases.len()
             ),
-            None => format!(
-                "restoring the {} backup of cluster {:?}",
-                if self.selector == "latest" {
-                    "latest".to_string()
-                } else {
-                    format!("latest-before-{}", self.selector)
-                },
+            None if self.selector == "latest" => format!(
+                "restoring the latest backup run of cluster {:?}",
                 self.source_cluster
+            ),
+            None => format!(
+                "restoring the latest backup run of cluster {:?} completed by {}",
+                self.source_cluster, self.selector
             ),
         }
     }
@@ -279,10 +278,9 @@ mod tests {
         };
         let mut progress = Progress::begin(&spec);
         assert!(matches!(progress.selector(), RunSelector::LatestBefore(_)));
-        assert!(
-            progress
-                .describe()
-                .contains("latest-before-2026-11-25T03:00:00Z")
+        assert_eq!(
+            progress.describe(),
+            "restoring the latest backup run of cluster \"old\" completed by 2026-11-25T03:00:00Z"
         );
         progress.run = Some("20261125T020000Z".to_string());
         assert_eq!(
