@@ -235,6 +235,82 @@ async fn a_settled_cluster_is_reconciled_without_writes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_get_their_role_label_once_with_only_that_label_applied() {
+    let server = ApiServer::new();
+    server.put(POSTGRES, NS, postgres("roles", example_spec("ha.yaml")));
+    // Pods as the StatefulSet creates them; the last one carries a wrong role.
+    for (ordinal, role) in [(0, None), (1, None), (2, Some("primary"))] {
+        let mut pod_labels = json!({"app.kubernetes.io/name": "postgres", "app.kubernetes.io/instance": "roles",
+            "postgres.apps.cozystack.io/cluster": "roles"});
+        if let Some(role) = role {
+            pod_labels["postgres.apps.cozystack.io/role"] = json!(role);
+        }
+        server.put("/pods", NS, json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": format!("postgres-roles-{ordinal}"), "namespace": NS, "labels": pod_labels}}));
+    }
+    let running = start(&server);
+    let role = |ordinal: i32| {
+        server
+            .get("/pods", NS, &format!("postgres-roles-{ordinal}"))
+            .map(|p| p["metadata"]["labels"]["postgres.apps.cozystack.io/role"].clone())
+    };
+    support::wait_for("every pod has its role", || {
+        role(0) == Some(json!("primary"))
+            && role(1) == Some(json!("replica"))
+            && role(2) == Some(json!("replica"))
+    })
+    .await;
+    // Several resyncs pass: each pod was written once, with only its role label, by
+    // server-side apply.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let pod_writes: Vec<_> = server
+        .writes()
+        .into_iter()
+        .filter(|w| w.resource == "/pods")
+        .collect();
+    let mut written: Vec<(String, String, Value)> = pod_writes
+        .iter()
+        .map(|w| {
+            (
+                w.method.clone(),
+                w.name.clone().unwrap(),
+                w.body.as_ref().unwrap()["metadata"].clone(),
+            )
+        })
+        .collect();
+    written.sort_by(|a, b| a.1.cmp(&b.1));
+    let role_only = |pod: &str, role: &str| {
+        (
+            "PATCH".to_string(),
+            pod.to_string(),
+            json!({"name": pod, "labels": {"postgres.apps.cozystack.io/role": role}}),
+        )
+    };
+    assert_eq!(
+        written,
+        vec![
+            role_only("postgres-roles-0", "primary"),
+            role_only("postgres-roles-1", "replica"),
+            role_only("postgres-roles-2", "replica"),
+        ]
+    );
+    for write in &pod_writes {
+        assert_eq!(
+            write.content_type.as_deref(),
+            Some("application/apply-patch+yaml")
+        );
+    }
+    // The status names the labelled primary.
+    support::wait_for("currentPrimary", || {
+        server
+            .get(POSTGRES, NS, "roles")
+            .is_some_and(|pg| pg["status"]["currentPrimary"] == "postgres-roles-0")
+    })
+    .await;
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spec_changes_reach_the_objects_and_stale_objects_go() {
     let server = ApiServer::new();
     let spec = example_spec("complete.yaml");

@@ -92,6 +92,10 @@ async fn full_scenario(server: &ApiServer) {
         "metadata": {"name": "pgdata-postgres-all-0", "namespace": "ns", "labels": {"app.kubernetes.io/name": "postgres",
             "app.kubernetes.io/instance": "all", "postgres.apps.cozystack.io/cluster": "all"}},
         "spec": {"resources": {"requests": {"storage": "1Gi"}}}}));
+    // A pod as the StatefulSet creates it: no role label yet.
+    server.put("/pods", "ns", json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "postgres-all-0", "namespace": "ns", "labels": {"app.kubernetes.io/name": "postgres",
+            "app.kubernetes.io/instance": "all", "postgres.apps.cozystack.io/cluster": "all"}}}));
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let client = server.client();
     let lock = LeaseLock::new(
@@ -123,6 +127,14 @@ async fn full_scenario(server: &ApiServer) {
         server
             .get("/persistentvolumeclaims", "ns", "pgdata-postgres-all-0")
             .is_some_and(|c| c["spec"]["resources"]["requests"]["storage"] == "50Gi")
+    })
+    .await;
+    support::wait_for("the pod is labelled primary", || {
+        server
+            .get("/pods", "ns", "postgres-all-0")
+            .is_some_and(|p| {
+                p["metadata"]["labels"]["postgres.apps.cozystack.io/role"] == "primary"
+            })
     })
     .await;
     // A backup asked for by hand gets its Job, and the record names it.

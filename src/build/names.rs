@@ -12,6 +12,16 @@ pub fn pod(cluster: &str, ordinal: i32) -> String {
     format!("postgres-{cluster}-{ordinal}")
 }
 
+/// The pod that should be primary: the controller's target, else the current primary,
+/// else ordinal 0 of a cluster that has never had one.
+pub fn target_primary(postgres: &crate::api::Postgres) -> String {
+    let status = postgres.status.as_ref();
+    status
+        .and_then(|s| s.target_primary.clone())
+        .or_else(|| status.and_then(|s| s.current_primary.clone()))
+        .unwrap_or_else(|| pod(&postgres.metadata.name.clone().unwrap_or_default(), 0))
+}
+
 /// Service selecting the primary.
 pub fn service_rw(cluster: &str) -> String {
     format!("postgres-{cluster}-rw")

@@ -3,6 +3,7 @@
 pub mod backup_records;
 pub mod drift;
 pub mod leader;
+pub mod pod_roles;
 pub mod reconcile;
 pub mod status;
 

@@ -18,7 +18,7 @@ use kube::{Resource, ResourceExt};
 use serde_json::json;
 
 use super::status::{self, Observed};
-use super::{Context, Error, FIELD_MANAGER};
+use super::{Context, Error, FIELD_MANAGER, pod_roles};
 use crate::api::{API_VERSION, Postgres, PostgresBackup};
 use crate::build::cronjob::backup_credentials_secret;
 use crate::build::secrets::{ExistingSecrets, RandomPasswords};
@@ -184,10 +184,12 @@ async fn reconcile_inner(postgres: &Postgres, ctx: &Context) -> Result<Action, E
     // The StatefulSet's counts as read before this pass's apply: applying changes its
     // spec, not its status, and the StatefulSet watch brings the next change here.
     let selector = selector_string(&labels::selector(&name));
-    let pods = Api::<Pod>::namespaced(ctx.client.clone(), &namespace)
+    let mut pods = Api::<Pod>::namespaced(ctx.client.clone(), &namespace)
         .list(&ListParams::default().labels(&selector))
         .await
         .map_err(Error::kube("list", "Pod", &name))?;
+    let primary = names::target_primary(postgres);
+    pod_roles::apply_roles(ctx, &namespace, &mut pods.items, &primary).await?;
     let (records, missing_credentials) = observe_backups(ctx, &cluster, &desired).await?;
     let observed = Observed {
         statefulset: live_statefulset.as_ref(),

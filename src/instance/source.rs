@@ -80,14 +80,9 @@ impl Snapshot {
             .collect()
     }
 
-    /// The pod that should be primary: the controller's target, else the current
-    /// primary, else ordinal 0 of a cluster that has never had one.
+    /// The pod that should be primary (see `names::target_primary`).
     pub fn target_primary(&self) -> String {
-        let status = self.postgres.status.as_ref();
-        status
-            .and_then(|s| s.target_primary.clone())
-            .or_else(|| status.and_then(|s| s.current_primary.clone()))
-            .unwrap_or_else(|| names::pod(&self.cluster(), 0))
+        names::target_primary(&self.postgres)
     }
 }
 
