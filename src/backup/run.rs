@@ -97,7 +97,7 @@ pub async fn run_backup(settings: &BackupSettings, run: &Run) -> RunReport {
         error: None,
     };
     let outcome = match store_run(settings, run, &mut report).await {
-        Ok(manifest) => apply_retention(settings, run, &manifest).await,
+        Ok(earlier) => apply_retention(settings, run, earlier).await,
         Err(error) => Err(error),
     };
     match outcome {
@@ -112,11 +112,34 @@ pub async fn run_backup(settings: &BackupSettings, run: &Run) -> RunReport {
 /// derives a key and holds an index in memory, so there is a bound.
 const PARALLEL_RESTIC: usize = 4;
 
+/// The snapshots of earlier runs, by repository (the globals repository first).
+type Listing = Vec<(String, Vec<restic::Snapshot>)>;
+
+/// Lists every repository of the run, removing the stale locks of killed runs on the way
+/// (even where retention will forget nothing).
+async fn list_earlier(
+    settings: &BackupSettings,
+    repositories: &[String],
+) -> Result<Listing, BackupError> {
+    let restic = &settings.restic;
+    let host = &settings.cluster;
+    futures::stream::iter(repositories.iter().map(|repository| async move {
+        restic.unlock(repository).await?;
+        let listed = restic.snapshots(repository, host, None).await?;
+        Ok::<_, BackupError>((repository.clone(), listed))
+    }))
+    .buffered(PARALLEL_RESTIC)
+    .try_collect()
+    .await
+}
+
+/// Stores the run (globals, every database, then the manifest); meanwhile lists what the
+/// repositories held before, for retention.
 async fn store_run(
     settings: &BackupSettings,
     run: &Run,
     report: &mut RunReport,
-) -> Result<RunManifest, BackupError> {
+) -> Result<Listing, BackupError> {
     s3::check_bucket(&settings.location, &settings.credentials).await?;
     let (databases, server_version) = list_databases(settings).await?;
     let restic = &settings.restic;
@@ -177,7 +200,11 @@ async fn store_run(
         }
         Ok(dumps)
     };
-    let (globals, dumps) = futures::try_join!(store_globals, store_databases)?;
+    let (globals, dumps, earlier) = futures::try_join!(
+        store_globals,
+        store_databases,
+        list_earlier(settings, &repositories)
+    )?;
     report.snapshots.push(api_snapshot(GLOBALS_NAME, &globals));
     for dump in &dumps {
         report.snapshots.push(api_snapshot(&dump.name, &dump.dump));
@@ -202,7 +229,7 @@ async fn store_run(
     .await
     .map_err(|error| restic::failure(&globals_repository, "backup", error))?;
     restic::backup_summary(&globals_repository, &out)?;
-    Ok(manifest)
+    Ok(earlier)
 }
 
 /// Streams one dump into a new snapshot.
@@ -321,13 +348,13 @@ pub fn describe_pg(error: &tokio_postgres::Error) -> String {
 /// Retention, decided once per run and applied to every repository alike: the policy picks
 /// the runs to keep among the complete ones (their manifests, always at least the newest),
 /// then every repository forgets the snapshots of the other runs, complete or interrupted,
-/// that started before this one, and is pruned when it forgot any. Snapshots without a run
-/// tag (made by hand or by another tool) are never touched. Returns how many snapshots were
-/// forgotten.
+/// that started before this one (from `earlier`, listed while the run was stored), and is
+/// pruned when it forgot any. Snapshots without a run tag (made by hand or by another tool)
+/// are never touched. Returns how many snapshots were forgotten.
 async fn apply_retention(
     settings: &BackupSettings,
     run: &Run,
-    manifest: &RunManifest,
+    earlier: Listing,
 ) -> Result<usize, BackupError> {
     let restic = &settings.restic;
     let globals_repository = settings.location.globals_repository();
@@ -336,56 +363,47 @@ async fn apply_retention(
         policy.push("--keep-last=1".to_string());
     }
     let host = &settings.cluster;
-    // While the policy is applied to the manifests, the database repositories are listed.
     let manifests = format!("/{MANIFEST_FILE}");
-    let decide = async {
-        // This forget locks exclusively, so it meets any stale lock here and clears it.
-        let kept = restic
-            .unlocking(&globals_repository, || {
-                restic.forget_by_policy(&globals_repository, host, &manifests, &policy)
-            })
-            .await?;
-        let listed = restic.snapshots(&globals_repository, host, None).await?;
-        Ok::<_, BackupError>((kept, listed))
-    };
-    let list = futures::stream::iter(manifest.databases.iter().map(|database| async {
-        let repository = database.dump.repository.clone();
-        // Stale locks of killed runs go even where nothing is forgotten (off the critical
-        // path: the policy above takes longer).
-        restic.unlock(&repository).await?;
-        let listed = restic.snapshots(&repository, host, None).await?;
-        Ok::<_, BackupError>((repository, listed))
-    }))
-    .buffered(PARALLEL_RESTIC)
-    .try_collect::<Vec<_>>();
-    let ((kept, globals_listed), mut listed) = futures::try_join!(decide, list)?;
-    listed.insert(0, (globals_repository, globals_listed));
+    // This forget locks exclusively, so it meets any stale lock left since the listing.
+    let kept = restic
+        .unlocking(&globals_repository, || {
+            restic.forget_by_policy(&globals_repository, host, &manifests, &policy)
+        })
+        .await?;
     let mut kept_runs: BTreeSet<String> = kept
         .iter()
         .filter_map(|snapshot| snapshot.tag(TAG_RUN).map(str::to_string))
         .collect();
     kept_runs.insert(run.id.clone());
-    let doomed: Vec<(String, Vec<String>)> = listed
+    let doomed_run = |snapshot: &restic::Snapshot| {
+        snapshot
+            .tag(TAG_RUN)
+            .is_some_and(|id| !kept_runs.contains(id))
+            && started_before(&snapshot.time, &run.started_at)
+    };
+    let is_manifest = |snapshot: &restic::Snapshot| snapshot.paths == [manifests.as_str()];
+    let work: Vec<(String, Vec<String>, bool)> = earlier
         .into_iter()
         .map(|(repository, snapshots)| {
-            let ids = snapshots
+            // The manifests the policy dropped are forgotten already; their data still
+            // needs a prune.
+            let dropped_manifests = snapshots
+                .iter()
+                .any(|snapshot| is_manifest(snapshot) && doomed_run(snapshot));
+            let ids: Vec<String> = snapshots
                 .into_iter()
-                .filter(|snapshot| {
-                    snapshot
-                        .tag(TAG_RUN)
-                        .is_some_and(|id| !kept_runs.contains(id))
-                        && started_before(&snapshot.time, &run.started_at)
-                })
+                .filter(|snapshot| doomed_run(snapshot) && !is_manifest(snapshot))
                 .map(|snapshot| snapshot.id)
-                .collect::<Vec<_>>();
-            (repository, ids)
+                .collect();
+            let prune = dropped_manifests || !ids.is_empty();
+            (repository, ids, prune)
         })
         // As `restic forget --prune`: a repository that forgot nothing is not pruned (data
         // an interrupted run left unreferenced goes at its next prune).
-        .filter(|(_, ids)| !ids.is_empty())
+        .filter(|(_, _, prune)| *prune)
         .collect();
     let forgotten: Vec<usize> =
-        futures::stream::iter(doomed.into_iter().map(|(repository, ids)| async move {
+        futures::stream::iter(work.into_iter().map(|(repository, ids, _)| async move {
             restic.forget_ids(&repository, &ids).await?;
             restic.prune(&repository).await?;
             Ok::<_, BackupError>(ids.len())
