@@ -9,11 +9,11 @@ use std::time::Duration;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::api::{Api, ListParams};
 use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
 
-use super::{Context, Error, FIELD_MANAGER};
+use super::{Context, Error};
 use crate::api::{API_VERSION, BackupPhase, Postgres, PostgresBackup, PostgresBackupStatus};
 use crate::backup::record;
 use crate::build::cronjob::{backup_job_name, desired_backup_job};
@@ -170,14 +170,7 @@ pub async fn reconcile(record: Arc<PostgresBackup>, ctx: Arc<Context>) -> Result
             let job =
                 desired_backup_job(&built, &name, record_owner(&record), &record.spec.databases);
             let job_name = backup_job_name(&name);
-            jobs.patch(
-                &job_name,
-                &PatchParams::apply(FIELD_MANAGER).force(),
-                &Patch::Apply(&job),
-            )
-            .await
-            .map_err(Error::kube("apply", "Job", &job_name))?;
-            ctx.metrics.count_write("apply", "Job");
+            super::apply(&ctx, &jobs, "Job", &job_name, &job).await?;
             PostgresBackupStatus {
                 phase: Some(BackupPhase::Pending),
                 job_name: Some(job_name),

@@ -124,6 +124,29 @@ impl Error {
     }
 }
 
+/// Server-side apply of `patch` to object `name` with the operator's one field manager,
+/// counted in `postgres_operator_api_writes_total`.
+pub(crate) async fn apply<K>(
+    ctx: &Context,
+    api: &Api<K>,
+    kind: &str,
+    name: &str,
+    patch: &(impl serde::Serialize + std::fmt::Debug),
+) -> Result<(), Error>
+where
+    K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    api.patch(
+        name,
+        &kube::api::PatchParams::apply(FIELD_MANAGER).force(),
+        &kube::api::Patch::Apply(patch),
+    )
+    .await
+    .map_err(Error::kube("apply", kind, name))?;
+    ctx.metrics.count_write("apply", kind);
+    Ok(())
+}
+
 /// Retries a failed reconcile with exponential backoff.
 fn error_policy(postgres: Arc<Postgres>, error: &Error, ctx: Arc<Context>) -> Action {
     let namespace = postgres.metadata.namespace.as_deref().unwrap_or_default();

@@ -5,9 +5,8 @@
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
-use kube::api::{Patch, PatchParams};
 
-use super::{Context, Error, FIELD_MANAGER};
+use super::{Context, Error};
 use crate::build::labels;
 
 /// The pods whose label differs from their role, with the role they should have.
@@ -26,8 +25,9 @@ pub fn role_changes(pods: &[Pod], primary: &str) -> Vec<(String, &'static str)> 
         .collect()
 }
 
-/// Applies the role labels that differ (only the label, with the operator's field manager),
-/// and updates `pods` to match. A settled cluster makes no request here.
+/// Applies the role labels that differ (only the label, with the operator's field manager,
+/// each counted as a write), and updates `pods` to match. A settled cluster makes no
+/// request here.
 pub async fn apply_roles(
     ctx: &Context,
     namespace: &str,
@@ -42,13 +42,7 @@ pub async fn apply_roles(
             "kind": "Pod",
             "metadata": {"name": name, "labels": {labels::ROLE: role}},
         });
-        api.patch(
-            name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&patch),
-        )
-        .await
-        .map_err(Error::kube("label", "Pod", name))?;
+        super::apply(ctx, &api, "Pod", name, &patch).await?;
         tracing::info!(pod = %name, role, "pod role label set");
         if let Some(pod) = pods
             .iter_mut()

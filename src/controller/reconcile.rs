@@ -288,14 +288,7 @@ async fn sync_object(
         }
         None => Outcome::Created,
     };
-    api.patch(
-        object.name(),
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&desired),
-    )
-    .await
-    .map_err(Error::kube("apply", object.kind(), object.name()))?;
-    ctx.metrics.count_write("apply", object.kind());
+    super::apply(ctx, &api, object.kind(), object.name(), &desired).await?;
     Ok(outcome)
 }
 
@@ -398,14 +391,7 @@ async fn resize_volumes(ctx: &Context, cluster: &Cluster<'_>) -> Result<(), Erro
         }
         let patch = json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
             "spec": {"resources": {"requests": {"storage": cluster.spec().size}}}});
-        api.patch(
-            &claim_name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&patch),
-        )
-        .await
-        .map_err(Error::kube("apply", "PersistentVolumeClaim", &claim_name))?;
-        ctx.metrics.count_write("apply", "PersistentVolumeClaim");
+        super::apply(ctx, &api, "PersistentVolumeClaim", &claim_name, &patch).await?;
     }
     Ok(())
 }
