@@ -749,19 +749,18 @@ async fn a_bootstrap_waits_out_a_wrong_password_and_a_cut_short_restore_resumes_
         &retry,
         &backup_env(&s3, "wrong"),
     );
-    let held = async {
-        loop {
-            if let Some((503, body)) = primary.get("/readyz").await
-                && body.contains("restore from backup failed, retrying")
-            {
-                return body;
+    let reported = std::sync::Mutex::new(String::new());
+    support::wait_until("a failed restore is reported", 60, || async {
+        match primary.get("/readyz").await {
+            Some((503, body)) if body.contains("restore from backup failed, retrying") => {
+                *reported.lock().unwrap() = body;
+                true
             }
-            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            _ => false,
         }
-    };
-    let body = tokio::time::timeout(std::time::Duration::from_secs(60), held)
-        .await
-        .unwrap_or_else(|_| panic!("no failed restore reported; log:\n{}", primary.log()));
+    })
+    .await;
+    let body = reported.into_inner().unwrap();
     assert!(body.contains("wrong restic password"), "{body}");
     assert_eq!(primary.get("/healthz").await.unwrap().0, 200);
     let status = primary.status().await.unwrap();
@@ -794,21 +793,16 @@ async fn a_bootstrap_waits_out_a_wrong_password_and_a_cut_short_restore_resumes_
     let env = backup_env(&s3, PASSWORD);
     primary.restart_with_env(&env);
     let restoring = || !support::instance::processes_mentioning("big.dump").is_empty();
-    let created = async {
-        loop {
-            if let Ok(client) = primary
-                .connect_as("postgres", &primary.superuser, "big")
-                .await
-                && client.simple_query("SELECT 1 FROM t LIMIT 1").await.is_ok()
-            {
-                return;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    support::wait_until("big is being restored", 60, || async {
+        match primary
+            .connect_as("postgres", &primary.superuser, "big")
+            .await
+        {
+            Ok(client) => client.simple_query("SELECT 1 FROM t LIMIT 1").await.is_ok(),
+            Err(_) => false,
         }
-    };
-    tokio::time::timeout(std::time::Duration::from_secs(60), created)
-        .await
-        .unwrap_or_else(|_| panic!("big never restored; log:\n{}", primary.log()));
+    })
+    .await;
     assert!(restoring(), "big restored before it could be interrupted");
     assert_ne!(primary.get("/readyz").await.unwrap().0, 200);
     let status = primary

@@ -6,30 +6,14 @@
 
 mod support;
 
-use std::future::Future;
 use std::time::{Duration, Instant};
 
-use support::example;
 use support::instance::{COMPLETE_USERS, Instance, SpecFile, secrets_yaml, zombies_of};
 use support::postgres::column;
+use support::{example, wait_until};
 
 const PRIMARY: &str = "postgres-postgres-complete-0";
 const STANDBY: &str = "postgres-postgres-complete-1";
-
-async fn wait_until<F, Fut>(what: &str, seconds: u64, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = Instant::now() + Duration::from_secs(seconds);
-    while Instant::now() < deadline {
-        if check().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("timed out after {seconds} s waiting until {what}");
-}
 
 /// A setting's value, `None` while the server does not answer (e.g. restarting).
 async fn try_setting(instance: &Instance, name: &str) -> Option<String> {

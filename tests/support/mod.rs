@@ -52,6 +52,23 @@ pub mod instance;
 pub mod postgres;
 pub mod s3;
 
+/// Polls the asynchronous `check` every 100 ms until it holds, failing the test after
+/// `seconds` with `what`.
+pub async fn wait_until<F, Fut>(what: &str, seconds: u64, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
+    while std::time::Instant::now() < deadline {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("timed out after {seconds} s waiting until {what}");
+}
+
 /// Polls `check` every 50 ms until it holds, failing the test after 10 s with `what`.
 pub async fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
     for _ in 0..200 {
