@@ -1,9 +1,10 @@
 //! The operator's HTTP endpoints: `/healthz` (the process serves), `/readyz` (it has
-//! reached the API server), `/metrics` (Prometheus text).
+//! reached the API server and is not waiting for anything, such as its CRDs), `/metrics`
+//! (Prometheus text).
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use axum::Router;
 use axum::extract::State;
@@ -18,6 +19,17 @@ use crate::metrics::Metrics;
 pub struct Health {
     pub metrics: Arc<Metrics>,
     pub ready: Arc<AtomicBool>,
+    /// What the operator waits for before it can work, said by `/readyz`.
+    pub waiting_for: Arc<Mutex<Option<String>>>,
+}
+
+impl Health {
+    /// Records what the operator now waits for (`None`: nothing).
+    pub fn wait_for(&self, what: Option<String>) {
+        if let Ok(mut waiting) = self.waiting_for.lock() {
+            *waiting = what;
+        }
+    }
 }
 
 async fn healthz() -> &'static str {
@@ -25,10 +37,17 @@ async fn healthz() -> &'static str {
 }
 
 async fn readyz(State(health): State<Health>) -> impl IntoResponse {
-    if health.ready.load(Ordering::Relaxed) {
-        (StatusCode::OK, "ready")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready")
+    let waiting = health.waiting_for.lock().ok().and_then(|w| w.clone());
+    match (health.ready.load(Ordering::Relaxed), waiting) {
+        (false, _) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: connecting to the API server".to_string(),
+        ),
+        (true, Some(what)) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: waiting for {what}"),
+        ),
+        (true, None) => (StatusCode::OK, "ready".to_string()),
     }
 }
 

@@ -4,11 +4,11 @@
 pub mod api;
 pub mod backup;
 pub mod binaries;
-pub mod build;
 pub mod controller;
 pub mod crdgen;
 pub mod http;
 pub mod instance;
+pub mod manifests;
 pub mod metrics;
 pub mod quantity;
 pub mod render;

@@ -7,12 +7,6 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod backup_cli;
-use postgres_operator::build::OperatorSettings;
-use postgres_operator::build::cluster::{
-    DEFAULT_OPERATOR_IMAGE, DEFAULT_OPERATOR_NAMESPACE, DEFAULT_POSTGRES_IMAGE_REPOSITORY,
-};
-use postgres_operator::build::pod;
-use postgres_operator::build::secrets::RandomPasswords;
 use postgres_operator::controller::{
     self,
     leader::{self, Ended, LeaseLock, Timing},
@@ -21,6 +15,12 @@ use postgres_operator::instance::from_backup::BackupEnvironment;
 use postgres_operator::instance::manager::{self, InstanceSettings, Peers};
 use postgres_operator::instance::reaper;
 use postgres_operator::instance::source::{FileSource, KubeSource};
+use postgres_operator::manifests::OperatorSettings;
+use postgres_operator::manifests::cluster::{
+    DEFAULT_OPERATOR_IMAGE, DEFAULT_OPERATOR_NAMESPACE, DEFAULT_POSTGRES_IMAGE_REPOSITORY,
+};
+use postgres_operator::manifests::pod;
+use postgres_operator::manifests::secrets::RandomPasswords;
 use postgres_operator::render::{self, OutputFormat};
 use postgres_operator::telemetry::{self, LogFormat};
 use postgres_operator::{binaries, crdgen, http};
@@ -403,7 +403,6 @@ fn run_controller(args: ControllerArgs) -> ExitCode {
         health
             .ready
             .store(true, std::sync::atomic::Ordering::Relaxed);
-        let metrics = health.metrics.clone();
         let code = if args.leader_election {
             let lock = LeaseLock::new(
                 client.clone(),
@@ -416,7 +415,7 @@ fn run_controller(args: ControllerArgs) -> ExitCode {
                 lock,
                 Timing::default(),
                 stopped(stopping.clone()),
-                move |stop| controller::run(client, settings, metrics, stop),
+                move |stop| controller::startup::run_when_installed(client, settings, health, stop),
             )
             .await;
             if ended == Ended::LostLease {
@@ -425,7 +424,13 @@ fn run_controller(args: ControllerArgs) -> ExitCode {
                 ExitCode::SUCCESS
             }
         } else {
-            controller::run(client, settings, metrics, stopped(stopping.clone())).await;
+            controller::startup::run_when_installed(
+                client,
+                settings,
+                health,
+                stopped(stopping.clone()),
+            )
+            .await;
             ExitCode::SUCCESS
         };
         let _ = server.await;

@@ -567,7 +567,7 @@ const NEW_PASSWORDS: &[(&str, &str)] = &[
 ];
 
 /// What the StatefulSet gives the pods of a cluster that bootstraps from a backup (see
-/// `build::cronjob::backup_access_env`), pointed at the test's S3 server.
+/// `manifests::cronjob::backup_access_env`), pointed at the test's S3 server.
 fn backup_env(s3: &S3Server, restic_password: &str) -> Vec<(String, String)> {
     [
         ("RESTIC_REPOSITORY_BASE", s3.base(BUCKET)),

@@ -5,12 +5,12 @@
 mod support;
 
 use postgres_operator::api::Postgres;
-use postgres_operator::build::{Cluster, OperatorSettings};
 use postgres_operator::instance::bootstrap::{
     Bootstrap, Tools, clone_from_primary, decide, ensure_replication_role, init_data_dir,
 };
 use postgres_operator::instance::files::{ConfigFiles, Listen, RuntimeRole};
 use postgres_operator::instance::provision::Connection;
+use postgres_operator::manifests::{Cluster, OperatorSettings};
 use support::postgres::{DataDir, PostgresServer, as_postgres, bin_dir, chown_to_postgres};
 
 fn cluster(name: &str) -> (Postgres, OperatorSettings) {

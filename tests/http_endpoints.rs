@@ -30,6 +30,24 @@ async fn healthz_always_answers_and_readyz_waits_for_the_api_server() {
 }
 
 #[tokio::test]
+async fn readyz_says_what_the_operator_waits_for() {
+    let health = Health::default();
+    health.ready.store(true, Ordering::Relaxed);
+    health.wait_for(Some(
+        "CustomResourceDefinition postgreses.apps.cozystack.io".into(),
+    ));
+    assert_eq!(
+        get(&health, "/readyz").await,
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: waiting for CustomResourceDefinition postgreses.apps.cozystack.io".into()
+        )
+    );
+    health.wait_for(None);
+    assert_eq!(get(&health, "/readyz").await.0, StatusCode::OK);
+}
+
+#[tokio::test]
 async fn metrics_are_prometheus_text() {
     let health = Health::default();
     health.metrics.reconciles.inc();

@@ -8,60 +8,26 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use postgres_operator::build::{Cluster, OperatorSettings, rbac};
 use postgres_operator::controller::leader::{self, LeaseLock, Timing};
 use postgres_operator::controller::{self, Settings};
+use postgres_operator::manifests::{Cluster, OperatorSettings, rbac};
 use postgres_operator::metrics::Metrics;
 use serde_json::{Value, json};
-use support::apiserver::{ApiServer, Recorded};
+use support::apiserver::{ApiServer, Permission, permissions};
 
-type Permission = (String, String, String);
-
-fn verb(request: &Recorded) -> &'static str {
-    match (
-        request.method.as_str(),
-        request.name.is_some(),
-        request.watch,
-    ) {
-        ("GET", _, true) => "watch",
-        ("GET", true, false) => "get",
-        ("GET", false, false) => "list",
-        ("POST", _, _) => "create",
-        ("PUT", _, _) => "update",
-        ("PATCH", _, _) => "patch",
-        ("DELETE", _, _) => "delete",
-        _ => "unknown",
-    }
-}
-
-/// (group, resource, verb) of every request; `resource` may end in `/status`.
+/// (group, resource, verb) of every request, with `create` for applies that created;
+/// `resource` may end in `/status`.
 fn used(server: &ApiServer) -> BTreeSet<Permission> {
     server
         .requests()
         .iter()
-        .map(|r| {
+        .flat_map(|r| {
             let (group, resource) = r.resource.split_once('/').unwrap();
-            (group.to_string(), resource.to_string(), verb(r).to_string())
+            r.verbs
+                .iter()
+                .map(|verb| (group.to_string(), resource.to_string(), verb.to_string()))
         })
         .collect()
-}
-
-fn expand(rules: &Value) -> BTreeSet<Permission> {
-    let mut out = BTreeSet::new();
-    for rule in rules.as_array().unwrap() {
-        for group in rule["apiGroups"].as_array().unwrap() {
-            for resource in rule["resources"].as_array().unwrap() {
-                for verb in rule["verbs"].as_array().unwrap() {
-                    out.insert((
-                        group.as_str().unwrap().into(),
-                        resource.as_str().unwrap().into(),
-                        verb.as_str().unwrap().into(),
-                    ));
-                }
-            }
-        }
-    }
-    out
 }
 
 fn chart_rules() -> BTreeSet<Permission> {
@@ -70,7 +36,27 @@ fn chart_rules() -> BTreeSet<Permission> {
         "/charts/postgres-operator/files/rbac-rules.yaml"
     ))
     .unwrap();
-    expand(&serde_yaml::from_str(&text).unwrap())
+    permissions(&serde_yaml::from_str(&text).unwrap())
+}
+
+/// The chart's leader-election Role.
+fn lease_rules() -> BTreeSet<Permission> {
+    ["get", "create", "update"]
+        .iter()
+        .map(|v| ("coordination.k8s.io".into(), "leases".into(), v.to_string()))
+        .collect()
+}
+
+/// Waits for `check` like `support::wait_for`, failing at once with the API server's
+/// answer when the authorizer refused one of the operator's requests.
+async fn wait_allowed(server: &ApiServer, what: &str, mut check: impl FnMut() -> bool) {
+    support::wait_for(what, || {
+        if let Some(refused) = server.forbidden().first() {
+            panic!("{}", refused.forbidden.as_deref().unwrap_or_default());
+        }
+        check()
+    })
+    .await
 }
 
 /// Drives the controller through creation, growth, removal of optional objects, and an
@@ -123,13 +109,13 @@ async fn full_scenario(server: &ApiServer) {
         },
         move |stop| controller::run(client, settings, Arc::new(Metrics::default()), stop),
     ));
-    support::wait_for("the claim grew", || {
+    wait_allowed(server, "the claim grew", || {
         server
             .get("/persistentvolumeclaims", "ns", "pgdata-postgres-all-0")
             .is_some_and(|c| c["spec"]["resources"]["requests"]["storage"] == "50Gi")
     })
     .await;
-    support::wait_for("the pod is labelled primary", || {
+    wait_allowed(server, "the pod is labelled primary", || {
         server
             .get("/pods", "ns", "postgres-all-0")
             .is_some_and(|p| {
@@ -140,7 +126,7 @@ async fn full_scenario(server: &ApiServer) {
     // A backup asked for by hand gets its Job, and the record names it.
     server.put("apps.cozystack.io/postgresbackups", "ns", json!({"apiVersion": "apps.cozystack.io/v1alpha1",
         "kind": "PostgresBackup", "metadata": {"name": "now", "namespace": "ns"}, "spec": {"postgres": "all"}}));
-    support::wait_for("the backup Job", || {
+    wait_allowed(server, "the backup Job", || {
         server.get("batch/jobs", "ns", "now-backup").is_some()
             && server
                 .get("apps.cozystack.io/postgresbackups", "ns", "now")
@@ -153,7 +139,7 @@ async fn full_scenario(server: &ApiServer) {
     pg["spec"]["external"] = json!(false);
     pg["spec"]["backup"] = json!({"enabled": false});
     server.put("apps.cozystack.io/postgreses", "ns", pg);
-    support::wait_for("stale objects are deleted", || {
+    wait_allowed(server, "stale objects are deleted", || {
         server
             .get("batch/cronjobs", "ns", "postgres-all-backup")
             .is_none()
@@ -167,7 +153,11 @@ async fn full_scenario(server: &ApiServer) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chart_rbac_allows_exactly_what_the_operator_uses() {
     let server = ApiServer::new();
+    // Authorized as the chart's rules authorize the operator on a real API server, so a
+    // missing verb (such as `create` for an apply that creates) fails the scenario.
+    server.authorize(chart_rules().union(&lease_rules()).cloned().collect());
     full_scenario(&server).await;
+    assert!(server.forbidden().is_empty(), "{:?}", server.forbidden());
     let used = used(&server);
     let (lease, controller_used): (BTreeSet<Permission>, BTreeSet<Permission>) = used
         .into_iter()
@@ -182,7 +172,7 @@ async fn chart_rbac_allows_exactly_what_the_operator_uses() {
         serde_yaml::from_str(&support::example("complete.yaml")).unwrap();
     let settings = OperatorSettings::default();
     let role = rbac::desired_role(&Cluster::new(&pg, "ns", &settings));
-    let granted = expand(&serde_json::to_value(role.rules.unwrap()).unwrap());
+    let granted = permissions(&serde_json::to_value(role.rules.unwrap()).unwrap());
     let not_held: Vec<&Permission> = granted.difference(&allowed).collect();
     assert!(
         not_held.is_empty(),
@@ -198,13 +188,40 @@ async fn chart_rbac_allows_exactly_what_the_operator_uses() {
         "the chart allows verbs nobody uses: {unused:?}"
     );
 
-    let lease_role: BTreeSet<Permission> = ["get", "create", "update"]
-        .iter()
-        .map(|v| ("coordination.k8s.io".into(), "leases".into(), v.to_string()))
-        .collect();
+    let lease_role = lease_rules();
     let lease_missing: Vec<&Permission> = lease.difference(&lease_role).collect();
     assert!(
         lease_missing.is_empty(),
         "the leader-election Role lacks: {lease_missing:?}"
     );
+}
+
+#[tokio::test]
+async fn a_creating_apply_needs_create_as_well_as_patch() {
+    let server = ApiServer::new();
+    server.authorize(BTreeSet::from([(
+        String::new(),
+        "configmaps".to_string(),
+        "patch".to_string(),
+    )]));
+    let api = kube::Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(server.client(), "ns");
+    let apply = kube::api::PatchParams::apply("test");
+    let map = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}, "data": {"a": "1"}});
+    let refused = api
+        .patch("c", &apply, &kube::api::Patch::Apply(&map))
+        .await
+        .unwrap_err();
+    assert!(
+        refused.to_string().contains(
+            r#"configmaps "c" is forbidden: User "system:serviceaccount:operator:postgres-operator" cannot create resource "configmaps" in API group "" in the namespace "ns""#
+        ),
+        "{refused}"
+    );
+    assert!(server.get("/configmaps", "ns", "c").is_none());
+
+    // Once it exists, the same apply is a patch.
+    server.put("/configmaps", "ns", map.clone());
+    api.patch("c", &apply, &kube::api::Patch::Apply(&map))
+        .await
+        .unwrap();
 }

@@ -3,7 +3,7 @@
 
 mod support;
 
-use postgres_operator::build::OperatorSettings;
+use postgres_operator::manifests::OperatorSettings;
 use support::{render, render_ok};
 
 const HEAD: &str =

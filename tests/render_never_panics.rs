@@ -3,7 +3,7 @@
 
 mod support;
 
-use postgres_operator::build::OperatorSettings;
+use postgres_operator::manifests::OperatorSettings;
 use postgres_operator::render::{OutputFormat, format_objects};
 use proptest::prelude::*;
 use serde_json::{Value, json};

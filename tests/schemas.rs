@@ -4,8 +4,8 @@
 
 mod support;
 
-use postgres_operator::build::OperatorSettings;
 use postgres_operator::crdgen;
+use postgres_operator::manifests::OperatorSettings;
 use postgres_operator::render::{OutputFormat, format_objects};
 use support::validators::{
     check_structural_schema, kubernetes_validate, kubernetes_validate_versions,

@@ -2,7 +2,7 @@
 
 mod support;
 
-use postgres_operator::build::OperatorSettings;
+use postgres_operator::manifests::OperatorSettings;
 use serde_json::Value;
 
 /// Converts the HCL object syntax used by `kubernetes_manifest` (`key = value` lines,

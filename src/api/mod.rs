@@ -14,5 +14,9 @@ pub use postgres::*;
 pub const GROUP: &str = "apps.cozystack.io";
 /// API version of every resource this operator serves.
 pub const VERSION: &str = "v1alpha1";
+/// The one field manager of every server-side apply the operator makes (controller,
+/// backup runner and instance manager alike), so they never fight over fields.
+pub const FIELD_MANAGER: &str = "postgres-operator";
+
 /// `apiVersion` string as written in manifests.
 pub const API_VERSION: &str = "apps.cozystack.io/v1alpha1";

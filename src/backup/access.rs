@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use super::location::{Location, LocationError};
 use super::restic::Restic;
 use super::s3::S3Credentials;
-use crate::build::secrets::{BACKUP_ACCESS_KEY, BACKUP_RESTIC_PASSWORD, BACKUP_SECRET_KEY};
+use crate::manifests::secrets::{BACKUP_ACCESS_KEY, BACKUP_RESTIC_PASSWORD, BACKUP_SECRET_KEY};
 
 pub const ENV_ACCESS_KEY: &str = "AWS_ACCESS_KEY_ID";
 pub const ENV_SECRET_KEY: &str = "AWS_SECRET_ACCESS_KEY";

@@ -10,11 +10,11 @@ use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 
 use super::run::{Run, RunReport};
+use crate::api::FIELD_MANAGER;
 use crate::api::{
     API_VERSION, BackupPhase, Postgres, PostgresBackup, PostgresBackupSpec, PostgresBackupStatus,
 };
-use crate::build::labels;
-use crate::controller::FIELD_MANAGER;
+use crate::manifests::labels;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RecordError {

@@ -16,8 +16,8 @@ use kube::{Resource, ResourceExt};
 use super::{Context, Error};
 use crate::api::{API_VERSION, BackupPhase, Postgres, PostgresBackup, PostgresBackupStatus};
 use crate::backup::record;
-use crate::build::cronjob::{backup_job_name, desired_backup_job};
-use crate::build::{Cluster, labels};
+use crate::manifests::cronjob::{backup_job_name, desired_backup_job};
+use crate::manifests::{Cluster, labels};
 
 /// How often an unfinished record is looked at again (its Job may have died).
 const WATCH_PERIOD: Duration = Duration::from_secs(30);

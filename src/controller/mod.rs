@@ -5,6 +5,7 @@ pub mod drift;
 pub mod leader;
 pub mod pod_roles;
 pub mod reconcile;
+pub mod startup;
 pub mod status;
 
 use std::sync::Arc;
@@ -24,11 +25,10 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
 
 use crate::api::{Postgres, PostgresBackup};
-use crate::build::{OperatorSettings, labels};
+use crate::manifests::{OperatorSettings, labels};
 use crate::metrics::Metrics;
 
-/// The one field manager of every server-side apply the operator makes.
-pub const FIELD_MANAGER: &str = "postgres-operator";
+pub use crate::api::FIELD_MANAGER;
 
 /// Reconciles in flight at once: enough to keep up with many clusters, few enough to
 /// bound memory and the load on the API server.

@@ -7,7 +7,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 
 use super::{Context, Error};
-use crate::build::labels;
+use crate::manifests::labels;
 
 /// The pods whose label differs from their role, with the role they should have.
 pub fn role_changes(pods: &[Pod], primary: &str) -> Vec<(String, &'static str)> {

@@ -20,9 +20,9 @@ use serde_json::json;
 use super::status::{self, Observed};
 use super::{Context, Error, FIELD_MANAGER, pod_roles};
 use crate::api::{API_VERSION, Postgres, PostgresBackup};
-use crate::build::cronjob::backup_credentials_secret;
-use crate::build::secrets::{ExistingSecrets, RandomPasswords};
-use crate::build::{Cluster, ManagedObject, desired_objects, labels, names, pod};
+use crate::manifests::cronjob::backup_credentials_secret;
+use crate::manifests::secrets::{ExistingSecrets, RandomPasswords};
+use crate::manifests::{Cluster, ManagedObject, desired_objects, labels, names, pod};
 use crate::quantity::Quantity;
 use crate::validate;
 

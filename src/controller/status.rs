@@ -9,7 +9,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 
 use crate::api::{BackupPhase, Postgres, PostgresBackup, PostgresStatus};
-use crate::build::labels;
+use crate::manifests::labels;
 
 pub const READY: &str = "Ready";
 pub const PROGRESSING: &str = "Progressing";

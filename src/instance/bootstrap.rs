@@ -7,7 +7,7 @@ use std::process::Command;
 
 use super::files::{replication_conninfo, slot_name};
 use super::provision::Connection;
-use crate::build::secrets::{REPLICATION_USER, SUPERUSER};
+use crate::manifests::secrets::{REPLICATION_USER, SUPERUSER};
 use crate::sql::quote::{ident, literal};
 use crate::sql::scram;
 

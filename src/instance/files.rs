@@ -5,9 +5,9 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::build::Cluster;
-use crate::build::config::{RUNTIME_CONF, pg_hba_conf, postgresql_conf, quote_literal};
-use crate::build::secrets::REPLICATION_USER;
+use crate::manifests::Cluster;
+use crate::manifests::config::{RUNTIME_CONF, pg_hba_conf, postgresql_conf, quote_literal};
+use crate::manifests::secrets::REPLICATION_USER;
 
 pub const POSTGRESQL_CONF: &str = "postgresql.conf";
 pub const PG_HBA_CONF: &str = "pg_hba.conf";
@@ -194,7 +194,7 @@ fn write_if_changed(path: &Path, content: &str) -> Result<bool, FileError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::build::test_support::cluster_from_yaml;
+    use crate::manifests::test_support::cluster_from_yaml;
 
     fn listen() -> Listen {
         Listen {

@@ -20,10 +20,10 @@ use super::provision::{Connection, MAINTENANCE_DB, Provisioner, Scope};
 use super::source::{Snapshot, SpecSource};
 use super::status::Hold;
 use super::supervise::{self, Event, PostmasterCommand};
-use crate::build::config::sync_standby_names;
-use crate::build::pod::POSTGRES_PORT;
-use crate::build::secrets::{REPLICATION_USER, SUPERUSER};
-use crate::build::{Cluster, OperatorSettings, names};
+use crate::manifests::config::sync_standby_names;
+use crate::manifests::pod::POSTGRES_PORT;
+use crate::manifests::secrets::{REPLICATION_USER, SUPERUSER};
+use crate::manifests::{Cluster, OperatorSettings, names};
 use crate::sql::DesiredState;
 
 /// How other instances are reached: `<pod>.<headless Service>.<namespace>.svc:5432`,

@@ -18,8 +18,8 @@ use serde::Deserialize;
 use tokio::sync::watch;
 
 use crate::api::Postgres;
-use crate::build::names;
-use crate::build::secrets::{REPLICATION_USER, SUPERUSER};
+use crate::manifests::names;
+use crate::manifests::secrets::{REPLICATION_USER, SUPERUSER};
 
 /// The cluster as one instance sees it at one moment.
 #[derive(Clone, Debug)]

@@ -11,8 +11,8 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::api::{API_VERSION, Postgres};
-use crate::build::secrets::{ExistingSecrets, PasswordGenerator};
-use crate::build::{Cluster, ManagedObject, OperatorSettings, desired_objects};
+use crate::manifests::secrets::{ExistingSecrets, PasswordGenerator};
+use crate::manifests::{Cluster, ManagedObject, OperatorSettings, desired_objects};
 use crate::validate::{self, FieldError};
 
 /// Where a manifest came from, for messages: a file name and the document's position.

@@ -5,7 +5,7 @@
 //! patch, replace (with optimistic concurrency), delete (with owner-reference garbage
 //! collection), the status subresource, and injected faults. Every request is recorded.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
@@ -36,6 +36,11 @@ pub struct Recorded {
     pub body: Option<Value>,
     /// `fieldSelector` of a list or watch.
     pub field_selector: Option<String>,
+    /// The verbs a real API server authorizes for this request: one, plus `create` for a
+    /// server-side apply of an object that does not exist yet.
+    pub verbs: Vec<&'static str>,
+    /// Why the request was refused, when an authorizer is set and a verb is not allowed.
+    pub forbidden: Option<String>,
 }
 
 impl Recorded {
@@ -74,6 +79,55 @@ struct Store {
     history: Vec<WatchEvent>,
     requests: Vec<Recorded>,
     faults: VecDeque<Fault>,
+    /// (group, resource, verb) allowed, when requests are authorized at all.
+    allowed: Option<BTreeSet<Permission>>,
+    /// `group/resource`s not served, as before their CRD is installed.
+    unserved: BTreeSet<String>,
+}
+
+/// (API group, resource — with `/status` for the subresource — , verb), as in RBAC rules.
+pub type Permission = (String, String, String);
+
+/// The verb RBAC checks for a request, before anything is known about the object.
+fn request_verb(method: &Method, named: bool, watch: bool) -> &'static str {
+    match (method.as_str(), named, watch) {
+        ("GET", _, true) => "watch",
+        ("GET", true, false) => "get",
+        ("GET", false, false) => "list",
+        ("POST", _, _) => "create",
+        ("PUT", _, _) => "update",
+        ("PATCH", _, _) => "patch",
+        ("DELETE", true, _) => "delete",
+        ("DELETE", false, _) => "deletecollection",
+        _ => "unknown",
+    }
+}
+
+/// Every (group, resource, verb) an RBAC `rules` list grants.
+pub fn permissions(rules: &Value) -> BTreeSet<Permission> {
+    let strings = |rule: &Value, key: &str| -> Vec<String> {
+        rule[key]
+            .as_array()
+            .map(|items| {
+                items
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_string)
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let mut out = BTreeSet::new();
+    for rule in rules.as_array().into_iter().flatten() {
+        for group in strings(rule, "apiGroups") {
+            for resource in strings(rule, "resources") {
+                for verb in strings(rule, "verbs") {
+                    out.insert((group.clone(), resource.clone(), verb));
+                }
+            }
+        }
+    }
+    out
 }
 
 /// The double. Clones share one store.
@@ -310,6 +364,36 @@ impl ApiServer {
             .count()
     }
 
+    /// Authorizes every later request as RBAC does with these permissions: a request
+    /// with a verb not granted is answered 403 Forbidden, in the API server's words. A
+    /// server-side apply that would create its object needs `create` as well as `patch`.
+    pub fn authorize(&self, allowed: BTreeSet<Permission>) {
+        self.store.lock().unwrap().allowed = Some(allowed);
+    }
+
+    /// Stops serving `resource` (`group/resource`): every request for it is answered 404,
+    /// as a real API server does before the resource's CRD is installed.
+    pub fn unserve(&self, resource: &str) {
+        self.store
+            .lock()
+            .unwrap()
+            .unserved
+            .insert(resource.to_string());
+    }
+
+    /// Serves `resource` again, as once its CRD is installed.
+    pub fn serve(&self, resource: &str) {
+        self.store.lock().unwrap().unserved.remove(resource);
+    }
+
+    /// The requests refused by the authorizer.
+    pub fn forbidden(&self) -> Vec<Recorded> {
+        self.requests()
+            .into_iter()
+            .filter(|r| r.forbidden.is_some())
+            .collect()
+    }
+
     pub fn inject(&self, fault: Fault) {
         self.store.lock().unwrap().faults.push_back(fault);
     }
@@ -491,6 +575,34 @@ impl ApiServer {
         };
         {
             let mut store = self.store.lock().unwrap();
+            let mut verbs = vec![request_verb(&method, target.name.is_some(), watch)];
+            let is_apply = content_type
+                .as_deref()
+                .is_some_and(|c| c.contains("apply-patch"));
+            if method == Method::PATCH && is_apply {
+                let key = (
+                    target.resource.clone(),
+                    target.namespace.clone().unwrap_or_default(),
+                    target.name.clone().unwrap_or_default(),
+                );
+                if !store.objects.contains_key(&key) {
+                    verbs.push("create");
+                }
+            }
+            let forbidden = store.allowed.as_ref().and_then(|allowed| {
+                let (group, plural) = resource_key.split_once('/').unwrap_or_default();
+                let denied = verbs.iter().find(|verb| {
+                    !allowed.contains(&(group.to_string(), plural.to_string(), verb.to_string()))
+                })?;
+                let scope = match &target.namespace {
+                    Some(ns) => format!(" in the namespace \"{ns}\""),
+                    None => " at the cluster scope".to_string(),
+                };
+                Some(format!(
+                    "{plural} \"{}\" is forbidden: User \"system:serviceaccount:operator:postgres-operator\" cannot {denied} resource \"{plural}\" in API group \"{group}\"{scope}",
+                    target.name.clone().unwrap_or_default()
+                ))
+            });
             store.requests.push(Recorded {
                 method: method.to_string(),
                 resource: resource_key.clone(),
@@ -500,7 +612,22 @@ impl ApiServer {
                 content_type: content_type.clone(),
                 body: body.clone(),
                 field_selector: query.get("fieldSelector").cloned(),
+                verbs,
+                forbidden: forbidden.clone(),
             });
+            if let Some(message) = forbidden {
+                return Ok(respond(403, &status_body(403, "Forbidden", &message)));
+            }
+            if store.unserved.contains(&target.resource) {
+                return Ok(respond(
+                    404,
+                    &status_body(
+                        404,
+                        "NotFound",
+                        "the server could not find the requested resource",
+                    ),
+                ));
+            }
             let matching = store.faults.iter().position(|f| {
                 f.method.is_none_or(|m| m == method.as_str())
                     && f.resource.is_none_or(|r| resource_key.contains(r))

@@ -3,8 +3,8 @@
 
 pub mod validators;
 
-use postgres_operator::build::OperatorSettings;
-use postgres_operator::build::secrets::SeededPasswords;
+use postgres_operator::manifests::OperatorSettings;
+use postgres_operator::manifests::secrets::SeededPasswords;
 use postgres_operator::render::{RenderError, RenderedCluster, render_inputs};
 
 /// Renders `(file name, text)` inputs with default settings and predictable passwords.

@@ -187,7 +187,7 @@ pub fn desired_config_map(cluster: &Cluster) -> ConfigMap {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::build::test_support::cluster_from_yaml;
+    use crate::manifests::test_support::cluster_from_yaml;
 
     fn standbys(n: usize) -> Vec<String> {
         (1..=n).map(|i| format!("postgres-demo-{i}")).collect()

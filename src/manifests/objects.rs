@@ -122,9 +122,9 @@ pub fn desired_objects(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::build::secrets::SeededPasswords;
-    use crate::build::test_support::cluster_from_yaml;
-    use crate::build::{labels, names};
+    use crate::manifests::secrets::SeededPasswords;
+    use crate::manifests::test_support::cluster_from_yaml;
+    use crate::manifests::{labels, names};
 
     fn objects(yaml: &str) -> Vec<ManagedObject> {
         let (pg, settings) = cluster_from_yaml(yaml);
@@ -195,7 +195,7 @@ mod tests {
             serde_yaml::from_str("external: true\nbackup:\n  enabled: true\n  s3Bucket: h/b\n")
                 .unwrap();
         let pg = crate::api::Postgres::new(&longest, spec);
-        let settings = crate::build::OperatorSettings::default();
+        let settings = crate::manifests::OperatorSettings::default();
         let list = desired_objects(
             &Cluster::new(&pg, "ns", &settings),
             &ExistingSecrets::new(),

@@ -79,7 +79,7 @@ fn headless(cluster: &Cluster) -> Service {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::build::test_support::cluster_from_yaml;
+    use crate::manifests::test_support::cluster_from_yaml;
 
     fn names_of(services: &[Service]) -> Vec<String> {
         services

@@ -181,7 +181,7 @@ fn secret(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::build::test_support::cluster_from_yaml;
+    use crate::manifests::test_support::cluster_from_yaml;
 
     /// Fails the test if a password is generated.
     struct NoGeneration;

@@ -214,7 +214,7 @@ pub fn desired_backup_job(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::build::test_support::cluster_from_yaml;
+    use crate::manifests::test_support::cluster_from_yaml;
 
     const ENABLED: &str = "backup:\n  enabled: true\n  s3Bucket: s3.example.org/pg\n  schedule: \"0 3 * * *\"\n  s3AccessKey: a\n  s3SecretKey: b\n  resticPassword: c\n";
 

@@ -120,7 +120,7 @@ pub fn desired_role_binding(cluster: &Cluster) -> RoleBinding {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::build::test_support::cluster_from_yaml;
+    use crate::manifests::test_support::cluster_from_yaml;
 
     fn role_rules(yaml: &str) -> Vec<PolicyRule> {
         let (postgres, settings) = cluster_from_yaml(yaml);

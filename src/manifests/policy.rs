@@ -124,8 +124,8 @@ pub fn desired_network_policy(cluster: &Cluster) -> NetworkPolicy {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::build::OperatorSettings;
-    use crate::build::test_support::cluster_from_yaml;
+    use crate::manifests::OperatorSettings;
+    use crate::manifests::test_support::cluster_from_yaml;
 
     /// (name, role selected, minAvailable) of each budget.
     fn budgets(yaml: &str) -> Vec<(String, String, i32)> {

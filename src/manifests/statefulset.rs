@@ -224,9 +224,9 @@ fn data_claim(cluster: &Cluster) -> PersistentVolumeClaim {
 mod tests {
     use super::*;
     use crate::api::presets::ResourcesPreset;
-    use crate::build::OperatorSettings;
-    use crate::build::resources::amounts;
-    use crate::build::test_support::cluster_from_yaml;
+    use crate::manifests::OperatorSettings;
+    use crate::manifests::resources::amounts;
+    use crate::manifests::test_support::cluster_from_yaml;
 
     fn statefulset_with(yaml: &str, settings: impl FnOnce(&mut OperatorSettings)) -> StatefulSet {
         let (postgres, mut operator_settings) = cluster_from_yaml(yaml);
