@@ -98,6 +98,8 @@ fn cases() -> Vec<(&'static str, String, Vec<&'static str>)> {
             spec("  users:\n    alice: {}\n  databases:\n    app:\n      roles:\n        admin:\n          - bob\n"),
             vec!["spec.databases", "bob", "alice"],
         ),
+        ("storage class with capitals", spec("  storageClass: Fast_SSD\n"), vec!["spec.storageClass", "DNS subdomain", "Fast_SSD"]),
+        ("storage class ending in a dot", spec("  storageClass: fast.\n"), vec!["spec.storageClass", "fast."]),
         ("user with space", spec("  users:\n    \"bad user\": {}\n"), vec!["spec.users", "bad user"]),
         ("user with quote", spec("  users:\n    \"o'neil\": {}\n"), vec!["spec.users", "o'neil"]),
         ("reserved user", spec("  users:\n    postgres: {}\n"), vec!["spec.users", "postgres", "reserved"]),

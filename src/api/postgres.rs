@@ -65,6 +65,7 @@ pub struct PostgresSpec {
         validation = Rule::new("isQuantity(self) && quantity(self).isGreaterThan(quantity('0'))").message("size must be a positive quantity such as 10Gi"),
         validation = Rule::new("!isQuantity(self) || !isQuantity(oldSelf) || quantity(self).compareTo(quantity(oldSelf)) >= 0").message("size may not shrink"),
     )]
+    #[schemars(length(max = 32))]
     pub size: String,
 
     /// Number of PostgreSQL instances (primary + standbys).
@@ -75,6 +76,10 @@ pub struct PostgresSpec {
     /// Storage class of the data volumes; empty or unset uses the operator's default
     /// (itself empty by default: the cluster's default class). Immutable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(max = 253),
+        regex(pattern = r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*)?$")
+    )]
     pub storage_class: Option<String>,
 
     /// PostgreSQL server configuration.
@@ -138,9 +143,6 @@ pub struct PostgresqlSpec {
     /// (replication, listening, TLS, archiving) and settings that load code are refused.
     #[serde(default = "default_parameters")]
     #[schemars(extend("maxProperties" = 500))]
-    #[x_kube(
-        validation = Rule::new("self.all(k, !(k in ['listen_addresses', 'port', 'hot_standby', 'wal_level', 'max_wal_senders', 'synchronous_standby_names', 'primary_conninfo', 'restore_command', 'data_directory', 'hba_file', 'dynamic_library_path', 'local_preload_libraries', 'session_preload_libraries', 'shared_preload_libraries', 'recovery_end_command'] || k.startsWith('archive_') || k.startsWith('ssl')))").message("postgresql.parameters may not set settings the operator owns (listen_addresses, port, hot_standby, wal_level, max_wal_senders, synchronous_standby_names, primary_conninfo, archive_*, restore_command, recovery_end_command, ssl*, data_directory, hba_file) or that load code (dynamic_library_path, *_preload_libraries)"),
-    )]
     pub parameters: BTreeMap<String, ParameterValue>,
 }
 
@@ -280,7 +282,7 @@ pub struct DatabaseSpec {
     pub roles: BTreeMap<String, RoleMembers>,
     /// Extensions created in this database.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(extend("maxItems" = 50))]
+    #[schemars(schema_with = "extension_list_schema")]
     #[x_kube(validation = Rule::new("self.all(e, e.matches('^[A-Za-z0-9_-]{1,63}$'))").message("extension names must be 1-63 letters, digits, '_' or '-'"))]
     pub extensions: Vec<String>,
 }
@@ -299,6 +301,16 @@ fn role_lists_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
             "maxItems": 100,
             "items": {"type": "string", "maxLength": 63}
         }
+    })
+}
+
+/// Extension names are bounded so the CEL rule that checks each stays within the API
+/// server's cost budget.
+fn extension_list_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "array",
+        "maxItems": 50,
+        "items": {"type": "string", "maxLength": 63}
     })
 }
 

@@ -157,6 +157,17 @@ fn check_topology(spec: &PostgresSpec, errors: &mut Errors) {
             ),
         );
     }
+    if let Some(class) = spec.storage_class.as_deref()
+        && !class.is_empty()
+        && !is_dns_subdomain(class)
+    {
+        errors.add(
+            "spec.storageClass",
+            format!(
+                "must be a StorageClass name (a DNS subdomain: at most 253 characters, dot-separated parts of lowercase letters, digits and '-' that start and end with a letter or digit), got {class:?}"
+            ),
+        );
+    }
     match spec.size.parse::<Quantity>() {
         Ok(size) if size.is_positive() => {}
         Ok(_) => errors.add(
@@ -165,6 +176,20 @@ fn check_topology(spec: &PostgresSpec, errors: &mut Errors) {
         ),
         Err(e) => errors.add("spec.size", e.to_string()),
     }
+}
+
+/// A Kubernetes object name of the DNS-subdomain kind (RFC 1123), as StorageClasses have.
+fn is_dns_subdomain(name: &str) -> bool {
+    name.len() <= 253
+        && name.split('.').all(|part| {
+            let bytes = part.as_bytes();
+            !bytes.is_empty()
+                && bytes
+                    .iter()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+                && bytes.first() != Some(&b'-')
+                && bytes.last() != Some(&b'-')
+        })
 }
 
 /// User names are keys of the credentials Secrets (`[-._a-zA-Z0-9]`) and role names.
