@@ -27,9 +27,23 @@ pub struct DesiredUser {
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DesiredDatabase {
-    /// Role kind → users granted `<db>_<kind>`.
+    /// Role kind → users granted `<db>_<kind>`, as the spec lists them.
     pub roles: BTreeMap<String, Vec<String>>,
     pub extensions: Vec<String>,
+}
+
+/// Role kinds every database has, listed in the spec or not, as Cozystack's init script
+/// creates them: grants to them made by hand or by other tooling must find them.
+pub const ALWAYS_PRESENT_KINDS: [&str; 2] = ["admin", "readonly"];
+
+impl DesiredDatabase {
+    /// Every role kind of the database: the ones always present and the ones listed.
+    pub fn kinds(&self) -> BTreeSet<&str> {
+        ALWAYS_PRESENT_KINDS
+            .into_iter()
+            .chain(self.roles.keys().map(String::as_str))
+            .collect()
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -78,14 +92,15 @@ impl DesiredState {
         }
     }
 
-    /// Every group role: `<db>_admin` (the owner) for each database, and `<db>_<kind>`
-    /// for each kind the spec names.
+    /// Every group role: `<db>_admin` (the owner) and `<db>_readonly` for each database,
+    /// and `<db>_<kind>` for each kind the spec names.
     pub fn group_roles(&self) -> BTreeSet<String> {
         self.databases
             .iter()
             .flat_map(|(db, spec)| {
-                std::iter::once(group_role(db, "admin"))
-                    .chain(spec.roles.keys().map(move |kind| group_role(db, kind)))
+                spec.kinds()
+                    .into_iter()
+                    .map(move |kind| group_role(db, kind))
             })
             .collect()
     }
@@ -347,9 +362,16 @@ pub fn plan(
             plan.run(format!("GRANT {} TO {}", ident(group), ident(member)));
         }
     }
+    // Only the memberships of the operator's own users follow the lists: a role created
+    // by hand and granted a group by hand (which needs `<db>_readonly` to exist even when
+    // the spec lists nobody) keeps its grant.
+    let managed = |role: &String| observed.roles.get(role).is_some_and(|r| r.managed);
     for (group, member) in &observed.memberships {
-        let ours = observed.roles.get(group).is_some_and(|r| r.managed);
-        if ours && groups.contains(group) && !wanted.contains(&(group.clone(), member.clone())) {
+        if managed(group)
+            && managed(member)
+            && groups.contains(group)
+            && !wanted.contains(&(group.clone(), member.clone()))
+        {
             plan.run(format!("REVOKE {} FROM {}", ident(group), ident(member)));
         }
     }
@@ -475,6 +497,57 @@ mod tests {
             .unwrap();
         assert_eq!(extension.database.as_deref(), Some("app"));
         assert!(plan.conflicts.is_empty());
+    }
+
+    #[test]
+    fn every_database_has_its_admin_and_readonly_roles_even_without_lists() {
+        let desired = desired("databases:\n  plain: {}\n", &[]);
+        let plan = plan(&desired, &ObservedState::default(), &mut salt());
+        let sql: Vec<&str> = plan.statements.iter().map(|s| s.sql.as_str()).collect();
+        assert!(sql.contains(&"CREATE ROLE \"plain_admin\" NOLOGIN NOSUPERUSER NOREPLICATION"));
+        assert!(sql.contains(&"CREATE ROLE \"plain_readonly\" NOLOGIN NOSUPERUSER NOREPLICATION"));
+        assert!(
+            sql.iter().any(|s| s.starts_with(
+                "GRANT SELECT ON ALL TABLES IN SCHEMA \"public\" TO \"plain_readonly\""
+            )),
+            "{sql:?}"
+        );
+    }
+
+    #[test]
+    fn hand_made_grants_to_roles_made_by_hand_are_left_alone() {
+        let desired = desired(SPEC, &[("admin", "a"), ("reader", "r")]);
+        let mut observed = applied(&desired);
+        observed.roles.insert(
+            "analyst".into(),
+            ObservedRole {
+                login: true,
+                ..ObservedRole::default()
+            },
+        );
+        observed
+            .memberships
+            .insert(("app_readonly".into(), "analyst".into()));
+        let plan = plan(&desired, &observed, &mut salt());
+        assert!(plan.statements.is_empty(), "{:?}", plan.statements);
+    }
+
+    #[test]
+    fn a_removed_list_revokes_what_it_granted() {
+        let desired = desired(
+            &SPEC.replace("      readonly: [reader]\n", ""),
+            &[("admin", "a"), ("reader", "r")],
+        );
+        let mut observed = applied(&desired);
+        observed
+            .memberships
+            .insert(("app_readonly".into(), "reader".into()));
+        let sql: Vec<String> = plan(&desired, &observed, &mut salt())
+            .statements
+            .into_iter()
+            .map(|s| s.sql)
+            .collect();
+        assert_eq!(sql, ["REVOKE \"app_readonly\" FROM \"reader\""]);
     }
 
     #[test]

@@ -144,7 +144,7 @@ pub fn desired_facts(
         )
         .collect();
     facts.insert(Fact::Connect { role: owner });
-    for kind in spec.roles.keys() {
+    for kind in spec.kinds() {
         let role = group_role(database, kind);
         facts.insert(Fact::Connect { role: role.clone() });
         let Some(privileges) = kind_privileges(kind) else {
