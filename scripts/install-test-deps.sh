@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything the test suite needs, idempotently: PostgreSQL server binaries,
-# restic and iproute2 from Debian, and a Python virtualenv with the validation tools.
+# restic and iproute2 from Debian, a Python virtualenv with the validation tools, and
+# Kubernetes' own CRD validation (scripts/install-k8s-code.sh).
 # A second run only checks and returns quickly.
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -38,9 +39,13 @@ if [ ! -x "$venv/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; 
   echo "$want" > "$stamp"
 fi
 
+# --- Kubernetes' own CRD validation ----------------------------------------------------
+bash "$repo/scripts/install-k8s-code.sh"
+
 pg_bin="$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n1)"
 echo "postgresql: $("$pg_bin/postgres" --version)"
 echo "restic: $(restic version | head -n1)"
 echo "kubernetes-validate: $("$venv/bin/pip" show kubernetes-validate | sed -n 's/^Version: //p')"
 echo "helm-python-sdk: $("$venv/bin/pip" show helm-python-sdk | sed -n 's/^Version: //p')"
 echo "moto: $("$venv/bin/pip" show moto | sed -n 's/^Version: //p')"
+echo "crd-check: $("$repo/.tools/k8s/bin/crd-check" --version)"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The project's test command: installs what the tests need, then checks formatting, lints
-# with warnings denied, and runs every test.
+# The project's test command: installs what the tests need, validates the generated CRDs
+# with Kubernetes' own code, then checks formatting, lints with warnings denied, and runs
+# every test.
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
@@ -8,6 +9,8 @@ bash scripts/install-test-deps.sh
 export PATH="$repo/.tools/venv/bin:$PATH"
 # Snapshots never update themselves in CI: a mismatch fails.
 if [ -n "${CI:-}" ]; then export INSTA_UPDATE=no; fi
+# A CRD the API server would refuse fails fast, before anything compiles.
+"$repo/.tools/k8s/bin/crd-check" crds/crds.yaml charts/postgres-operator/crds/crds.yaml
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
 # Benchmarks are run on demand (cargo bench), not as tests.
