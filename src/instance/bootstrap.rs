@@ -184,6 +184,22 @@ pub fn clone_from_primary(
         replication_password,
         application_name,
     );
+    // The slot of an earlier clone of this pod (its volume lost, or a clone cut short)
+    // would make `-C` fail on every attempt. A new base backup needs none of the WAL it
+    // holds; dropping fails harmlessly when there is no slot, or while the old standby's
+    // walsender still holds it (the next attempt comes after `wal_sender_timeout`).
+    let slot = slot_name(application_name);
+    let _ = run(
+        &tools.wrap,
+        &tools.bin_dir.join("pg_receivewal"),
+        &[
+            "-d".to_string(),
+            conninfo.clone(),
+            "--drop-slot".to_string(),
+            "-S".to_string(),
+            slot.clone(),
+        ],
+    );
     run(
         &tools.wrap,
         &tools.bin_dir.join("pg_basebackup"),
@@ -198,7 +214,7 @@ pub fn clone_from_primary(
             "--checkpoint=fast".to_string(),
             "-C".to_string(),
             "-S".to_string(),
-            slot_name(application_name),
+            slot,
         ],
     )
 }

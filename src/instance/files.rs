@@ -166,9 +166,20 @@ impl FileError {
     }
 }
 
+/// Writes the run-time include alone (the quorum keeper's change of
+/// `synchronous_standby_names`); true when it changed.
+pub fn write_runtime_conf(data_dir: &Path, content: &str) -> Result<bool, FileError> {
+    write_if_changed(&data_dir.join(RUNTIME_CONF), content)
+}
+
+/// The manager and the quorum keeper both write the run-time include, through one
+/// temporary file name: one writer at a time.
+static WRITING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// Replaces `path` through a temporary file and a rename; the files hold passwords, so
 /// only the owner may read them.
 fn write_if_changed(path: &Path, content: &str) -> Result<bool, FileError> {
+    let _writing = WRITING.lock().unwrap_or_else(|e| e.into_inner());
     if std::fs::read_to_string(path).is_ok_and(|current| current == content) {
         return Ok(false);
     }

@@ -4,7 +4,7 @@
 //! for settings that need it (standbys at once, the primary after its standbys), keep
 //! the synchronous quorum on the primary, and run the declarative SQL there.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -17,10 +17,10 @@ use super::files::{ConfigFiles, Listen, RuntimeRole};
 use super::from_backup::{self, BackupEnvironment, Progress};
 use super::metrics::InstanceMetrics;
 use super::provision::{Connection, MAINTENANCE_DB, Provisioner, Scope};
+use super::quorum_keeper::{self, Applied, Keeper};
 use super::source::{Snapshot, SpecSource};
 use super::status::Hold;
 use super::supervise::{self, Event, PostmasterCommand};
-use crate::manifests::config::sync_standby_names;
 use crate::manifests::pod::POSTGRES_PORT;
 use crate::manifests::secrets::{REPLICATION_USER, SUPERUSER};
 use crate::manifests::{Cluster, OperatorSettings, names};
@@ -120,7 +120,8 @@ struct Manager {
     /// Keeps `/readyz` failing until the server is what the spec says.
     hold: Hold,
     role: Role,
-    sync_standby_names: String,
+    /// `synchronous_standby_names` as the quorum keeper last decided it.
+    quorum: Applied,
     /// When a setting that needs a restart was first seen pending.
     pending_since: Option<Instant>,
     /// A restart asked for and not yet seen done (Unix seconds): until the postmaster
@@ -196,7 +197,7 @@ async fn run_with(
         restart: Arc::new(Notify::new()),
         hold: Hold::new("starting: the first declarative SQL pass has not run yet"),
         role,
-        sync_standby_names: String::new(),
+        quorum: Applied::default(),
         pending_since: None,
         restart_requested: None,
         settings,
@@ -218,6 +219,11 @@ async fn run_with(
     };
     tokio::spawn(count_events(events, manager.metrics.clone()));
     manager.wait_accepting(shutdown).await;
+    tokio::spawn(quorum_keeper::run(
+        manager.quorum_keeper(),
+        snapshots.clone(),
+        shutdown.clone(),
+    ));
     // Liveness passes from now on, however long a restore takes; readiness waits.
     manager.serve(shutdown.clone()).await?;
     if manager.restore_if_pending(&snapshot, shutdown).await {
@@ -268,7 +274,7 @@ async fn run_with(
                     manager.declarative_sql(&snapshot, Scope::Full).await;
                 }
             }
-            _ = maintenance.tick() => manager.maintain(&snapshot).await,
+            _ = maintenance.tick() => manager.maintain().await,
         }
     };
     manager.provisioner.release_all();
@@ -452,7 +458,7 @@ impl Manager {
     fn runtime_role(&self, snapshot: &Snapshot) -> RuntimeRole {
         match &self.role {
             Role::Primary => RuntimeRole::Primary {
-                sync_standby_names: self.sync_standby_names.clone(),
+                sync_standby_names: self.quorum.get(),
             },
             Role::Standby { primary } => {
                 let (host, port) = self.peer(primary);
@@ -469,14 +475,32 @@ impl Manager {
         }
     }
 
-    /// Writes the configuration files; true when any changed.
-    fn write_files(&self, snapshot: &Snapshot) -> Result<bool, InstanceError> {
-        let cluster = Cluster::new(&snapshot.postgres, &self.settings.namespace, &self.operator);
-        let listen = Listen {
+    fn listen(&self) -> Listen {
+        Listen {
             port: self.settings.port,
             socket_dir: self.settings.socket_dir.to_string_lossy().into_owned(),
             addresses: self.settings.listen_addresses.clone(),
-        };
+        }
+    }
+
+    /// Keeps the quorum on the primary, apart from the main loop (see `quorum_keeper`).
+    fn quorum_keeper(&self) -> Keeper {
+        Keeper {
+            connection: self.provisioner.connection().clone(),
+            data_dir: self.settings.data_dir.clone(),
+            listen: self.listen(),
+            namespace: self.settings.namespace.clone(),
+            pod_name: self.settings.pod_name.clone(),
+            operator: self.operator.clone(),
+            applied: self.quorum.clone(),
+            metrics: self.metrics.clone(),
+        }
+    }
+
+    /// Writes the configuration files; true when any changed.
+    fn write_files(&self, snapshot: &Snapshot) -> Result<bool, InstanceError> {
+        let cluster = Cluster::new(&snapshot.postgres, &self.settings.namespace, &self.operator);
+        let listen = self.listen();
         let files = ConfigFiles::render(&cluster, &self.runtime_role(snapshot), &listen);
         Ok(files.write(&self.settings.data_dir)?)
     }
@@ -603,7 +627,7 @@ impl Manager {
     }
 
     /// Periodic: the quorum (primary), settings waiting for a restart, gauges.
-    async fn maintain(&mut self, snapshot: &Snapshot) {
+    async fn maintain(&mut self) {
         let client = match self.provisioner.connect(MAINTENANCE_DB).await {
             Ok(client) => client,
             Err(error) => {
@@ -616,19 +640,14 @@ impl Manager {
         self.metrics
             .primary
             .set(i64::from(self.role == Role::Primary));
-        if let Err(error) = self.maintain_with(&client, snapshot).await {
+        if let Err(error) = self.maintain_with(&client).await {
             tracing::warn!(%error, "maintenance failed");
         }
     }
 
-    async fn maintain_with(
-        &mut self,
-        client: &tokio_postgres::Client,
-        snapshot: &Snapshot,
-    ) -> Result<(), BoxError> {
-        if self.role == Role::Primary {
-            self.keep_quorum(client, snapshot).await?;
-        } else {
+    async fn maintain_with(&mut self, client: &tokio_postgres::Client) -> Result<(), BoxError> {
+        // The quorum is the keeper's (quorum_keeper.rs).
+        if self.role != Role::Primary {
             let lag: Option<i64> = client
                 .query_one(
                     "SELECT pg_wal_lsn_diff(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn())::bigint",
@@ -706,48 +725,6 @@ impl Manager {
             .await?
             .get(0);
         Ok(stale == 0)
-    }
-
-    /// `synchronous_standby_names` from the standbys streaming now (DESIGN §7).
-    async fn keep_quorum(
-        &mut self,
-        client: &tokio_postgres::Client,
-        snapshot: &Snapshot,
-    ) -> Result<(), BoxError> {
-        let cluster = Cluster::new(&snapshot.postgres, &self.settings.namespace, &self.operator);
-        let members: BTreeSet<String> = cluster
-            .pod_names()
-            .into_iter()
-            .filter(|pod| *pod != self.settings.pod_name)
-            .collect();
-        let healthy: Vec<String> = client
-            .query(
-                "SELECT application_name FROM pg_stat_replication WHERE state = 'streaming'",
-                &[],
-            )
-            .await?
-            .iter()
-            .map(|row| row.get::<_, String>(0))
-            .filter(|name| members.contains(name))
-            .collect();
-        let quorum = &snapshot.postgres.spec.quorum;
-        let wanted = sync_standby_names(
-            &healthy,
-            quorum.min_sync_replicas,
-            quorum.max_sync_replicas,
-            false,
-        );
-        self.metrics
-            .sync_standbys
-            .set(i64::try_from(healthy.len()).unwrap_or(0));
-        if wanted != self.sync_standby_names {
-            tracing::info!(from = %self.sync_standby_names, to = %wanted, "synchronous quorum changed");
-            self.sync_standby_names = wanted;
-            if self.write_files(snapshot)? {
-                self.reload().await?;
-            }
-        }
-        Ok(())
     }
 
     /// `/healthz`, `/readyz`, `/status` and `/metrics`, until shutdown.

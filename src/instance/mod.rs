@@ -8,6 +8,8 @@ pub mod from_backup;
 pub mod manager;
 pub mod metrics;
 pub mod provision;
+pub mod quorum;
+pub mod quorum_keeper;
 pub mod reaper;
 pub mod source;
 pub mod status;

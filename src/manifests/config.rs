@@ -1,6 +1,6 @@
 //! PostgreSQL configuration from the spec: `postgresql.conf` (operator-owned settings,
-//! then the user's), `pg_hba.conf`, the ConfigMap holding both, and the synchronous
-//! quorum setting the instance manager writes at run time.
+//! then the user's), `pg_hba.conf` and the ConfigMap holding both. The synchronous
+//! quorum is decided at run time by the instance (`instance::quorum`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write;
@@ -25,33 +25,6 @@ const DEFAULT_MAX_CONNECTIONS: i64 = 100;
 
 /// Extensions that only work when their library is preloaded.
 const PRELOADED_EXTENSIONS: &[&str] = &["pg_stat_statements"];
-
-/// `synchronous_standby_names` for the healthy standbys:
-/// q = max; if fewer healthy standbys than q, q = min; if fewer than min, q = the number
-/// healthy (availability first) unless `strict`, which keeps q = min and blocks writes
-/// rather than acknowledge a commit on fewer standbys. q = 0 means asynchronous.
-pub fn sync_standby_names(healthy_standbys: &[String], min: i32, max: i32, strict: bool) -> String {
-    let healthy = i32::try_from(healthy_standbys.len()).unwrap_or(i32::MAX);
-    let min = min.max(0);
-    let max = max.max(min);
-    let quorum = if healthy >= max {
-        max
-    } else if healthy >= min || strict {
-        min
-    } else {
-        healthy
-    };
-    if quorum == 0 {
-        return String::new();
-    }
-    let standbys: BTreeSet<&String> = healthy_standbys.iter().collect();
-    let list: Vec<String> = standbys.iter().map(|s| quote_identifier(s)).collect();
-    format!("ANY {quorum} ({})", list.join(", "))
-}
-
-fn quote_identifier(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
-}
 
 /// A string setting as a postgresql.conf literal.
 pub fn quote_literal(value: &str) -> String {
@@ -188,65 +161,6 @@ pub fn desired_config_map(cluster: &Cluster) -> ConfigMap {
 mod tests {
     use super::*;
     use crate::manifests::test_support::cluster_from_yaml;
-
-    fn standbys(n: usize) -> Vec<String> {
-        (1..=n).map(|i| format!("postgres-demo-{i}")).collect()
-    }
-
-    #[test]
-    fn quorum_arithmetic() {
-        // (healthy, min, max, strict, expected q)
-        let cases = [
-            (4, 2, 3, false, 3),
-            (3, 2, 3, false, 3),
-            (2, 2, 3, false, 2),
-            (1, 2, 3, false, 1),
-            (0, 2, 3, false, 0),
-            (1, 2, 3, true, 2),
-            (0, 1, 1, true, 1),
-            (2, 0, 0, false, 0),
-            (2, 1, 2, false, 2),
-            (1, 1, 2, false, 1),
-            (0, 1, 2, false, 0),
-            (2, 0, 1, false, 1),
-            (0, 0, 1, false, 0),
-        ];
-        for (healthy, min, max, strict, expected) in cases {
-            let names = sync_standby_names(&standbys(healthy), min, max, strict);
-            let q = if names.is_empty() {
-                0
-            } else {
-                names["ANY ".len()..]
-                    .split(' ')
-                    .next()
-                    .unwrap()
-                    .parse()
-                    .unwrap()
-            };
-            assert_eq!(
-                q, expected,
-                "healthy {healthy} min {min} max {max} strict {strict}: {names}"
-            );
-        }
-    }
-
-    #[test]
-    fn quorum_lists_the_healthy_standbys_quoted_and_sorted() {
-        let names = sync_standby_names(
-            &[
-                "postgres-demo-2".to_string(),
-                "postgres-demo-1".to_string(),
-                "we\"ird".to_string(),
-            ],
-            1,
-            2,
-            false,
-        );
-        assert_eq!(
-            names,
-            r#"ANY 2 ("postgres-demo-1", "postgres-demo-2", "we""ird")"#
-        );
-    }
 
     #[test]
     fn user_parameters_follow_owned_settings_with_literal_quoting() {

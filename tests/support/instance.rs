@@ -296,6 +296,21 @@ impl Instance {
             .status();
     }
 
+    /// SIGKILL to every process of the instance at once (a lost pod or node: no
+    /// shutdown, sockets closed by the kernel), then reaps the reaper; `restart_with_env`
+    /// starts it again on the same data directory.
+    pub fn kill(&mut self) {
+        for (pid, _) in self.processes() {
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+        }
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
     /// SIGTERM, then waits for the exit (as the kubelet would, within the grace period).
     pub fn terminate(&mut self, within: Duration) -> Option<ExitStatus> {
         self.signal("TERM");
