@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything the test suite needs, idempotently: PostgreSQL server binaries,
 # restic and iproute2 from Debian, a Python virtualenv with the validation tools, and
-# Kubernetes' own CRD validation (scripts/install-k8s-code.sh).
+# Kubernetes' own code (scripts/install-k8s-code.sh): the CRD validation, and a standalone
+# CRD API server with etcd for the real-admission tests (tests/real_admission.rs).
 # A second run only checks and returns quickly.
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -22,6 +23,9 @@ command -v restic >/dev/null 2>&1 || missing+=(restic)
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)
 command -v kill >/dev/null 2>&1 || missing+=(procps)
 command -v setpriv >/dev/null 2>&1 || missing+=(util-linux)
+# scripts/k8s-apiserver.sh makes its certificates with openssl and polls with curl.
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+command -v curl >/dev/null 2>&1 || missing+=(curl)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing Debian packages: ${missing[*]}"
   sudo_if_needed apt-get update -qq
@@ -39,8 +43,8 @@ if [ ! -x "$venv/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; 
   echo "$want" > "$stamp"
 fi
 
-# --- Kubernetes' own CRD validation ----------------------------------------------------
-bash "$repo/scripts/install-k8s-code.sh"
+# --- Kubernetes' own CRD validation and CRD API server (with etcd) ---------------------
+K8S_APISERVER=1 bash "$repo/scripts/install-k8s-code.sh"
 
 pg_bin="$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n1)"
 echo "postgresql: $("$pg_bin/postgres" --version)"
@@ -49,3 +53,4 @@ echo "kubernetes-validate: $("$venv/bin/pip" show kubernetes-validate | sed -n '
 echo "helm-python-sdk: $("$venv/bin/pip" show helm-python-sdk | sed -n 's/^Version: //p')"
 echo "moto: $("$venv/bin/pip" show moto | sed -n 's/^Version: //p')"
 echo "crd-check: $("$repo/.tools/k8s/bin/crd-check" --version)"
+echo "etcd: $("$repo/.tools/k8s/bin/etcd" --version | head -n1)"

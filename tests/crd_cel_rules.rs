@@ -1,11 +1,16 @@
 //! The CEL rules in our CRDs: each compiles, every map and list a rule iterates is
 //! bounded (the API server rejects CRDs whose rules have unbounded estimated cost), and
-//! each rule decides good and bad samples as intended.
+//! each rule decides good and bad samples (tests/support/crd_rule_cases.rs) as the API
+//! server does.
 
-use kube::core::cel::{Validator, compile_schema};
+mod support;
+
+use kube::core::cel::{CompiledSchema, Validator, apply_defaults, compile_schema};
 use postgres_operator::crdgen;
+use postgres_operator::render::{Source, parse_postgres};
 use postgres_operator::validate::validate_with_crd_rules;
-use serde_json::{Value, json};
+use serde_json::Value;
+use support::crd_rule_cases::{Case, DecidedBy, cases};
 
 /// Every (schema path, node schema, rule) in a CRD version schema.
 fn rules(schema: &Value, path: &str, out: &mut Vec<(String, Value, String)>) {
@@ -69,100 +74,6 @@ fn every_rule_compiles() {
     }
 }
 
-fn postgres(spec: Value) -> Value {
-    json!({"apiVersion": "apps.cozystack.io/v1alpha1", "kind": "Postgres", "metadata": {"name": "demo"}, "spec": spec})
-}
-
-fn accepted(spec: Value) -> bool {
-    validate_with_crd_rules(&postgres(spec), None).is_ok()
-}
-
-fn update_accepted(old: Value, new: Value) -> bool {
-    validate_with_crd_rules(&postgres(new), Some(&postgres(old))).is_ok()
-}
-
-#[test]
-fn quorum_bounds_rules() {
-    assert!(accepted(
-        json!({"replicas": 3, "quorum": {"minSyncReplicas": 1, "maxSyncReplicas": 2}})
-    ));
-    assert!(!accepted(
-        json!({"replicas": 3, "quorum": {"minSyncReplicas": 2, "maxSyncReplicas": 1}})
-    ));
-    assert!(!accepted(
-        json!({"replicas": 2, "quorum": {"maxSyncReplicas": 2}})
-    ));
-    assert!(
-        !accepted(json!({"quorum": {"maxSyncReplicas": 2}})),
-        "replicas defaults to 2"
-    );
-    assert!(accepted(json!({"replicas": 1})));
-}
-
-#[test]
-fn role_lists_may_only_name_declared_users() {
-    let spec = |user: &str| json!({"users": {"alice": {}}, "databases": {"app": {"roles": {"admin": ["alice"], "readonly": [user]}}}});
-    assert!(accepted(spec("alice")));
-    assert!(!accepted(spec("bob")));
-    assert!(
-        !accepted(json!({"databases": {"app": {"roles": {"admin": ["alice"]}}}})),
-        "no users at all"
-    );
-}
-
-#[test]
-fn size_must_be_a_positive_quantity_and_may_not_shrink() {
-    assert!(accepted(json!({"size": "1Gi"})));
-    assert!(!accepted(json!({"size": "ten"})));
-    assert!(!accepted(json!({"size": "0"})));
-    assert!(update_accepted(
-        json!({"size": "10Gi"}),
-        json!({"size": "20Gi"})
-    ));
-    assert!(update_accepted(
-        json!({"size": "1Gi"}),
-        json!({"size": "1024Mi"})
-    ));
-    assert!(!update_accepted(
-        json!({"size": "20Gi"}),
-        json!({"size": "10Gi"})
-    ));
-    assert!(
-        !update_accepted(json!({"size": "1Gi"}), json!({"size": "1G"})),
-        "1G is smaller than 1Gi"
-    );
-}
-
-#[test]
-fn storage_class_is_immutable() {
-    assert!(update_accepted(
-        json!({"storageClass": "a"}),
-        json!({"storageClass": "a"})
-    ));
-    assert!(!update_accepted(
-        json!({"storageClass": "a"}),
-        json!({"storageClass": "b"})
-    ));
-    assert!(!update_accepted(json!({}), json!({"storageClass": "b"})));
-    assert!(!update_accepted(json!({"storageClass": "a"}), json!({})));
-    assert!(update_accepted(json!({}), json!({"replicas": 3})));
-}
-
-#[test]
-fn names_rules() {
-    assert!(!accepted(json!({"users": {"bad user": {}}})));
-    assert!(!accepted(json!({"users": {"pg_x": {}}})));
-    assert!(accepted(json!({"users": {"App-User.1": {}}})));
-    assert!(!accepted(json!({"databases": {"a/b": {}}})));
-    assert!(accepted(json!({"databases": {"My DB": {}}})));
-    assert!(!accepted(
-        json!({"databases": {"app": {"roles": {"Admin": []}}}})
-    ));
-    assert!(!accepted(
-        json!({"databases": {"app": {"extensions": ["bad name"]}}})
-    ));
-}
-
 /// Setting values are numbers, strings or booleans, which a structural schema can only
 /// leave untyped, and the API server cannot compile a rule over untyped values: setting
 /// names and values are checked by the operator's own validation (tests/render_errors.rs),
@@ -175,46 +86,77 @@ fn no_rule_reads_the_untyped_setting_values() {
         .filter(|(path, _, rule)| path.contains("postgresql") || rule.contains("parameters"))
         .collect();
     assert!(offending.is_empty(), "{offending:?}");
-    assert!(accepted(
-        json!({"postgresql": {"parameters": {"max_connections": "100", "checkpoint_completion_target": 0.9, "fsync": true}}})
-    ));
 }
 
-#[test]
-fn backup_rules() {
-    assert!(!accepted(json!({"backup": {"enabled": true}})));
-    assert!(accepted(
-        json!({"backup": {"enabled": true, "s3Bucket": "s3.example.org/b"}})
-    ));
-    assert!(!accepted(
-        json!({"backup": {"s3AccessKey": "a", "credentialsSecretRef": {"name": "s"}}})
-    ));
-}
-
-#[test]
-fn a_backup_record_may_not_ask_to_delete_its_snapshots_yet() {
+/// The compiled schema of a CRD kind, and the schema itself (for its defaults).
+fn compiled_schema(kind: &str) -> (Value, CompiledSchema) {
     let crd = crdgen::crds()
         .into_iter()
         .map(|crd| serde_json::to_value(crd).unwrap())
-        .find(|crd| crd["spec"]["names"]["kind"] == "PostgresBackup")
+        .find(|crd| crd["spec"]["names"]["kind"] == kind)
         .unwrap();
-    let compiled = compile_schema(&crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]);
-    let record = |policy: &str| json!({"apiVersion": "apps.cozystack.io/v1alpha1", "kind": "PostgresBackup", "metadata": {"name": "b"}, "spec": {"postgres": "demo", "snapshotDeletionPolicy": policy}});
-    let validate = |object: &Value| Validator::new().validate_compiled(&compiled, object, None);
-    assert!(validate(&record("Retain")).is_ok());
-    let refused = validate(&record("Delete")).unwrap_err();
-    assert!(
-        format!("{refused:?}").contains("Delete is not supported yet"),
-        "{refused:?}"
-    );
+    let schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"].clone();
+    let compiled = compile_schema(&schema);
+    (schema, compiled)
 }
 
+/// The kube-rs CEL evaluation of a case: for a Postgres the one `render` uses, for a
+/// PostgresBackup the same evaluation on its CRD. `Err` holds the messages.
+fn cel_verdict(case: &Case) -> Result<(), String> {
+    if case.kind() == "Postgres" {
+        return validate_with_crd_rules(&case.object, case.old.as_ref()).map_err(|e| e.to_string());
+    }
+    let (schema, compiled) = compiled_schema(case.kind());
+    let object = apply_defaults(&schema, &case.object);
+    let old = case.old.as_ref().map(|old| apply_defaults(&schema, old));
+    Validator::new()
+        .validate_compiled(&compiled, &object, old.as_ref())
+        .map_err(|e| format!("{e:?}"))
+}
+
+/// What `render` decides for a new Postgres (schema, operator validation, CEL rules).
+fn render_verdict(object: &Value) -> Result<(), String> {
+    let source = Source {
+        file: "case.yaml".to_string(),
+        document: 1,
+    };
+    parse_postgres(&source, object)
+        .map(drop)
+        .map_err(|e| e.to_string())
+}
+
+/// Every case of the shared table (tests/support/crd_rule_cases.rs, which the real API
+/// server decides in tests/real_admission.rs) is decided by the kube-rs CEL evaluation as
+/// the table says, with the rule's message; a case the schema decides is left to `render`,
+/// which refuses or accepts each new Postgres as the table says.
 #[test]
-fn metadata_name_rule() {
-    let named = |name: &str| json!({"apiVersion": "apps.cozystack.io/v1alpha1", "kind": "Postgres", "metadata": {"name": name}, "spec": {}});
-    assert!(validate_with_crd_rules(&named("ok-name"), None).is_ok());
-    assert!(validate_with_crd_rules(&named("Upper"), None).is_err());
-    assert!(validate_with_crd_rules(&named(&"a".repeat(40)), None).is_err());
+fn the_cel_evaluation_decides_every_rule_case_as_the_api_server_does() {
+    let mut disagreements = Vec::new();
+    for case in cases() {
+        let cel = cel_verdict(&case);
+        let cel_expected = match case.decided_by {
+            DecidedBy::Cel => case.refused_with,
+            DecidedBy::Schema => None,
+        };
+        match (&cel, cel_expected) {
+            (Ok(()), None) => {}
+            (Err(messages), Some(message)) if messages.contains(message) => {}
+            _ => disagreements.push(format!(
+                "{}: CEL evaluation gave {cel:?}, expected {cel_expected:?}",
+                case.name
+            )),
+        }
+        if case.kind() == "Postgres" && case.old.is_none() {
+            let render = render_verdict(&case.object);
+            if render.is_ok() != case.refused_with.is_none() {
+                disagreements.push(format!(
+                    "{}: render gave {render:?}, expected {:?}",
+                    case.name, case.refused_with
+                ));
+            }
+        }
+    }
+    assert!(disagreements.is_empty(), "{}", disagreements.join("\n"));
 }
 
 /// The API server's own CRD validation (structural schema, CEL compilation, per-rule and

@@ -48,9 +48,12 @@ pub fn example(file: &str) -> String {
     std::fs::read_to_string(format!("{}/examples/{file}", env!("CARGO_MANIFEST_DIR"))).unwrap()
 }
 pub mod apiserver;
+pub mod crd_rule_cases;
 pub mod instance;
 pub mod postgres;
+pub mod real_apiserver;
 pub mod s3;
+pub mod terraform;
 
 /// Polls the asynchronous `check` every 100 ms until it holds, failing the test after
 /// `seconds` with `what`.
