@@ -24,7 +24,8 @@ pub struct RepositoryArgs {
     cluster: String,
     /// restic repository base, `s3:host/bucket[/prefix]` (`s3:http://…` for S3 without TLS);
     /// each database is in `<base>/<database>`. AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and
-    /// RESTIC_PASSWORD come from the environment.
+    /// RESTIC_PASSWORD come from the environment, and S3_CA_FILE (a PEM CA bundle trusted
+    /// instead of the system roots) for an endpoint with a private CA.
     #[arg(long, env = "RESTIC_REPOSITORY_BASE")]
     repository_base: String,
     #[arg(long, env = "AWS_DEFAULT_REGION", default_value = "us-east-1")]

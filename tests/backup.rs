@@ -17,7 +17,7 @@ use postgres_operator::validate::retention::RetentionPolicy;
 use support::apiserver::ApiServer;
 use support::instance::{COMPLETE_USERS, Instance, SpecFile, secrets_yaml};
 use support::postgres::{PostgresServer, bin_dir, column};
-use support::s3::S3Server;
+use support::s3::{PrivateCa, S3Server};
 
 const CLUSTER: &str = "postgres-complete";
 const BUCKET: &str = "postgres-backups";
@@ -268,6 +268,71 @@ async fn the_complete_example_is_backed_up_per_database_and_restored_identically
         .connect_as("app_user", "app-password", "myapp")
         .await
         .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_with_a_private_ca_works_with_its_bundle_and_is_refused_clearly_without() {
+    let ca = PrivateCa::generate();
+    let s3 = S3Server::start_tls(&[BUCKET], &ca);
+    assert!(s3.endpoint.starts_with("https://"));
+    let source = PostgresServer::start();
+    load_complete_example(&source).await;
+
+    // Without the bundle the bucket check refuses the certificate before restic runs, and
+    // restic alone refuses it too; both say what to set.
+    let untrusted = S3Credentials {
+        ca_bundle: None,
+        ..s3.credentials.clone()
+    };
+    let mut settings = backup_settings(&source, &s3, "--keep-last=3");
+    settings.credentials = untrusted.clone();
+    settings.restic = restic(&untrusted, PASSWORD);
+    let error = run_backup(&settings, &Run::now()).await.error.unwrap();
+    for expected in ["does not verify", "UnknownIssuer", "backup.s3CASecretRef"] {
+        assert!(error.contains(expected), "{expected:?} missing: {error}");
+    }
+    let error = settings
+        .restic
+        .ensure_repository(&settings.location.globals_repository())
+        .await
+        .unwrap_err();
+    assert!(
+        error.message.contains("certificate does not verify")
+            && error.message.contains("backup.s3CASecretRef"),
+        "{error}"
+    );
+
+    // With it, the real `postgres-operator backup` with a backup Job's environment
+    // (S3_CA_FILE) completes.
+    let out = s3
+        .backup_runner(&source, CLUSTER, &s3.base(BUCKET), PASSWORD)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // A restore with the bundle reproduces everything; without it, it fails the same way.
+    let target = PostgresServer::start();
+    let mut untrusted_restore = restore_settings(&target, &s3);
+    untrusted_restore.credentials = untrusted.clone();
+    untrusted_restore.restic = restic(&untrusted, PASSWORD);
+    let error = restore::restore(
+        &untrusted_restore,
+        &RunSelector::Latest,
+        &[],
+        None,
+        false,
+        true,
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(error.contains("backup.s3CASecretRef"), "{error}");
+    restore_everything(&target, &s3).await.unwrap();
+    assert_eq!(fingerprint(&source).await, fingerprint(&target).await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

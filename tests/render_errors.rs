@@ -142,6 +142,46 @@ fn cases() -> Vec<(&'static str, String, Vec<&'static str>)> {
         ),
         ("backup without bucket", spec("  backup:\n    enabled: true\n"), vec!["spec.backup.s3Bucket", "required"]),
         (
+            "bucket with another scheme",
+            spec("  backup:\n    enabled: true\n    s3Bucket: ftp://s3.example.org/b\n"),
+            vec!["spec.backup.s3Bucket", "\"ftp://s3.example.org/b\"", "only http:// and https://", "http(s)://host/bucket[/prefix]"],
+        ),
+        (
+            "bucket with restic's s3: prefix",
+            spec("  backup:\n    enabled: true\n    s3Bucket: s3:s3.example.org/b\n"),
+            vec!["spec.backup.s3Bucket", "leave out the \"s3:\" prefix"],
+        ),
+        (
+            "http endpoint without a bucket",
+            spec("  backup:\n    enabled: true\n    s3Bucket: http://minio.storage:9000/\n"),
+            vec!["spec.backup.s3Bucket", "the bucket is missing"],
+        ),
+        (
+            "endpoint with keys in it",
+            spec("  backup:\n    enabled: true\n    s3Bucket: https://ak:sk@s3.example.org/b\n"),
+            vec!["spec.backup.s3Bucket", "no credentials"],
+        ),
+        (
+            "endpoint with a bad port",
+            spec("  backup:\n    enabled: true\n    s3Bucket: http://minio:nine/b\n"),
+            vec!["spec.backup.s3Bucket", "invalid S3 host"],
+        ),
+        (
+            "private CA for a plain http endpoint",
+            spec("  backup:\n    enabled: true\n    s3Bucket: http://minio.storage:9000/b\n    s3CASecretRef: {name: minio-ca}\n"),
+            vec!["spec.backup.s3CASecretRef", "only to an https:// endpoint"],
+        ),
+        (
+            "private CA key that is no Secret key",
+            spec("  backup:\n    enabled: true\n    s3Bucket: https://minio.storage/b\n    s3CASecretRef: {name: minio-ca, key: ../ca.crt}\n"),
+            vec!["spec.backup.s3CASecretRef.key", "../ca.crt"],
+        ),
+        (
+            "private CA without a Secret name",
+            spec("  backup:\n    enabled: true\n    s3Bucket: https://minio.storage/b\n    s3CASecretRef: {name: \"\"}\n"),
+            vec!["spec.backup.s3CASecretRef.name", "must name a Secret"],
+        ),
+        (
             "partial credentials",
             spec("  backup:\n    enabled: true\n    s3Bucket: s3.example.org/b\n    s3AccessKey: AK\n"),
             vec!["spec.backup", "s3SecretKey"],
@@ -209,6 +249,40 @@ fn all_problems_of_one_object_are_reported_together() {
     ));
     assert!(message.contains("spec.quorum.maxSyncReplicas"), "{message}");
     assert!(message.contains("spec.users"), "{message}");
+}
+
+#[test]
+fn http_and_https_endpoints_are_accepted_and_reach_the_backup_jobs_as_given() {
+    for (bucket, extra, base) in [
+        (
+            "http://minio.storage:9000/pg/team",
+            "",
+            "s3:http://minio.storage:9000/pg/team",
+        ),
+        (
+            "https://minio.storage/pg",
+            "    s3CASecretRef: {name: minio-ca}\n",
+            "s3:https://minio.storage/pg",
+        ),
+    ] {
+        let text = spec(&format!(
+            "  backup:\n    enabled: true\n    s3Bucket: {bucket}\n{extra}"
+        ));
+        let rendered = render_ok(
+            &[("ok.yaml", &text)],
+            "default",
+            &OperatorSettings::default(),
+        );
+        let yaml = postgres_operator::render::format_objects(
+            &rendered,
+            postgres_operator::render::OutputFormat::Yaml,
+        )
+        .unwrap();
+        assert!(
+            yaml.contains(&format!("value: {base}\n")),
+            "{bucket}: {yaml}"
+        );
+    }
 }
 
 #[test]

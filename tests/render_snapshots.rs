@@ -43,6 +43,11 @@ fn restore_example() {
 }
 
 #[test]
+fn backup_private_ca_example() {
+    insta::assert_snapshot!(render_example("backup-private-ca.yaml"));
+}
+
+#[test]
 fn json_output_is_a_list_of_the_same_objects() {
     let yaml_objects = render_ok(
         &[("complete.yaml", &example("complete.yaml"))],

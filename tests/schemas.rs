@@ -13,12 +13,13 @@ use support::validators::{
 };
 use support::{example, render_ok};
 
-const EXAMPLES: [&str; 5] = [
+const EXAMPLES: [&str; 6] = [
     "minimal.yaml",
     "complete.yaml",
     "ha.yaml",
     "dev.yaml",
     "restore.yaml",
+    "backup-private-ca.yaml",
 ];
 
 fn render_all_examples(settings: &OperatorSettings) -> String {

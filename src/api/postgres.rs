@@ -328,7 +328,11 @@ pub struct BackupSpec {
     /// S3 region.
     #[serde(default = "default_s3_region")]
     pub s3_region: String,
-    /// Bucket in restic form `host/bucket[/prefix]`, e.g. `s3.example.org/postgres-backups`.
+    /// Bucket in restic form `host/bucket[/prefix]` (HTTPS), e.g.
+    /// `s3.example.org/postgres-backups`, or with an explicit scheme
+    /// `http(s)://host/bucket[/prefix]`. `http://` is unencrypted transport (the requests can
+    /// be read on the way; restic still encrypts the backed-up data), for in-cluster S3
+    /// servers without TLS.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub s3_bucket: Option<String>,
     /// Cron schedule (5 fields).
@@ -350,6 +354,15 @@ pub struct BackupSpec {
     /// instead of the inline values.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials_secret_ref: Option<SecretReference>,
+    /// An existing Secret with the PEM CA certificates the HTTPS S3 endpoint's certificate
+    /// must chain to, for an endpoint with a private CA. They replace the system roots for
+    /// that endpoint (as restic's `--cacert` does).
+    #[serde(
+        rename = "s3CASecretRef",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub s3_ca_secret_ref: Option<CABundleReference>,
 }
 
 impl Default for BackupSpec {
@@ -364,6 +377,7 @@ impl Default for BackupSpec {
             s3_secret_key: None,
             restic_password: None,
             credentials_secret_ref: None,
+            s3_ca_secret_ref: None,
         }
     }
 }
@@ -385,6 +399,24 @@ fn default_cleanup_strategy() -> String {
 pub struct SecretReference {
     /// Name of the Secret.
     pub name: String,
+}
+
+/// A key of a Secret in the same namespace that holds PEM CA certificates.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+pub struct CABundleReference {
+    /// Name of the Secret.
+    pub name: String,
+    /// The key holding the certificates; `ca.crt` by default, where cert-manager puts the
+    /// issuing CA.
+    #[serde(default = "default_ca_key")]
+    pub key: String,
+}
+
+/// The key cert-manager's certificate Secrets keep the CA in.
+pub const DEFAULT_CA_KEY: &str = "ca.crt";
+
+fn default_ca_key() -> String {
+    DEFAULT_CA_KEY.to_string()
 }
 
 /// Supported PostgreSQL major versions.

@@ -15,6 +15,9 @@ pub const ENV_RESTIC_PASSWORD: &str = "RESTIC_PASSWORD";
 pub const ENV_REGION: &str = "AWS_DEFAULT_REGION";
 pub const ENV_REPOSITORY_BASE: &str = "RESTIC_REPOSITORY_BASE";
 pub const ENV_RESTIC_BINARY: &str = "RESTIC_BINARY";
+/// PEM CA bundle the S3 endpoint's certificate must chain to (a private CA); unset: the
+/// system roots.
+pub const ENV_S3_CA_FILE: &str = "S3_CA_FILE";
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum AccessError {
@@ -58,6 +61,9 @@ impl Access {
             access_key: required(ENV_ACCESS_KEY, BACKUP_ACCESS_KEY)?,
             secret_key: required(ENV_SECRET_KEY, BACKUP_SECRET_KEY)?,
             region: region.to_string(),
+            ca_bundle: lookup(ENV_S3_CA_FILE)
+                .filter(|value| !value.is_empty())
+                .map(PathBuf::from),
         };
         let password = required(ENV_RESTIC_PASSWORD, BACKUP_RESTIC_PASSWORD)?;
         Ok(Access {
@@ -92,6 +98,22 @@ mod tests {
         assert_eq!(access.credentials.secret_key, "sk");
         assert_eq!(access.credentials.region, "eu-west-1");
         assert_eq!(access.location.bucket, "b");
+        assert_eq!(access.credentials.ca_bundle, None);
+    }
+
+    #[test]
+    fn a_ca_bundle_file_comes_from_its_variable() {
+        let access = open(&[
+            (ENV_ACCESS_KEY, "ak"),
+            (ENV_SECRET_KEY, "sk"),
+            (ENV_RESTIC_PASSWORD, "pw"),
+            (ENV_S3_CA_FILE, "/etc/s3-ca/ca.crt"),
+        ])
+        .unwrap();
+        assert_eq!(
+            access.credentials.ca_bundle,
+            Some(PathBuf::from("/etc/s3-ca/ca.crt"))
+        );
     }
 
     #[test]

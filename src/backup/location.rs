@@ -37,12 +37,19 @@ impl Location {
             reason: reason.to_string(),
         };
         let rest = base.trim().strip_prefix("s3:").unwrap_or(base.trim());
-        let rest = rest.trim_end_matches('/');
         let (scheme, rest) = match rest.split_once("://") {
             Some((scheme @ ("http" | "https"), rest)) => (scheme, rest),
             Some(_) => return Err(error("only http:// and https:// endpoints are supported")),
             None => ("https", rest),
         };
+        let rest = rest.trim_end_matches('/');
+        // Url would take them as credentials, a query or a fragment and drop them from
+        // the endpoint, so the check and restic would talk to different places.
+        if rest.contains(['@', '?', '#']) {
+            return Err(error(
+                "'@', '?' and '#' are not allowed (no credentials, query or fragment)",
+            ));
+        }
         let mut parts = rest.split('/').filter(|part| !part.is_empty());
         let host = parts
             .next()
@@ -74,6 +81,11 @@ impl Location {
         })
     }
 
+    /// Whether restic and the bucket check talk to the endpoint without TLS.
+    pub fn is_plain_http(&self) -> bool {
+        self.endpoint.scheme() == "http"
+    }
+
     /// The restic repository of database `database`.
     pub fn database_repository(&self, database: &str) -> String {
         format!("{}/{}", self.base, component(database))
@@ -92,6 +104,20 @@ impl Location {
             format!("{}/", self.prefix)
         }
     }
+}
+
+/// Checks the spec's `s3Bucket`, which the pods prefix with `s3:`: `host/bucket[/prefix]`
+/// (HTTPS) or `http(s)://host/bucket[/prefix]`. The error is the reason alone, for a
+/// message that names the field.
+pub fn parse_spec_bucket(bucket: &str) -> Result<Location, String> {
+    if bucket.starts_with("s3:") {
+        return Err("leave out the \"s3:\" prefix, the operator adds it".to_string());
+    }
+    // A space around the value would end up inside the repository name.
+    if bucket.contains(char::is_whitespace) {
+        return Err("white space is not allowed".to_string());
+    }
+    Location::parse(bucket).map_err(|error| error.reason)
 }
 
 /// A database name as one repository path component: itself when it is made of letters,
@@ -153,6 +179,39 @@ mod tests {
         for base in ["s3:host-only", "", "s3:ftp://h/b", "s3:h/b c"] {
             let error = Location::parse(base).unwrap_err();
             assert_eq!(error.base, base);
+        }
+    }
+
+    #[test]
+    fn spec_buckets_take_an_optional_http_or_https_scheme() {
+        for (bucket, endpoint) in [
+            ("s3.example.org/b", "https://s3.example.org/"),
+            ("https://s3.example.org/b/p", "https://s3.example.org/"),
+            ("http://minio.storage:9000/b", "http://minio.storage:9000/"),
+        ] {
+            let location = parse_spec_bucket(bucket).unwrap();
+            assert_eq!(location.endpoint.as_str(), endpoint);
+            assert_eq!(location.bucket, "b");
+        }
+        assert!(parse_spec_bucket("http://h/b").unwrap().is_plain_http());
+        assert!(!parse_spec_bucket("h/b").unwrap().is_plain_http());
+    }
+
+    #[test]
+    fn spec_buckets_with_other_schemes_or_odd_parts_are_refused_with_the_reason() {
+        for (bucket, reason) in [
+            ("s3:h/b", "leave out the \"s3:\" prefix"),
+            ("ftp://h/b", "only http:// and https://"),
+            ("HTTPS://h/b", "only http:// and https://"),
+            ("http://h", "the bucket is missing"),
+            ("http://", "the S3 host is missing"),
+            ("https://key:secret@h/b", "'@', '?' and '#'"),
+            ("h/b?x=1", "'@', '?' and '#'"),
+            (" h/b", "white space"),
+            ("http://h:port/b", "invalid S3 host"),
+        ] {
+            let error = parse_spec_bucket(bucket).unwrap_err();
+            assert!(error.contains(reason), "{bucket}: {error}");
         }
     }
 

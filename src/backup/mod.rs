@@ -14,6 +14,7 @@ pub mod restore;
 pub mod run;
 pub mod s3;
 pub mod stream;
+pub mod tls;
 
 /// How the globals appear in a `PostgresBackup` status.
 pub const GLOBALS_NAME: &str = "globals";

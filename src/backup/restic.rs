@@ -89,8 +89,13 @@ impl Restic {
             "RESTIC_PASSWORD_FILE",
             "RESTIC_PASSWORD_COMMAND",
             "RESTIC_KEY_HINT",
+            "RESTIC_CACERT",
         ] {
             command.env_remove(inherited);
+        }
+        // The flag, not RESTIC_CACERT: older releases (Debian's 0.14) know only the flag.
+        if let Some(ca_bundle) = &self.credentials.ca_bundle {
+            command.arg("--cacert").arg(ca_bundle);
         }
         command
             .env("RESTIC_PASSWORD", &self.password)
@@ -328,6 +333,10 @@ pub fn explain(stderr: &str) -> String {
         || lower.contains("signaturedoesnotmatch")
     {
         Some("S3 rejected the credentials")
+    } else if lower.contains("x509: certificate") || lower.contains("tls: failed to verify") {
+        Some(
+            "the S3 endpoint's certificate does not verify (an endpoint with a private CA needs backup.s3CASecretRef)",
+        )
     } else if lower.contains("repository is already locked") {
         Some(LOCKED_HINT)
     } else {

@@ -4,6 +4,7 @@
 //! The request is signed with AWS Signature Version 4 in the Authorization header, which every
 //! S3 implementation accepts (query-string signatures are not universal).
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -14,16 +15,19 @@ use k8s_openapi::jiff::Timestamp;
 use ring::{digest, hmac};
 
 use super::location::Location;
+use super::tls::{self, TrustError};
 
 /// How long the check may take in all; restic's own retries are far longer.
 const TIMEOUT: Duration = Duration::from_secs(20);
 
-/// S3 credentials and region.
+/// S3 credentials and region, and which CA the endpoint's certificate must chain to.
 #[derive(Clone)]
 pub struct S3Credentials {
     pub access_key: String,
     pub secret_key: String,
     pub region: String,
+    /// PEM CA bundle trusted instead of the system roots (an endpoint with a private CA).
+    pub ca_bundle: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for S3Credentials {
@@ -31,6 +35,7 @@ impl std::fmt::Debug for S3Credentials {
         f.debug_struct("S3Credentials")
             .field("access_key", &self.access_key)
             .field("region", &self.region)
+            .field("ca_bundle", &self.ca_bundle)
             .finish_non_exhaustive()
     }
 }
@@ -47,6 +52,12 @@ pub enum S3Error {
     },
     #[error("S3 endpoint {endpoint} is unreachable: {reason}")]
     Unreachable { endpoint: String, reason: String },
+    #[error(
+        "S3 endpoint {endpoint} presented a certificate that does not verify ({reason}); an endpoint with a private CA needs backup.s3CASecretRef"
+    )]
+    UnverifiedCertificate { endpoint: String, reason: String },
+    #[error(transparent)]
+    Trust(#[from] TrustError),
     #[error("S3 at {endpoint} answered {status} to a listing of bucket {bucket:?}: {detail}")]
     Unexpected {
         endpoint: String,
@@ -67,8 +78,7 @@ pub async fn check_bucket(location: &Location, credentials: &S3Credentials) -> R
     let request = signed_listing(location, credentials, Timestamp::now())
         .map_err(|e| unreachable(format!("invalid request: {e}")))?;
     let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_native_roots()
-        .map_err(|e| unreachable(format!("no TLS root certificates: {e}")))?
+        .with_tls_config(tls::client_config(credentials.ca_bundle.as_deref())?)
         .https_or_http()
         .enable_http1()
         .build();
@@ -82,7 +92,14 @@ pub async fn check_bucket(location: &Location, credentials: &S3Credentials) -> R
                 reason = format!("{reason}: {cause}");
                 source = cause.source();
             }
-            unreachable(reason)
+            if tls::is_unverified_certificate(&e) {
+                S3Error::UnverifiedCertificate {
+                    endpoint: endpoint.clone(),
+                    reason,
+                }
+            } else {
+                unreachable(reason)
+            }
         })?;
         let status = response.status().as_u16();
         let body = response
@@ -289,6 +306,7 @@ mod tests {
             access_key: "AKIAIOSFODNN7EXAMPLE".into(),
             secret_key: "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY".into(),
             region: "us-east-1".into(),
+            ca_bundle: None,
         };
         let authorization = sign_v4(
             &SigningInput {

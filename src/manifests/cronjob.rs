@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::batch::v1::{CronJob, CronJobSpec, Job, JobSpec, JobTemplateSpec};
 use k8s_openapi::api::core::v1::{
-    Container, EnvVar, PodSpec, PodTemplateSpec, ResourceRequirements,
+    Container, EnvVar, KeyToPath, PodSpec, PodTemplateSpec, ResourceRequirements,
+    SecretVolumeSource, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 
@@ -15,8 +16,14 @@ use super::secrets::{BACKUP_ACCESS_KEY, BACKUP_RESTIC_PASSWORD, BACKUP_SECRET_KE
 use super::{Cluster, labels, names};
 use crate::backup::access::{
     ENV_ACCESS_KEY, ENV_REGION, ENV_REPOSITORY_BASE, ENV_RESTIC_BINARY, ENV_RESTIC_PASSWORD,
-    ENV_SECRET_KEY,
+    ENV_S3_CA_FILE, ENV_SECRET_KEY,
 };
+
+/// The volume of the S3 endpoint's CA bundle (`backup.s3CASecretRef`), its mount point, and
+/// the file it holds whatever the Secret key is called.
+const S3_CA_VOLUME: &str = "s3-ca";
+const S3_CA_DIR: &str = "/etc/s3-ca";
+const S3_CA_FILE: &str = "ca.crt";
 
 /// Labels of backup pods: the cluster's, but a different `app.kubernetes.io/name`, so
 /// neither the StatefulSet nor the `-r` Service ever selects a backup pod.
@@ -38,12 +45,13 @@ pub fn backup_credentials_secret(cluster: &Cluster) -> String {
 }
 
 /// What opens the backups (see `backup::access`): the credentials Secret's keys, the region,
-/// the repository base and the restic copied in by the init container. The kubelet holds
-/// the container back until the Secret exists.
+/// the repository base, the restic copied in by the init container and, with a private CA,
+/// the file of [`backup_access_mounts`]. The kubelet holds the container back until the
+/// Secret exists.
 pub fn backup_access_env(cluster: &Cluster) -> Vec<EnvVar> {
     let backup = &cluster.spec().backup;
     let credentials = backup_credentials_secret(cluster);
-    vec![
+    let mut env = vec![
         pod::env_from_secret(ENV_ACCESS_KEY, &credentials, BACKUP_ACCESS_KEY),
         pod::env_from_secret(ENV_SECRET_KEY, &credentials, BACKUP_SECRET_KEY),
         pod::env_from_secret(ENV_RESTIC_PASSWORD, &credentials, BACKUP_RESTIC_PASSWORD),
@@ -53,7 +61,48 @@ pub fn backup_access_env(cluster: &Cluster) -> Vec<EnvVar> {
             format!("s3:{}", backup.s3_bucket.clone().unwrap_or_default()),
         ),
         pod::env(ENV_RESTIC_BINARY, format!("{}/restic", pod::CONTROLLER_DIR)),
-    ]
+    ];
+    if backup.s3_ca_secret_ref.is_some() {
+        env.push(pod::env(
+            ENV_S3_CA_FILE,
+            format!("{S3_CA_DIR}/{S3_CA_FILE}"),
+        ));
+    }
+    env
+}
+
+/// The volumes [`backup_access_env`] needs: the S3 endpoint's CA bundle when the spec names
+/// one, its single key mounted under a fixed file name. The kubelet holds the pod back
+/// until that Secret exists.
+pub fn backup_access_volumes(cluster: &Cluster) -> Vec<Volume> {
+    let Some(reference) = &cluster.spec().backup.s3_ca_secret_ref else {
+        return Vec::new();
+    };
+    vec![Volume {
+        name: S3_CA_VOLUME.to_string(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(reference.name.clone()),
+            items: Some(vec![KeyToPath {
+                key: reference.key.clone(),
+                path: S3_CA_FILE.to_string(),
+                ..KeyToPath::default()
+            }]),
+            optional: Some(false),
+            ..SecretVolumeSource::default()
+        }),
+        ..Volume::default()
+    }]
+}
+
+/// Mounts matching [`backup_access_volumes`], read-only.
+pub fn backup_access_mounts(cluster: &Cluster) -> Vec<VolumeMount> {
+    backup_access_volumes(cluster)
+        .into_iter()
+        .map(|volume| VolumeMount {
+            read_only: Some(true),
+            ..pod::mount(&volume.name, S3_CA_DIR)
+        })
+        .collect()
 }
 
 /// The pod of a backup run: `postgres-operator backup` in the cluster's own PostgreSQL image
@@ -99,7 +148,7 @@ fn backup_pod_template(cluster: &Cluster, args: &[String]) -> PodTemplateSpec {
             ..ResourceRequirements::default()
         }),
         security_context: Some(pod::container_security_context()),
-        volume_mounts: Some(pod::runtime_mounts()),
+        volume_mounts: Some([pod::runtime_mounts(), backup_access_mounts(cluster)].concat()),
         ..Container::default()
     };
     PodTemplateSpec {
@@ -114,7 +163,7 @@ fn backup_pod_template(cluster: &Cluster, args: &[String]) -> PodTemplateSpec {
             security_context: Some(pod::pod_security_context()),
             init_containers: Some(vec![pod::copy_binaries_init_container(cluster)]),
             containers: vec![container],
-            volumes: Some(pod::runtime_volumes()),
+            volumes: Some([pod::runtime_volumes(), backup_access_volumes(cluster)].concat()),
             ..PodSpec::default()
         }),
     }
@@ -293,6 +342,50 @@ mod tests {
         );
         let job = cron("backup:\n  enabled: true\n  s3Bucket: s3.example.org/pg\n  credentialsSecretRef:\n    name: mine\n").unwrap();
         assert_eq!(secret_of(&job, "RESTIC_PASSWORD"), "mine");
+    }
+
+    #[test]
+    fn a_private_ca_is_mounted_read_only_and_named_to_the_backup() {
+        let job = cron("backup:\n  enabled: true\n  s3Bucket: https://minio.storage:9000/pg\n  s3CASecretRef: {name: minio-tls}\n").unwrap();
+        let pod = pod_of(&job);
+        let volume = &pod.volumes.as_ref().unwrap().last().unwrap();
+        let secret = volume.secret.as_ref().unwrap();
+        assert_eq!(secret.secret_name.as_deref(), Some("minio-tls"));
+        let item = &secret.items.as_ref().unwrap()[0];
+        assert_eq!(
+            (item.key.as_str(), item.path.as_str()),
+            ("ca.crt", "ca.crt")
+        );
+        let mount = pod.containers[0]
+            .volume_mounts
+            .as_ref()
+            .unwrap()
+            .last()
+            .unwrap()
+            .clone();
+        assert_eq!(
+            (
+                mount.name.as_str(),
+                mount.mount_path.as_str(),
+                mount.read_only
+            ),
+            (volume.name.as_str(), "/etc/s3-ca", Some(true))
+        );
+        assert_eq!(
+            env_of(&job)["S3_CA_FILE"].value.as_deref(),
+            Some("/etc/s3-ca/ca.crt")
+        );
+
+        let plain = cron(ENABLED).unwrap();
+        assert!(!env_of(&plain).contains_key("S3_CA_FILE"));
+        assert!(
+            pod_of(&plain)
+                .volumes
+                .as_ref()
+                .unwrap()
+                .iter()
+                .all(|v| v.secret.is_none())
+        );
     }
 
     #[test]

@@ -80,6 +80,9 @@ fn pod_template(cluster: &Cluster) -> PodTemplateSpec {
     // sync a mounted ConfigMap.
     let mut volumes = vec![pod::empty_dir(pod::SHM_VOLUME, Some("Memory"))];
     volumes.extend(pod::runtime_volumes());
+    if cluster.spec().restore_source().is_some() {
+        volumes.extend(cronjob::backup_access_volumes(cluster));
+    }
     PodTemplateSpec {
         // No role label: the operator sets it on each pod as roles change. No config
         // checksum annotation either: the instance manager reloads configuration itself,
@@ -154,16 +157,17 @@ fn container_port(name: &str, port: i32) -> ContainerPort {
 
 fn postgres_container(cluster: &Cluster) -> Container {
     let mut env = pod::cluster_env(cluster);
-    if cluster.spec().restore_source().is_some() {
-        // The first primary restores from the backups. Pods wait for the credentials
-        // Secret (the kubelet says so in their events) rather than start without them.
-        env.extend(cronjob::backup_access_env(cluster));
-    }
     let mut mounts = vec![
         pod::mount(DATA_VOLUME, DATA_MOUNT),
         pod::mount(pod::SHM_VOLUME, SHM_MOUNT),
     ];
     mounts.extend(pod::runtime_mounts());
+    if cluster.spec().restore_source().is_some() {
+        // The first primary restores from the backups. Pods wait for the credentials
+        // Secret (the kubelet says so in their events) rather than start without them.
+        env.extend(cronjob::backup_access_env(cluster));
+        mounts.extend(cronjob::backup_access_mounts(cluster));
+    }
     Container {
         name: POSTGRES_CONTAINER.to_string(),
         image: Some(cluster.postgres_image()),
@@ -335,6 +339,33 @@ mod tests {
         for name in ["CLUSTER_NAME", "POD_NAME", "POD_NAMESPACE", "PGDATA"] {
             assert!(env.iter().any(|e| e.name == name), "{name} missing");
         }
+    }
+
+    #[test]
+    fn only_a_cluster_that_bootstraps_from_a_backup_mounts_the_s3_ca() {
+        let backup = "backup:\n  s3Bucket: https://minio.storage/b\n  s3CASecretRef: {name: minio-tls, key: tls.ca}\n";
+        let has_ca = |s: &StatefulSet| {
+            let volume = pod_spec(s)
+                .volumes
+                .as_ref()
+                .unwrap()
+                .iter()
+                .find(|v| v.secret.is_some());
+            let mounted = postgres(s)
+                .volume_mounts
+                .as_ref()
+                .unwrap()
+                .iter()
+                .any(|m| m.mount_path == "/etc/s3-ca" && m.read_only == Some(true));
+            volume
+                .map(|v| v.secret.clone().unwrap().items.unwrap()[0].key.clone())
+                .filter(|_| mounted)
+        };
+        assert_eq!(has_ca(&statefulset(backup)), None);
+        let restoring = statefulset(&format!(
+            "{backup}bootstrap:\n  enabled: true\n  oldName: old\n"
+        ));
+        assert_eq!(has_ca(&restoring).as_deref(), Some("tls.ca"));
     }
 
     #[test]

@@ -13,7 +13,8 @@ use kube::CustomResourceExt;
 use kube::core::cel::{CompiledSchema, Validator, apply_defaults, compile_schema};
 use serde_json::Value;
 
-use crate::api::{BackupSpec, BootstrapSpec, Postgres, PostgresSpec};
+use crate::api::{BackupSpec, BootstrapSpec, CABundleReference, Postgres, PostgresSpec};
+use crate::backup::location;
 use crate::quantity::Quantity;
 use retention::RetentionPolicy;
 
@@ -371,21 +372,17 @@ fn check_backup(backup: &BackupSpec, bucket_needed_by: Option<&str>, errors: &mu
                 format!("is required when {needed_by} is true (restic form host/bucket[/prefix], e.g. s3.example.org/postgres-backups)"),
             ),
             Some(bucket) => {
-                if bucket.contains("://") || bucket.starts_with("s3:") {
+                if let Err(reason) = location::parse_spec_bucket(bucket) {
                     errors.add(
                         "spec.backup.s3Bucket",
-                        format!("{bucket:?}: write the bucket as host/bucket[/prefix] without a scheme, e.g. s3.example.org/postgres-backups"),
-                    );
-                } else if bucket.split('/').filter(|part| !part.is_empty()).count() < 2
-                    || bucket.contains(char::is_whitespace)
-                {
-                    errors.add(
-                        "spec.backup.s3Bucket",
-                        format!("{bucket:?} must be host/bucket[/prefix], e.g. s3.example.org/postgres-backups"),
+                        format!("{bucket:?}: {reason}; write host/bucket[/prefix] (HTTPS) or http(s)://host/bucket[/prefix], e.g. s3.example.org/postgres-backups"),
                     );
                 }
             }
         }
+    }
+    if let Some(reference) = &backup.s3_ca_secret_ref {
+        check_ca_secret_ref(reference, backup.s3_bucket.as_deref(), errors);
     }
     if let Err(e) = cron::validate_schedule(&backup.schedule) {
         errors.add("spec.backup.schedule", e.to_string());
@@ -429,6 +426,44 @@ fn check_backup(backup: &BackupSpec, bucket_needed_by: Option<&str>, errors: &mu
         errors.add(
             "spec.backup.credentialsSecretRef.name",
             "must name a Secret",
+        );
+    }
+}
+
+fn check_ca_secret_ref(reference: &CABundleReference, bucket: Option<&str>, errors: &mut Errors) {
+    if !is_dns_subdomain(&reference.name) {
+        errors.add(
+            "spec.backup.s3CASecretRef.name",
+            format!(
+                "must name a Secret (a DNS subdomain), got {:?}",
+                reference.name
+            ),
+        );
+    }
+    // The key becomes a file name in the pods; the API server would refuse others only
+    // when the pod is created.
+    let key_ok = !reference.key.is_empty()
+        && reference.key.len() <= 253
+        && reference
+            .key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && !matches!(reference.key.as_str(), "." | "..");
+    if !key_ok {
+        errors.add(
+            "spec.backup.s3CASecretRef.key",
+            format!(
+                "must be a Secret key (letters, digits, '-', '_' and '.'), got {:?}",
+                reference.key
+            ),
+        );
+    }
+    if let Some(Ok(location)) = bucket.map(location::parse_spec_bucket)
+        && location.is_plain_http()
+    {
+        errors.add(
+            "spec.backup.s3CASecretRef",
+            "applies only to an https:// endpoint, and spec.backup.s3Bucket is http://",
         );
     }
 }
