@@ -11,6 +11,7 @@ use postgres_operator::controller::{
     self,
     leader::{self, Ended, LeaseLock, Timing},
 };
+use postgres_operator::instance::events::EventSink;
 use postgres_operator::instance::from_backup::BackupEnvironment;
 use postgres_operator::instance::manager::{self, InstanceSettings, Peers};
 use postgres_operator::instance::reaper;
@@ -280,19 +281,20 @@ fn run_instance(args: InstanceArgs) -> ExitCode {
                     path: path.clone(),
                     interval: std::time::Duration::from_millis(500),
                 };
-                manager::run(settings, source, stopping).await
+                manager::run(settings, source, EventSink::LogOnly, stopping).await
             }
             None => {
                 let client = match kube::Client::try_default().await {
                     Ok(client) => client,
                     Err(e) => return fail(&format!("cannot configure the Kubernetes client: {e}")),
                 };
+                let events = EventSink::kube(client.clone(), &args.pod_name);
                 let source = KubeSource {
                     client,
                     namespace: args.namespace.clone(),
                     cluster: args.cluster.clone(),
                 };
-                manager::run(settings, source, stopping).await
+                manager::run(settings, source, events, stopping).await
             }
         };
         match result {

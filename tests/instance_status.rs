@@ -5,6 +5,7 @@ mod support;
 
 use http::{Request, StatusCode};
 use http_body_util::BodyExt;
+use postgres_operator::instance::config_guard::RejectionReport;
 use postgres_operator::instance::status::{Hold, router};
 use serde_json::Value;
 use support::postgres::PostgresServer;
@@ -15,7 +16,7 @@ async fn get(server: &PostgresServer, path: &str) -> (StatusCode, String) {
 }
 
 async fn get_held(server: &PostgresServer, hold: &Hold, path: &str) -> (StatusCode, String) {
-    let response = router(server.superuser(), hold.clone())
+    let response = router(server.superuser(), hold.clone(), RejectionReport::default())
         .oneshot(Request::get(path).body(axum::body::Body::empty()).unwrap())
         .await
         .unwrap();
@@ -106,7 +107,7 @@ async fn a_stopped_server_is_neither_healthy_nor_ready() {
     let server = PostgresServer::start();
     let connection = server.superuser();
     drop(server);
-    let response = router(connection, Hold::default())
+    let response = router(connection, Hold::default(), RejectionReport::default())
         .oneshot(
             Request::get("/healthz")
                 .body(axum::body::Body::empty())

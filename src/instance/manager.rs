@@ -13,14 +13,18 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Notify, mpsc, watch};
 
 use super::bootstrap::{self, Bootstrap, Tools};
+use super::config_guard::ConfigGuard;
+use super::events::EventSink;
 use super::files::{ConfigFiles, Listen, RuntimeRole};
 use super::from_backup::{self, BackupEnvironment, Progress};
 use super::metrics::InstanceMetrics;
+use super::postmaster_events::PostmasterWatch;
 use super::provision::{Connection, MAINTENANCE_DB, Provisioner, Scope};
 use super::quorum_keeper::{self, Applied, Keeper};
 use super::source::{Snapshot, SpecSource};
 use super::status::Hold;
 use super::supervise::{self, Event, PostmasterCommand};
+use crate::manifests::config::postgresql_conf;
 use crate::manifests::pod::POSTGRES_PORT;
 use crate::manifests::secrets::{REPLICATION_USER, SUPERUSER};
 use crate::manifests::{Cluster, OperatorSettings, names};
@@ -127,18 +131,23 @@ struct Manager {
     /// A restart asked for and not yet seen done (Unix seconds): until the postmaster
     /// has started again, a setting still pending must not ask a second time.
     restart_requested: Option<f64>,
+    /// Installs only a postgresql.conf PostgreSQL takes.
+    guard: ConfigGuard,
+    postmaster: PostmasterWatch,
 }
 
 /// Runs the instance until `shutdown` turns true; the postmaster is then shut down
-/// (smart, fast, immediate) before this returns.
+/// (smart, fast, immediate) before this returns. `events` records what the user must
+/// know on the Postgres (a configuration PostgreSQL refused).
 pub async fn run<S: SpecSource>(
     settings: InstanceSettings,
     source: S,
+    events: EventSink,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), InstanceError> {
     let (updates, mut snapshots) = watch::channel(None);
     let source_task = tokio::spawn(source.run(updates));
-    let result = run_with(settings, &mut snapshots, &mut shutdown).await;
+    let result = run_with(settings, events, &mut snapshots, &mut shutdown).await;
     source_task.abort();
     result
 }
@@ -170,6 +179,7 @@ async fn wait_snapshot(
 
 async fn run_with(
     settings: InstanceSettings,
+    events: EventSink,
     snapshots: &mut watch::Receiver<Option<Arc<Snapshot>>>,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<(), InstanceError> {
@@ -190,10 +200,18 @@ async fn run_with(
         user: SUPERUSER.to_string(),
         password: snapshot.superuser_password().map(str::to_string),
     };
+    let metrics = Arc::new(InstanceMetrics::default());
     let mut manager = Manager {
         provisioner: Provisioner::new(local),
         operator: OperatorSettings::default(),
-        metrics: Arc::new(InstanceMetrics::default()),
+        guard: ConfigGuard::new(
+            settings.bin_dir.clone(),
+            settings.data_dir.clone(),
+            metrics.clone(),
+            events,
+        ),
+        postmaster: PostmasterWatch::new(metrics.clone()),
+        metrics,
         restart: Arc::new(Notify::new()),
         hold: Hold::new("starting: the first declarative SQL pass has not run yet"),
         role,
@@ -207,7 +225,7 @@ async fn run_with(
     }
     manager.write_files(&snapshot)?;
 
-    let (events_tx, events) = mpsc::unbounded_channel();
+    let (events_tx, mut events) = mpsc::unbounded_channel();
     let mut supervisor = {
         let command = manager.postmaster_command();
         let timing = manager.settings.timing;
@@ -217,8 +235,9 @@ async fn run_with(
             supervise::supervise(&command, timing, stop, restart, events_tx).await
         })
     };
-    tokio::spawn(count_events(events, manager.metrics.clone()));
-    manager.wait_accepting(shutdown).await;
+    manager
+        .wait_accepting(&mut snapshot, snapshots, &mut events, shutdown)
+        .await;
     tokio::spawn(quorum_keeper::run(
         manager.quorum_keeper(),
         snapshots.clone(),
@@ -245,6 +264,7 @@ async fn run_with(
             _ = shutdown.wait_for(|stop| *stop) => break None,
             // The supervisor only returns on shutdown, or when it cannot start postgres.
             result = &mut supervisor => break Some(result),
+            Some(event) = events.recv() => manager.postmaster_event(&event, &snapshot),
             Some(()) = async { hangups.as_mut()?.recv().await } => {
                 // SIGHUP, as for a postmaster: rewrite the files and reload.
                 manager.reconfigure(&snapshot).await;
@@ -284,26 +304,6 @@ async fn run_with(
     };
     tracing::info!(?mode, "postmaster stopped");
     Ok(())
-}
-
-async fn count_events(mut events: mpsc::UnboundedReceiver<Event>, metrics: Arc<InstanceMetrics>) {
-    while let Some(event) = events.recv().await {
-        match &event {
-            Event::Started { pid } => {
-                metrics.postmaster_starts.inc();
-                tracing::info!(pid, "postmaster started");
-            }
-            Event::Died { status } => {
-                metrics.up.set(0);
-                tracing::warn!(%status, "postmaster died");
-            }
-            Event::Restarting { mode } => {
-                metrics.restarts.inc();
-                tracing::info!(?mode, "postmaster restarting");
-            }
-            Event::ShutDown { mode } => tracing::info!(?mode, "postmaster shut down"),
-        }
-    }
 }
 
 /// Primary when the cluster names this pod as (target) primary.
@@ -497,26 +497,71 @@ impl Manager {
         }
     }
 
-    /// Writes the configuration files; true when any changed.
-    fn write_files(&self, snapshot: &Snapshot) -> Result<bool, InstanceError> {
+    /// Writes the configuration files (postgresql.conf only as PostgreSQL takes it, see
+    /// `config_guard`); true when any changed.
+    fn write_files(&mut self, snapshot: &Snapshot) -> Result<bool, InstanceError> {
         let cluster = Cluster::new(&snapshot.postgres, &self.settings.namespace, &self.operator);
         let listen = self.listen();
-        let files = ConfigFiles::render(&cluster, &self.runtime_role(snapshot), &listen);
+        let candidate = ConfigFiles::render(&cluster, &self.runtime_role(snapshot), &listen);
+        let baseline = || {
+            let mut postgres = snapshot.postgres.clone();
+            postgres.spec.postgresql.parameters.clear();
+            postgresql_conf(&Cluster::new(
+                &postgres,
+                &self.settings.namespace,
+                &self.operator,
+            ))
+        };
+        let running = self.postmaster.answering();
+        let files = self
+            .guard
+            .admit(candidate, baseline, &snapshot.postgres, running);
         Ok(files.write(&self.settings.data_dir)?)
     }
 
     /// Until the server accepts connections (start-up, crash recovery) or shutdown.
-    async fn wait_accepting(&self, shutdown: &mut watch::Receiver<bool>) {
+    /// Meanwhile spec changes are written and a failed start goes back to the last good
+    /// configuration: a server that cannot start must still get the fix.
+    async fn wait_accepting(
+        &mut self,
+        snapshot: &mut Arc<Snapshot>,
+        snapshots: &mut watch::Receiver<Option<Arc<Snapshot>>>,
+        events: &mut mpsc::UnboundedReceiver<Event>,
+        shutdown: &mut watch::Receiver<bool>,
+    ) {
         loop {
             if let Ok(client) = self.provisioner.connect(MAINTENANCE_DB).await
                 && client.simple_query("SELECT 1").await.is_ok()
             {
+                self.postmaster.answered();
                 return;
+            }
+            if snapshots.has_changed().unwrap_or(false)
+                && let Some(latest) = snapshots.borrow_and_update().clone()
+            {
+                *snapshot = latest;
+                if let Err(error) = self.write_files(snapshot) {
+                    tracing::error!(%error, "cannot write the configuration");
+                }
             }
             tokio::select! {
                 () = tokio::time::sleep(Duration::from_millis(100)) => {}
+                Some(event) = events.recv() => self.postmaster_event(&event, snapshot),
                 _ = shutdown.wait_for(|stop| *stop) => return,
             }
+        }
+    }
+
+    /// Counts and logs what the supervisor reports; after a failed start the files are
+    /// written again (the last good configuration when the new one was at fault, and
+    /// anyway undoing any hand edit), so the next start reads them.
+    fn postmaster_event(&mut self, event: &Event, snapshot: &Snapshot) {
+        let Some(status) = self.postmaster.observe(event) else {
+            return;
+        };
+        self.guard.start_failed(&status, &snapshot.postgres);
+        if let Err(error) = self.write_files(snapshot) {
+            tracing::error!(%error, "cannot write the configuration");
         }
     }
 
@@ -637,6 +682,7 @@ impl Manager {
             }
         };
         self.metrics.up.set(1);
+        self.postmaster.answered();
         self.metrics
             .primary
             .set(i64::from(self.role == Role::Primary));
@@ -679,6 +725,16 @@ impl Manager {
         self.metrics
             .pending_restart
             .set(i64::try_from(pending.len()).unwrap_or(i64::MAX));
+        let loaded: f64 = client
+            .query_one(
+                "SELECT extract(epoch FROM pg_conf_load_time())::float8",
+                &[],
+            )
+            .await?
+            .get(0);
+        if !self.guard.server_answers(loaded, !pending.is_empty()) {
+            return Ok(());
+        }
         if pending.is_empty() {
             self.pending_since = None;
             return Ok(());
@@ -732,7 +788,11 @@ impl Manager {
         for (address, router) in [
             (
                 self.settings.status_address,
-                super::status::router(self.provisioner.connection().clone(), self.hold.clone()),
+                super::status::router(
+                    self.provisioner.connection().clone(),
+                    self.hold.clone(),
+                    self.guard.report(),
+                ),
             ),
             (
                 self.settings.metrics_address,

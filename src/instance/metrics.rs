@@ -21,11 +21,13 @@ pub struct InstanceMetrics {
     pub sql_statements: Counter,
     pub config_reloads: Counter,
     pub restore_failures: Counter,
+    pub config_rejections: Counter,
     pub up: Gauge,
     pub primary: Gauge,
     pub pending_restart: Gauge,
     pub replay_lag_bytes: Gauge,
     pub sync_standbys: Gauge,
+    pub config_rejected: Gauge,
 }
 
 impl Default for InstanceMetrics {
@@ -39,11 +41,13 @@ impl Default for InstanceMetrics {
             sql_statements: Counter::default(),
             config_reloads: Counter::default(),
             restore_failures: Counter::default(),
+            config_rejections: Counter::default(),
             up: Gauge::default(),
             primary: Gauge::default(),
             pending_restart: Gauge::default(),
             replay_lag_bytes: Gauge::default(),
             sync_standbys: Gauge::default(),
+            config_rejected: Gauge::default(),
             registry: Registry::default(),
         };
         let counters = [
@@ -82,6 +86,11 @@ impl Default for InstanceMetrics {
                 "Attempts of a bootstrap from backup that failed",
                 &metrics.restore_failures,
             ),
+            (
+                "config_rejections",
+                "Configurations PostgreSQL refused (not installed, or reverted)",
+                &metrics.config_rejections,
+            ),
         ];
         for (name, help, counter) in counters {
             registry.register(name, help, counter.clone());
@@ -107,6 +116,11 @@ impl Default for InstanceMetrics {
                 "sync_standbys",
                 "Primary: standbys in the synchronous quorum list",
                 &metrics.sync_standbys,
+            ),
+            (
+                "config_rejected",
+                "1 while the spec's configuration is refused and an older one runs",
+                &metrics.config_rejected,
             ),
         ];
         for (name, help, gauge) in gauges {
@@ -169,6 +183,8 @@ mod tests {
             "pending_restart",
             "replay_lag_bytes",
             "sync_standbys",
+            "config_rejections",
+            "config_rejected",
             "up",
         ] {
             assert!(

@@ -3,10 +3,14 @@
 //! declarative SQL on the primary.
 
 pub mod bootstrap;
+pub mod config_check;
+pub mod config_guard;
+pub mod events;
 pub mod files;
 pub mod from_backup;
 pub mod manager;
 pub mod metrics;
+pub mod postmaster_events;
 pub mod provision;
 pub mod quorum;
 pub mod quorum_keeper;

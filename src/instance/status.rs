@@ -13,6 +13,8 @@ use axum::routing::get;
 use serde::Serialize;
 use tokio_postgres::Client;
 
+use super::config_check::Rejection;
+use super::config_guard::RejectionReport;
 use super::provision::Connection;
 
 /// Why the instance manager keeps `/readyz` failing although PostgreSQL answers: it has not
@@ -69,6 +71,9 @@ pub struct InstanceStatus {
     /// Why the instance is not ready although PostgreSQL answers (see [`Hold`]).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub held: Option<String>,
+    /// The spec's configuration PostgreSQL refused: the instance runs an older one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub config_rejected: Option<Rejection>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
@@ -146,6 +151,7 @@ pub fn is_ready(status: &InstanceStatus) -> bool {
 struct Endpoints {
     connection: Arc<Connection>,
     hold: Hold,
+    rejected: RejectionReport,
 }
 
 async fn healthz(State(endpoints): State<Endpoints>) -> impl IntoResponse {
@@ -180,6 +186,7 @@ async fn status(
         .map(|status| {
             Json(InstanceStatus {
                 held: endpoints.hold.reason(),
+                config_rejected: endpoints.rejected.get(),
                 ..status
             })
         })
@@ -187,8 +194,8 @@ async fn status(
 }
 
 /// The :8000 endpoints, reading the server through `connection`; `/readyz` fails while
-/// `hold` holds a reason.
-pub fn router(connection: Connection, hold: Hold) -> Router {
+/// `hold` holds a reason; `/status` shows the configuration refusal in `rejected`.
+pub fn router(connection: Connection, hold: Hold, rejected: RejectionReport) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -196,5 +203,6 @@ pub fn router(connection: Connection, hold: Hold) -> Router {
         .with_state(Endpoints {
             connection: Arc::new(connection),
             hold,
+            rejected,
         })
 }

@@ -55,6 +55,9 @@ pub enum Event {
     },
     Died {
         status: String,
+        /// The exit code; `None` when a signal ended it. A postmaster that cannot start
+        /// exits with a code (FATAL), one that is killed does not.
+        code: Option<i32>,
     },
     /// Stopped on request to start again (a setting that needs a restart changed).
     Restarting {
@@ -179,11 +182,12 @@ pub async fn supervise(
                 continue;
             }
         };
+        let code = status.as_ref().ok().and_then(ExitStatus::code);
         let status = status
             .map(|s| s.to_string())
             .unwrap_or_else(|e| e.to_string());
         tracing::warn!(%status, "postmaster exited; restarting");
-        let _ = events.send(Event::Died { status });
+        let _ = events.send(Event::Died { status, code });
         let stop_requested = tokio::select! {
             () = tokio::time::sleep(delay) => false,
             _ = shutdown.wait_for(|stop| *stop) => true,

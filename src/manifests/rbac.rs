@@ -9,6 +9,7 @@ use crate::api::GROUP;
 
 const CORE_GROUP: &str = "";
 const RBAC_GROUP: &str = "rbac.authorization.k8s.io";
+const EVENTS_GROUP: &str = "events.k8s.io";
 const READ: &[&str] = &["get", "list", "watch"];
 
 /// ServiceAccount `postgres-<name>`; its token is mounted because the instance manager
@@ -94,6 +95,9 @@ pub fn desired_role(cluster: &Cluster) -> Role {
                 &["get", "update", "patch"],
                 None,
             ),
+            // Instances report on their Postgres (e.g. a setting PostgreSQL refused);
+            // a repeated event is a patch of the first.
+            rule(EVENTS_GROUP, "events", &["create", "patch"], None),
         ]),
     }
 }
@@ -237,7 +241,14 @@ mod tests {
     }
 
     #[test]
-    fn nothing_is_deleted_and_only_backup_records_are_written() {
+    fn instances_record_events_and_never_read_them() {
+        let events = rule_for(&role_rules("{}"), "events");
+        assert_eq!(events.api_groups, Some(strings(&["events.k8s.io"])));
+        assert_eq!(events.verbs, strings(&["create", "patch"]));
+    }
+
+    #[test]
+    fn nothing_is_deleted_and_only_backup_records_and_events_are_written() {
         for rule in role_rules("{}") {
             let resource = &rule.resources.as_ref().unwrap()[0];
             assert!(
@@ -249,7 +260,7 @@ mod tests {
                 .iter()
                 .any(|verb| ["create", "update", "patch"].contains(&verb.as_str()));
             assert!(
-                !writes || resource.starts_with("postgresbackups"),
+                !writes || resource.starts_with("postgresbackups") || resource == "events",
                 "{resource}"
             );
         }
