@@ -46,6 +46,9 @@ fi
 # --- Kubernetes' own CRD validation and CRD API server (with etcd) ---------------------
 K8S_APISERVER=1 bash "$repo/scripts/install-k8s-code.sh"
 
+# --- Other PostgreSQL majors, for the setting tables (tests/setting_tables.rs) ---------
+bash "$repo/scripts/install-postgres-majors.sh"
+
 pg_bin="$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n1)"
 echo "postgresql: $("$pg_bin/postgres" --version)"
 echo "restic: $(restic version | head -n1)"

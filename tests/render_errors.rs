@@ -121,6 +121,61 @@ fn cases() -> Vec<(&'static str, String, Vec<&'static str>)> {
             vec!["spec.postgresql.parameters", "archive_command"],
         ),
         (
+            "unknown setting",
+            spec("  postgresql:\n    parameters:\n      max_conections: 100\n"),
+            vec!["spec.postgresql.parameters.max_conections", "unknown to PostgreSQL 18", "did you mean max_connections"],
+        ),
+        (
+            "setting of another major",
+            spec("  version: v15\n  postgresql:\n    parameters:\n      io_method: worker\n"),
+            vec!["spec.postgresql.parameters.io_method", "unknown to PostgreSQL 15"],
+        ),
+        (
+            "word for an integer setting",
+            spec("  postgresql:\n    parameters:\n      max_connections: lots\n"),
+            vec!["spec.postgresql.parameters.max_connections", "must be an integer between 1 and 262143 (PostgreSQL 18), got \"lots\""],
+        ),
+        (
+            "setting out of range",
+            spec("  postgresql:\n    parameters:\n      max_connections: 0\n"),
+            vec!["spec.postgresql.parameters.max_connections", "between 1 and 262143", "out of range"],
+        ),
+        (
+            "setting out of range after its unit",
+            spec("  postgresql:\n    parameters:\n      shared_buffers: 64kB\n"),
+            vec!["spec.postgresql.parameters.shared_buffers", "between 16 and 1073741823 8kB", "that is 8 8kB"],
+        ),
+        (
+            "bad memory unit",
+            spec("  postgresql:\n    parameters:\n      shared_buffers: 256mb\n"),
+            vec!["spec.postgresql.parameters.shared_buffers", "\"mb\" is not one of its units", "B, kB, MB, GB, TB"],
+        ),
+        (
+            "time unit on a memory setting",
+            spec("  postgresql:\n    parameters:\n      work_mem: 10s\n"),
+            vec!["spec.postgresql.parameters.work_mem", "\"s\" is not one of its units"],
+        ),
+        (
+            "bad enum value",
+            spec("  postgresql:\n    parameters:\n      log_min_messages: loud\n"),
+            vec!["spec.postgresql.parameters.log_min_messages", "must be one of debug5", "panic", "\"loud\""],
+        ),
+        (
+            "bad boolean",
+            spec("  postgresql:\n    parameters:\n      fsync: maybe\n"),
+            vec!["spec.postgresql.parameters.fsync", "must be a boolean", "\"maybe\""],
+        ),
+        (
+            "number for a real setting",
+            spec("  postgresql:\n    parameters:\n      checkpoint_completion_target: high\n"),
+            vec!["spec.postgresql.parameters.checkpoint_completion_target", "must be a number between 0 and 1"],
+        ),
+        (
+            "read-only setting",
+            spec("  postgresql:\n    parameters:\n      block_size: 8192\n"),
+            vec!["spec.postgresql.parameters.block_size", "read-only"],
+        ),
+        (
             "bad cron six fields",
             spec("  backup:\n    enabled: true\n    s3Bucket: s3.example.org/b\n    schedule: \"0 0 2 * * *\"\n"),
             vec!["spec.backup.schedule", "5 fields"],
@@ -290,6 +345,23 @@ fn cozystack_string_numbers_and_empty_storage_class_are_accepted() {
     let text = spec(
         "  storageClass: \"\"\n  postgresql:\n    parameters:\n      max_connections: \"100\"\n",
     );
+    let rendered = render_ok(
+        &[("ok.yaml", &text)],
+        "default",
+        &OperatorSettings::default(),
+    );
+    assert_eq!(rendered.len(), 1);
+}
+
+#[test]
+fn settings_in_every_form_postgresql_reads_are_accepted() {
+    let text = spec(concat!(
+        "  version: v15\n  postgresql:\n    parameters:\n",
+        "      shared_buffers: 256MB\n      work_mem: 4096\n      checkpoint_completion_target: 0.9\n",
+        "      statement_timeout: \"30s\"\n      synchronous_commit: off\n      log_checkpoints: yes\n",
+        "      log_min_messages: WARNING\n      effective_cache_size: 1.5GB\n",
+        "      myapp.tenant: anything\n      Max_Connections: \"0x64\"\n",
+    ));
     let rendered = render_ok(
         &[("ok.yaml", &text)],
         "default",

@@ -4,6 +4,7 @@
 
 pub mod cron;
 pub mod retention;
+pub mod settings;
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -355,6 +356,8 @@ fn check_parameters(spec: &PostgresSpec, errors: &mut Errors) {
                 &path,
                 format!("{name} is managed by the operator and cannot be set"),
             );
+        } else if let Err(e) = settings::check(spec.version().major(), name, value) {
+            errors.add(&path, e.to_string());
         }
         if let crate::api::ParameterValue::String(text) = value
             && text.contains(['\0', '\n', '\r'])

@@ -133,6 +133,8 @@ pub struct DataDir {
     pub socket_dir: PathBuf,
     pub data_dir: PathBuf,
     root: tempfile::TempDir,
+    /// The PostgreSQL binaries that initialise and run it ([`bin_dir`] unless chosen).
+    bin: PathBuf,
 }
 
 impl DataDir {
@@ -149,18 +151,25 @@ impl DataDir {
             socket_dir,
             data_dir,
             root,
+            bin: bin_dir(),
         }
     }
 
     /// initdb: superuser `postgres`, trusted on the local socket, SCRAM over TCP.
     pub fn init() -> Self {
+        Self::init_with(&bin_dir())
+    }
+
+    /// [`DataDir::init`] with the binaries of another PostgreSQL major.
+    pub fn init_with(bin: &Path) -> Self {
         let Self {
             port,
             socket_dir,
             data_dir,
             root,
+            ..
         } = Self::empty();
-        let out = command(&bin_dir().join("initdb"))
+        let out = command(&bin.join("initdb"))
             .args(["-D"])
             .arg(&data_dir)
             .args([
@@ -185,13 +194,14 @@ impl DataDir {
             socket_dir,
             data_dir,
             root,
+            bin: bin.to_path_buf(),
         }
     }
 
     /// The program and arguments that run the postmaster on this directory (through
     /// setpriv when root, which execs in place: the pid is the postmaster's).
     pub fn postmaster(&self) -> (PathBuf, Vec<String>) {
-        let postgres = bin_dir().join("postgres").to_string_lossy().into_owned();
+        let postgres = self.bin.join("postgres").to_string_lossy().into_owned();
         let mut args = vec![
             "-D".to_string(),
             self.data_dir.to_string_lossy().into_owned(),
@@ -215,7 +225,7 @@ impl DataDir {
 
     /// Whether a server accepts connections on this directory's socket.
     pub fn is_ready(&self) -> bool {
-        Command::new(bin_dir().join("pg_isready"))
+        Command::new(self.bin.join("pg_isready"))
             .arg("-h")
             .arg(&self.socket_dir)
             .args(["-p", &self.port.to_string(), "-q"])
