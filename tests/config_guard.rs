@@ -84,23 +84,6 @@ fn rejected_setting(status: &serde_json::Value) -> Option<String> {
         .map(str::to_string)
 }
 
-/// kill -9 of the postmaster, then until a new one serves.
-async fn kill_postmaster(instance: &Instance) {
-    let old = instance.postmaster_pid().expect("a postmaster runs");
-    std::process::Command::new("kill")
-        .args(["-KILL", &old.to_string()])
-        .status()
-        .unwrap();
-    wait_until("a new postmaster serves", 60, || async {
-        instance.postmaster_pid().is_some_and(|pid| pid != old)
-            && instance
-                .get("/readyz")
-                .await
-                .is_some_and(|(code, _)| code == 200)
-    })
-    .await;
-}
-
 /// For each `(setting, yaml value, value in force)`: the bad value through the spec is
 /// refused on both instances while clients keep being served; killed postmasters come
 /// back with the last good configuration; a good spec afterwards is installed and clears
@@ -174,7 +157,7 @@ async fn refused_on_primary_and_standby(cluster: &str, bad: &[(&str, &str, &str)
         assert_eq!(now, started, "no postmaster restarted");
 
         for instance in instances {
-            kill_postmaster(instance).await;
+            instance.kill_postmaster().await;
             assert_eq!(
                 show(instance, setting).await.as_deref(),
                 Some(*in_force),
@@ -244,7 +227,7 @@ async fn a_hand_edited_configuration_that_stops_the_server_is_rewritten() {
         good.replace("max_connections = 100", "max_connections = 'lots'"),
     )
     .unwrap();
-    kill_postmaster(&instance).await;
+    instance.kill_postmaster().await;
     assert_eq!(std::fs::read_to_string(&conf_path).unwrap(), good);
     assert_eq!(show(&instance, "work_mem").await.as_deref(), Some("4MB"));
     assert!(

@@ -328,22 +328,10 @@ async fn a_killed_postmaster_is_restarted_orphans_are_reaped_and_sigterm_is_clea
     instance.wait_ready().await;
     let held = instance.admin("postgres").await;
     column(&held, "SELECT 1").await;
-    let first = instance.postmaster_pid().unwrap();
-    let backends = children(first);
+    let backends = children(instance.postmaster_pid().unwrap());
     assert!(!backends.is_empty());
 
-    std::process::Command::new("kill")
-        .args(["-KILL", &first.to_string()])
-        .status()
-        .unwrap();
-    wait_until("a new postmaster serves", 60, || async {
-        instance.postmaster_pid().is_some_and(|pid| pid != first)
-            && instance
-                .get("/readyz")
-                .await
-                .is_some_and(|(code, _)| code == 200)
-    })
-    .await;
+    instance.kill_postmaster().await;
     // The old backends were orphaned to the reaper, which must have reaped them.
     let gone = || {
         backends

@@ -280,6 +280,24 @@ impl Instance {
             .ok()
     }
 
+    /// kill -9 of the postmaster, then waits until a new one serves; returns the old pid.
+    pub async fn kill_postmaster(&self) -> u32 {
+        let old = self.postmaster_pid().expect("a postmaster runs");
+        std::process::Command::new("kill")
+            .args(["-KILL", &old.to_string()])
+            .status()
+            .unwrap();
+        super::wait_until("a new postmaster serves", 60, || async {
+            self.postmaster_pid().is_some_and(|pid| pid != old)
+                && self
+                    .get("/readyz")
+                    .await
+                    .is_some_and(|(code, _)| code == 200)
+        })
+        .await;
+        old
+    }
+
     /// Every live process whose command line mentions this instance's directory.
     pub fn processes(&self) -> Vec<(u32, String)> {
         processes_mentioning(&self.root.path().to_string_lossy())
