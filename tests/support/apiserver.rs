@@ -11,6 +11,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context as TaskContext, Poll};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
@@ -68,21 +69,51 @@ struct WatchEvent {
     object: Value,
 }
 
+/// Requests of one kind (`verb group/resource`) and the time the double spent on them.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Timing {
+    pub count: u64,
+    pub total: Duration,
+}
+
 #[derive(Default)]
 struct Store {
-    /// (group/resource, namespace, name) → object
-    objects: BTreeMap<(String, String, String), Value>,
+    objects: objects::Objects,
     /// Fields last applied by each manager, per object.
     managed: BTreeMap<(String, String, String), BTreeMap<String, Value>>,
     resource_version: u64,
     next_uid: u64,
-    history: Vec<WatchEvent>,
+    /// Shared with every watch: a write is copied once, however many watch it.
+    history: Vec<Arc<WatchEvent>>,
     requests: Vec<Recorded>,
+    /// Counted as they are recorded, so counting costs nothing however long a run is.
+    reads: usize,
+    writes: usize,
+    timings: BTreeMap<String, Timing>,
     faults: VecDeque<Fault>,
     /// (group, resource, verb) allowed, when requests are authorized at all.
     allowed: Option<BTreeSet<Permission>>,
     /// `group/resource`s not served, as before their CRD is installed.
     unserved: BTreeSet<String>,
+}
+
+impl Store {
+    /// The `wanted` events after resourceVersion `since`: a tail of the history, which is
+    /// in resourceVersion order.
+    fn events_after(
+        &self,
+        since: u64,
+        wanted: &impl Fn(&WatchEvent) -> bool,
+    ) -> Vec<Arc<WatchEvent>> {
+        let start = self
+            .history
+            .partition_point(|e| e.resource_version <= since);
+        self.history[start..]
+            .iter()
+            .filter(|e| wanted(e))
+            .cloned()
+            .collect()
+    }
 }
 
 /// (API group, resource — with `/status` for the subresource — , verb), as in RBAC rules.
@@ -134,7 +165,7 @@ pub fn permissions(rules: &Value) -> BTreeSet<Permission> {
 #[derive(Clone)]
 pub struct ApiServer {
     store: Arc<Mutex<Store>>,
-    events: broadcast::Sender<WatchEvent>,
+    events: broadcast::Sender<Arc<WatchEvent>>,
 }
 
 impl Default for ApiServer {
@@ -319,14 +350,17 @@ fn remove_dropped(target: &mut Value, previous: &Value, current: &Value) {
     }
 }
 
-/// Everything but metadata and status: a change bumps `metadata.generation`.
-fn content(object: &Value) -> Value {
-    let mut copy = object.clone();
-    if let Some(map) = copy.as_object_mut() {
-        map.remove("metadata");
-        map.remove("status");
+/// Whether everything but metadata and status is equal: a change bumps
+/// `metadata.generation`. Compared in place (maps iterate in key order), not copied.
+fn same_content(a: &Value, b: &Value) -> bool {
+    fn content(object: &Value) -> impl Iterator<Item = (&String, &Value)> {
+        object
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter(|(key, _)| *key != "metadata" && *key != "status")
     }
-    copy
+    content(a).eq(content(b))
 }
 
 impl ApiServer {
@@ -355,13 +389,17 @@ impl ApiServer {
     }
 
     pub fn write_count(&self) -> usize {
-        self.store
-            .lock()
-            .unwrap()
-            .requests
-            .iter()
-            .filter(|r| r.is_write())
-            .count()
+        self.store.lock().unwrap().writes
+    }
+
+    /// Gets and lists (watches excluded).
+    pub fn read_count(&self) -> usize {
+        self.store.lock().unwrap().reads
+    }
+
+    /// Time spent serving each kind of request (`verb group/resource`), watches excluded.
+    pub fn timings(&self) -> BTreeMap<String, Timing> {
+        self.store.lock().unwrap().timings.clone()
     }
 
     /// Authorizes every later request as RBAC does with these permissions: a request
@@ -413,10 +451,25 @@ impl ApiServer {
         let store = self.store.lock().unwrap();
         store
             .objects
-            .iter()
-            .filter(|((r, ns, _), _)| r == resource && ns == namespace)
-            .map(|(_, v)| v.clone())
+            .select(resource, Some(namespace), None)
+            .cloned()
             .collect()
+    }
+
+    /// How many stored objects of a resource in a namespace `matches` accepts (no copies,
+    /// so a benchmark can poll it without slowing the double down).
+    pub fn count(
+        &self,
+        resource: &str,
+        namespace: &str,
+        matches: impl Fn(&Value) -> bool,
+    ) -> usize {
+        let store = self.store.lock().unwrap();
+        store
+            .objects
+            .select(resource, Some(namespace), None)
+            .filter(|object| matches(object))
+            .count()
     }
 
     /// Writes an object as another actor would (a user, the kubelet, the StatefulSet
@@ -469,7 +522,7 @@ impl ApiServer {
                     meta.insert(field.into(), previous["metadata"][field].clone());
                 }
                 let generation = previous["metadata"]["generation"].as_i64().unwrap_or(1);
-                let changed = content(previous) != content(object);
+                let changed = !same_content(previous, object);
                 meta.insert(
                     "generation".into(),
                     json!(if changed { generation + 1 } else { generation }),
@@ -490,7 +543,7 @@ impl ApiServer {
             object["kind"] = json!(kind_of(&key.0));
         }
         store.objects.insert(key.clone(), object.clone());
-        let event = WatchEvent {
+        let event = Arc::new(WatchEvent {
             resource_version: rv,
             kind: if previous.is_some() {
                 "MODIFIED"
@@ -499,7 +552,7 @@ impl ApiServer {
             },
             resource: key.0.clone(),
             object: object.clone(),
-        };
+        });
         store.history.push(event.clone());
         let _ = self.events.send(event);
     }
@@ -508,33 +561,40 @@ impl ApiServer {
         let object = store.objects.remove(key)?;
         store.managed.remove(key);
         store.resource_version += 1;
-        let event = WatchEvent {
+        let event = Arc::new(WatchEvent {
             resource_version: store.resource_version,
             kind: "DELETED",
             resource: key.0.clone(),
             object: object.clone(),
-        };
+        });
         store.history.push(event.clone());
         let _ = self.events.send(event);
-        let uid = object["metadata"]["uid"].clone();
-        let owned: Vec<_> = store
-            .objects
-            .iter()
-            .filter(|((_, ns, _), o)| {
-                *ns == key.1
-                    && o["metadata"]["ownerReferences"]
-                        .as_array()
-                        .is_some_and(|refs| refs.iter().any(|r| r["uid"] == uid))
-            })
-            .map(|(k, _)| k.clone())
-            .collect();
-        for child in owned {
+        let uid = object["metadata"]["uid"].as_str().unwrap_or_default();
+        for child in store.objects.owned_by(uid, &key.1) {
             self.delete_cascade(store, &child);
         }
         Some(object)
     }
 
+    /// Serves one request and adds the time it took to its kind's timing.
     async fn handle(
+        self,
+        request: Request<kube::client::Body>,
+    ) -> Result<Response<Body>, BoxError> {
+        let started = Instant::now();
+        let kind = request_kind(&request);
+        let store = self.store.clone();
+        let response = self.serve_request(request).await;
+        if let Some(kind) = kind {
+            let mut store = store.lock().unwrap();
+            let timing = store.timings.entry(kind).or_default();
+            timing.count += 1;
+            timing.total += started.elapsed();
+        }
+        response
+    }
+
+    async fn serve_request(
         self,
         request: Request<kube::client::Body>,
     ) -> Result<Response<Body>, BoxError> {
@@ -603,6 +663,11 @@ impl ApiServer {
                     target.name.clone().unwrap_or_default()
                 ))
             });
+            if method != Method::GET {
+                store.writes += 1;
+            } else if !watch {
+                store.reads += 1;
+            }
             store.requests.push(Recorded {
                 method: method.to_string(),
                 resource: resource_key.clone(),
@@ -669,16 +734,18 @@ impl ApiServer {
                 })
             }
             (&Method::GET, None) => {
+                let labels = query.get("labelSelector");
                 let items: Vec<Value> = store
                     .objects
-                    .iter()
-                    .filter(|((r, ns, _), o)| {
-                        *r == target.resource
-                            && target.namespace.as_ref().is_none_or(|want| want == ns)
-                            && labels_match(o, query.get("labelSelector"))
-                            && fields_match(o, query.get("fieldSelector"))
+                    .select(
+                        &target.resource,
+                        target.namespace.as_deref(),
+                        labels.map(String::as_str),
+                    )
+                    .filter(|o| {
+                        labels_match(o, labels) && fields_match(o, query.get("fieldSelector"))
                     })
-                    .map(|(_, o)| if metadata_only { partial(o) } else { o.clone() })
+                    .map(|o| if metadata_only { partial(o) } else { o.clone() })
                     .collect();
                 // Pages as the real API server does with `limit`; `continue` is an offset.
                 let offset: usize = query
@@ -815,15 +882,6 @@ impl ApiServer {
             .and_then(|v| v.parse().ok())
             .unwrap_or(0);
         let mut live = self.events.subscribe();
-        let backlog: Vec<WatchEvent> = self
-            .store
-            .lock()
-            .unwrap()
-            .history
-            .iter()
-            .filter(|e| e.resource_version > since)
-            .cloned()
-            .collect();
         let resource = target.resource.clone();
         let namespace = target.namespace.clone();
         let labels = query.get("labelSelector").cloned();
@@ -836,38 +894,40 @@ impl ApiServer {
                 && labels_match(&event.object, labels.as_ref())
                 && fields_match(&event.object, fields.as_ref())
         };
+        let backlog = self.store.lock().unwrap().events_after(since, &wanted);
+        let store = self.store.clone();
         let (sender, receiver) = tokio::sync::mpsc::unbounded_channel::<Bytes>();
         tokio::spawn(async move {
             let mut last = since;
             let line = |event: &WatchEvent| {
                 let object = if metadata_only {
-                    partial(&event.object)
+                    partial(&event.object).to_string()
                 } else {
-                    event.object.clone()
+                    event.object.to_string()
                 };
                 Bytes::from(format!(
-                    "{}\n",
-                    json!({"type": event.kind, "object": object})
+                    "{{\"type\":\"{}\",\"object\":{object}}}\n",
+                    event.kind
                 ))
             };
-            for event in backlog.iter().filter(|e| wanted(e)) {
-                last = event.resource_version;
-                if sender.send(line(event)).is_err() {
-                    return;
-                }
-            }
+            let mut pending = backlog;
             loop {
-                match live.recv().await {
-                    Ok(event) if event.resource_version > last && wanted(&event) => {
-                        last = event.resource_version;
-                        if sender.send(line(&event)).is_err() {
-                            return;
-                        }
+                for event in &pending {
+                    last = event.resource_version;
+                    if sender.send(line(event)).is_err() {
+                        return;
                     }
-                    Ok(_) => {}
-                    Err(broadcast::error::RecvError::Lagged(_)) => {}
-                    Err(broadcast::error::RecvError::Closed) => return,
                 }
+                pending = match live.recv().await {
+                    Ok(event) if event.resource_version > last && wanted(&event) => vec![event],
+                    Ok(_) => Vec::new(),
+                    // A watcher slower than the writes missed some: they come from the
+                    // history instead, so a busy double loses no event.
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        store.lock().unwrap().events_after(last, &wanted)
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return,
+                };
             }
         });
         let stream = futures::stream::unfold(receiver, |mut receiver| async move {
@@ -929,5 +989,161 @@ impl ApiServer {
         format!(
             "apiVersion: v1\nkind: Config\nclusters:\n- name: double\n  cluster:\n    server: http://{address}\ncontexts:\n- name: double\n  context:\n    cluster: double\n    user: nobody\n    namespace: default\ncurrent-context: double\nusers:\n- name: nobody\n  user: {{}}\n"
         )
+    }
+}
+
+/// `verb group/resource` of a request, as timings are kept; `None` for watches, which
+/// stay open and have no duration worth adding up.
+fn request_kind(request: &Request<kube::client::Body>) -> Option<String> {
+    let target = parse_path(request.uri().path())?;
+    let watch = query_map(request.uri().query())
+        .get("watch")
+        .is_some_and(|w| w == "true" || w == "1");
+    if watch {
+        return None;
+    }
+    let verb = request_verb(request.method(), target.name.is_some(), false);
+    let subresource = target
+        .subresource
+        .map(|s| format!("/{s}"))
+        .unwrap_or_default();
+    Some(format!("{verb} {}{subresource}", target.resource))
+}
+
+/// The stored objects, indexed as a real API server's cache is: ordered by (resource,
+/// namespace, name), and by label and owner, so a list by label or a cascading delete
+/// costs what it returns, not a scan of every object stored.
+mod objects {
+    use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+    use serde_json::Value;
+
+    /// (group/resource, namespace, name)
+    pub type Key = (String, String, String);
+
+    #[derive(Default)]
+    pub struct Objects {
+        by_key: BTreeMap<Key, Value>,
+        /// (group/resource, label key, label value) → objects carrying that label.
+        by_label: HashMap<(String, String, String), BTreeSet<Key>>,
+        /// Owner uid → objects naming it in their owner references.
+        by_owner: HashMap<String, BTreeSet<Key>>,
+    }
+
+    /// The first `key=value` (or `key==value`) term of a label selector: the index to use.
+    fn equality_term(selector: &str) -> Option<(&str, &str)> {
+        selector.split(',').find_map(|term| {
+            if term.contains("!=") {
+                return None;
+            }
+            term.split_once("==").or_else(|| term.split_once('='))
+        })
+    }
+
+    fn labels(object: &Value) -> impl Iterator<Item = (&String, &str)> {
+        object["metadata"]["labels"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter_map(|(k, v)| Some((k, v.as_str()?)))
+    }
+
+    fn owners(object: &Value) -> impl Iterator<Item = &str> {
+        object["metadata"]["ownerReferences"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|r| r["uid"].as_str())
+    }
+
+    impl Objects {
+        pub fn get(&self, key: &Key) -> Option<&Value> {
+            self.by_key.get(key)
+        }
+
+        pub fn contains_key(&self, key: &Key) -> bool {
+            self.by_key.contains_key(key)
+        }
+
+        pub fn insert(&mut self, key: Key, object: Value) {
+            self.remove(&key);
+            for (label, value) in labels(&object) {
+                let index = (key.0.clone(), label.clone(), value.to_string());
+                self.by_label.entry(index).or_default().insert(key.clone());
+            }
+            for uid in owners(&object) {
+                let owned = self.by_owner.entry(uid.to_string()).or_default();
+                owned.insert(key.clone());
+            }
+            self.by_key.insert(key, object);
+        }
+
+        pub fn remove(&mut self, key: &Key) -> Option<Value> {
+            let object = self.by_key.remove(key)?;
+            for (label, value) in labels(&object) {
+                let index = (key.0.clone(), label.clone(), value.to_string());
+                if let Some(keys) = self.by_label.get_mut(&index) {
+                    keys.remove(key);
+                    if keys.is_empty() {
+                        self.by_label.remove(&index);
+                    }
+                }
+            }
+            for uid in owners(&object) {
+                if let Some(keys) = self.by_owner.get_mut(uid) {
+                    keys.remove(key);
+                    if keys.is_empty() {
+                        self.by_owner.remove(uid);
+                    }
+                }
+            }
+            Some(object)
+        }
+
+        /// Objects of `resource` in `namespace` (every namespace when `None`) that may
+        /// match `selector`: those with its first equality label when it has one. The
+        /// caller still applies the whole selector.
+        pub fn select<'a>(
+            &'a self,
+            resource: &str,
+            namespace: Option<&'a str>,
+            selector: Option<&str>,
+        ) -> Box<dyn Iterator<Item = &'a Value> + 'a> {
+            let in_namespace = move |key: &Key| namespace.is_none_or(|ns| key.1 == ns);
+            if let Some((label, value)) = selector.and_then(equality_term) {
+                let index = (resource.to_string(), label.to_string(), value.to_string());
+                let Some(keys) = self.by_label.get(&index) else {
+                    return Box::new(std::iter::empty());
+                };
+                return Box::new(
+                    keys.iter()
+                        .filter(move |key| in_namespace(key))
+                        .filter_map(|key| self.by_key.get(key)),
+                );
+            }
+            let resource = resource.to_string();
+            let start = (
+                resource.clone(),
+                namespace.unwrap_or_default().to_string(),
+                String::new(),
+            );
+            Box::new(
+                self.by_key
+                    .range(start..)
+                    .take_while(move |(key, _)| key.0 == resource && in_namespace(key))
+                    .map(|(_, object)| object),
+            )
+        }
+
+        /// The objects in `namespace` that name `uid` as an owner.
+        pub fn owned_by(&self, uid: &str, namespace: &str) -> Vec<Key> {
+            self.by_owner
+                .get(uid)
+                .into_iter()
+                .flatten()
+                .filter(|key| key.1 == namespace)
+                .cloned()
+                .collect()
+        }
     }
 }
