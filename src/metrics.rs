@@ -47,8 +47,10 @@ impl Default for Metrics {
         let mut registry = Registry::with_prefix("postgres_operator");
         let reconciles = Counter::default();
         let reconcile_errors = Counter::default();
-        // 1 ms to ~16 s.
-        let reconcile_duration = Histogram::new(exponential_buckets(0.001, 2.0, 15));
+        // 1 ms to ~16 s, two buckets per doubling: fine enough to tell a p99 of 100 ms
+        // from one of 128 ms.
+        let reconcile_duration =
+            Histogram::new(exponential_buckets(0.001, std::f64::consts::SQRT_2, 29));
         let api_writes = Family::<WriteLabels, Counter>::default();
         let clusters = Family::<ReadyLabels, Gauge>::default();
         let backup_failures = Family::<ClusterLabels, Counter>::default();
@@ -133,22 +135,29 @@ impl Metrics {
         let Ok(mut readiness) = self.readiness.lock() else {
             return;
         };
-        match ready {
+        let previous = match ready {
             Some(ready) => readiness.insert(key.to_string(), ready),
             None => readiness.remove(key),
         };
-        let ready_count = readiness.values().filter(|r| **r).count() as i64;
-        let total = readiness.len() as i64;
+        // Moved between the two gauges, not recounted: every reconcile records its
+        // cluster, and a count would cost as much as there are clusters.
+        if previous == ready {
+            return;
+        }
+        if let Some(previous) = previous {
+            self.readiness_gauge(previous).dec();
+        }
+        if let Some(ready) = ready {
+            self.readiness_gauge(ready).inc();
+        }
+    }
+
+    fn readiness_gauge(&self, ready: bool) -> Gauge {
         self.clusters
             .get_or_create(&ReadyLabels {
-                ready: "true".to_string(),
+                ready: ready.to_string(),
             })
-            .set(ready_count);
-        self.clusters
-            .get_or_create(&ReadyLabels {
-                ready: "false".to_string(),
-            })
-            .set(total - ready_count);
+            .clone()
     }
 
     /// The OpenMetrics text exposition.

@@ -31,15 +31,23 @@ impl Running {
 }
 
 fn start(server: &ApiServer) -> Running {
+    start_with(
+        server,
+        Duration::from_millis(200),
+        Arc::new(Metrics::default()),
+    )
+}
+
+fn start_with(server: &ApiServer, resync: Duration, metrics: Arc<Metrics>) -> Running {
     let settings = Settings {
-        resync: Duration::from_millis(200),
+        resync,
         retry_base: Duration::from_millis(100),
         ..Settings::default()
     };
     let (stop, stopped) = oneshot::channel::<()>();
     let client = server.client();
     let task = tokio::spawn(async move {
-        controller::run(client, settings, Arc::new(Metrics::default()), async move {
+        controller::run(client, settings, metrics, async move {
             let _ = stopped.await;
         })
         .await;
@@ -231,6 +239,112 @@ async fn a_settled_cluster_is_reconciled_without_writes() {
         .collect();
     assert!(writes.is_empty(), "a settled cluster wrote: {writes:?}");
     assert!(server.requests().len() > reads_before, "resyncs did run");
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_settled_reconcile_reads_only_its_own_cluster_and_none_of_its_objects_back() {
+    let server = ApiServer::new();
+    server.put(
+        POSTGRES,
+        NS,
+        postgres("calm", example_spec("complete.yaml")),
+    );
+    // Records of other clusters in the namespace: none of them is read by this cluster.
+    for i in 0..20 {
+        server.put(
+            "apps.cozystack.io/postgresbackups",
+            NS,
+            json!({"apiVersion": "apps.cozystack.io/v1alpha1",
+            "kind": "PostgresBackup", "metadata": {"name": format!("other-{i}"), "namespace": NS},
+            "spec": {"postgres": "other"}}),
+        );
+    }
+    let metrics = Arc::new(Metrics::default());
+    let running = start_with(&server, Duration::from_millis(200), metrics.clone());
+    wait_settled(&server, "calm").await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let (before, reconciles_before) = (server.requests().len(), reconciles(&metrics));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let reads: Vec<String> = server.requests()[before..]
+        .iter()
+        .filter(|r| r.method == "GET" && !r.watch)
+        .map(|r| format!("{} {:?}", r.resource, r.name))
+        .collect();
+    let resyncs = reconciles(&metrics) - reconciles_before;
+    assert!(resyncs >= 3, "resyncs ran: {resyncs}");
+    // The cluster's Secrets (for their passwords), StatefulSet, claims and pods.
+    assert!(
+        reads.len() <= 4 * resyncs,
+        "{} reads in {resyncs} reconciles: {reads:?}",
+        reads.len()
+    );
+    assert!(
+        !reads.iter().any(|r| r.contains("postgresbackups")),
+        "backup records come from the watch: {reads:?}"
+    );
+    running.stop().await;
+}
+
+fn reconciles(metrics: &Metrics) -> usize {
+    let text = metrics.encode();
+    text.lines()
+        .find(|l| l.starts_with("postgres_operator_reconciles_total"))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap()
+}
+
+/// Waits until the status describes the current spec.
+async fn wait_settled(server: &ApiServer, name: &str) {
+    support::wait_for("the status describes the spec", || {
+        server.get(POSTGRES, NS, name).is_some_and(|pg| {
+            pg["status"]["observedGeneration"].is_number()
+                && pg["status"]["observedGeneration"] == pg["metadata"]["generation"]
+        })
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operators_own_status_write_does_not_wake_the_cluster_up_again() {
+    let server = ApiServer::new();
+    server.put(POSTGRES, NS, postgres("quiet", json!({"replicas": 2})));
+    let metrics = Arc::new(Metrics::default());
+    // No resync during the test: every reconcile is one something woke up.
+    let running = start_with(&server, Duration::from_secs(3600), metrics.clone());
+    wait_settled(&server, "quiet").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = reconciles(&metrics);
+
+    // The StatefulSet controller reports ready instances: one reconcile writes them into
+    // the status, and that write wakes nothing up.
+    let mut sts = server
+        .get("apps/statefulsets", NS, "postgres-quiet")
+        .unwrap();
+    sts["status"] = json!({"replicas": 2, "readyReplicas": 2,
+        "observedGeneration": sts["metadata"]["generation"].clone()});
+    server.put("apps/statefulsets", NS, sts);
+    support::wait_for("the status counts the ready instances", || {
+        server
+            .get(POSTGRES, NS, "quiet")
+            .is_some_and(|pg| pg["status"]["readyInstances"] == 2)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(reconciles(&metrics) - before, 1);
+
+    // A change by someone else to an object wakes the cluster up, and is repaired.
+    let mut config = server
+        .get("/configmaps", NS, "postgres-quiet-config")
+        .unwrap();
+    config["data"]["postgresql.conf"] = json!("tampered");
+    server.put("/configmaps", NS, config);
+    support::wait_for("the config is repaired", || {
+        server
+            .get("/configmaps", NS, "postgres-quiet-config")
+            .is_some_and(|c| c["data"]["postgresql.conf"] != "tampered")
+    })
+    .await;
     running.stop().await;
 }
 

@@ -133,6 +133,7 @@ async fn full_scenario(server: &ApiServer) {
                 .is_some_and(|r| r["status"]["jobName"] == "now-backup")
     })
     .await;
+    touch_every_owned_object(server).await;
     let mut pg = server
         .get("apps.cozystack.io/postgreses", "ns", "all")
         .unwrap();
@@ -148,6 +149,42 @@ async fn full_scenario(server: &ApiServer) {
     tokio::time::sleep(Duration::from_millis(500)).await;
     stop.send(()).unwrap();
     task.await.unwrap();
+}
+
+/// Someone else annotates every object the operator owns: their versions are no longer
+/// ones the operator verified, so it reads each one back (`get`) to look for drift.
+async fn touch_every_owned_object(server: &ApiServer) {
+    let owned = [
+        "apps/statefulsets",
+        "/services",
+        "/secrets",
+        "/configmaps",
+        "batch/cronjobs",
+        "policy/poddisruptionbudgets",
+        "networking.k8s.io/networkpolicies",
+        "/serviceaccounts",
+        "rbac.authorization.k8s.io/roles",
+        "rbac.authorization.k8s.io/rolebindings",
+    ];
+    let already = server.requests().len();
+    let mut touched = Vec::new();
+    for resource in owned {
+        for mut object in server.list(resource, "ns") {
+            object["metadata"]["annotations"]["example.org/touched"] = json!("yes");
+            let name = object["metadata"]["name"].as_str().unwrap().to_string();
+            server.put(resource, "ns", object);
+            touched.push((resource, name));
+        }
+    }
+    wait_allowed(server, "every touched object is read back", || {
+        let requests = server.requests();
+        touched.iter().all(|(resource, name)| {
+            requests[already..].iter().any(|r| {
+                r.method == "GET" && r.resource == *resource && r.name.as_deref() == Some(name)
+            })
+        })
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,7 +9,7 @@ use std::time::Duration;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, ListParams};
+use kube::api::Api;
 use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
 
@@ -35,7 +35,7 @@ pub enum Step {
     Wait(String),
 }
 
-/// The next step for `record`, given its cluster, the other records of the namespace and its
+/// The next step for `record`, given its cluster, the other records of that cluster and its
 /// Job (when it has one).
 pub fn next_step(
     record: &PostgresBackup,
@@ -137,10 +137,8 @@ pub async fn reconcile(record: Arc<PostgresBackup>, ctx: Arc<Context>) -> Result
         .get_opt(&record.spec.postgres)
         .await
         .map_err(Error::kube("get", "Postgres", &record.spec.postgres))?;
-    let others = Api::<PostgresBackup>::namespaced(ctx.client.clone(), &namespace)
-        .list(&ListParams::default())
-        .await
-        .map_err(Error::kube("list", "PostgresBackup", &namespace))?;
+    // The records of the same cluster, from the watch: the only ones that can be busy.
+    let others = ctx.records.of(&namespace, &record.spec.postgres);
     let jobs = Api::<Job>::namespaced(ctx.client.clone(), &namespace);
     let job = match &current.job_name {
         Some(job_name) => jobs
@@ -149,7 +147,7 @@ pub async fn reconcile(record: Arc<PostgresBackup>, ctx: Arc<Context>) -> Result
             .map_err(Error::kube("get", "Job", job_name))?,
         None => None,
     };
-    let desired = match next_step(&record, cluster.as_ref(), &others.items, job.as_ref()) {
+    let desired = match next_step(&record, cluster.as_ref(), &others, job.as_ref()) {
         Step::Nothing => return Ok(Action::requeue(WATCH_PERIOD)),
         Step::Fail(message) => PostgresBackupStatus {
             phase: Some(BackupPhase::Failed),

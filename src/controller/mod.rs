@@ -5,9 +5,12 @@ pub mod drift;
 pub mod leader;
 pub mod pod_roles;
 pub mod reconcile;
+pub mod records;
 pub mod startup;
 pub mod status;
+pub mod versions;
 
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,12 +24,15 @@ use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Api, Client};
+use kube::{Api, Client, ResourceExt};
 
 use crate::api::{Postgres, PostgresBackup};
 use crate::manifests::{OperatorSettings, labels};
 use crate::metrics::Metrics;
+use records::BackupRecords;
+use versions::Versions;
 
 pub use crate::api::FIELD_MANAGER;
 
@@ -68,6 +74,10 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// Consecutive failed reconciles per `namespace/name`, for the retry backoff.
     pub failures: std::sync::Mutex<std::collections::HashMap<String, u32>>,
+    /// Versions of the owned objects: what a reconcile need not read back.
+    pub versions: Arc<Versions>,
+    /// Backup records by cluster.
+    pub records: Arc<BackupRecords>,
 }
 
 impl Context {
@@ -125,26 +135,28 @@ impl Error {
 }
 
 /// Server-side apply of `patch` to object `name` with the operator's one field manager,
-/// counted in `postgres_operator_api_writes_total`.
+/// counted in `postgres_operator_api_writes_total`; returns the applied object's
+/// resourceVersion.
 pub(crate) async fn apply<K>(
     ctx: &Context,
     api: &Api<K>,
     kind: &str,
     name: &str,
     patch: &(impl serde::Serialize + std::fmt::Debug),
-) -> Result<(), Error>
+) -> Result<Option<String>, Error>
 where
-    K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    K: Clone + serde::de::DeserializeOwned + std::fmt::Debug + kube::Resource,
 {
-    api.patch(
-        name,
-        &kube::api::PatchParams::apply(FIELD_MANAGER).force(),
-        &kube::api::Patch::Apply(patch),
-    )
-    .await
-    .map_err(Error::kube("apply", kind, name))?;
+    let applied = api
+        .patch(
+            name,
+            &kube::api::PatchParams::apply(FIELD_MANAGER).force(),
+            &kube::api::Patch::Apply(patch),
+        )
+        .await
+        .map_err(Error::kube("apply", kind, name))?;
     ctx.metrics.count_write("apply", kind);
-    Ok(())
+    Ok(applied.meta().resource_version.clone())
 }
 
 /// Retries a failed reconcile with exponential backoff.
@@ -167,6 +179,21 @@ async fn log_outcome<T: std::fmt::Debug, E: std::fmt::Display>(result: Result<T,
 fn backup_error_policy(record: Arc<PostgresBackup>, error: &Error, ctx: Arc<Context>) -> Action {
     tracing::warn!(name = record.metadata.name.as_deref().unwrap_or_default(), %error, "backup record reconcile failed");
     Action::requeue(ctx.settings.retry_base)
+}
+
+/// What of a `Postgres` wakes its reconcile up: its generation (the spec) and the
+/// primary someone asks for in `status.targetPrimary`. The rest of the status is the
+/// operator's own writing, which would otherwise come back as one more reconcile of the
+/// same cluster after every status write.
+fn wakes_up(postgres: &Postgres) -> Option<u64> {
+    let mut hasher = DefaultHasher::new();
+    postgres.metadata.generation.hash(&mut hasher);
+    let target = postgres
+        .status
+        .as_ref()
+        .and_then(|s| s.target_primary.as_deref());
+    target.hash(&mut hasher);
+    Some(hasher.finish())
 }
 
 /// Watches only the operator's own objects of the owned kinds.
@@ -209,6 +236,8 @@ pub async fn run(
         recorder,
         metrics,
         failures: std::sync::Mutex::default(),
+        versions: Arc::default(),
+        records: Arc::default(),
     });
     let shutdown = futures::future::FutureExt::shared(Box::pin(shutdown));
     let controllers = namespaces.into_iter().map(|namespace| {
@@ -224,14 +253,33 @@ pub async fn run(
                     }
                 };
             }
-            // Owned objects only wake their Postgres up: their metadata is all the
-            // controller needs from the watches, which keeps memory flat with many clusters.
+            // Owned objects only wake their Postgres up, and not for the operator's own
+            // writes: their metadata is all the controller needs from the watches, which
+            // keeps memory flat with many clusters.
             macro_rules! owned {
                 ($kind:ty) => {
-                    watcher(api!(PartialObjectMeta<$kind>), owned_config()).touched_objects()
+                    ctx.versions.clone().track(
+                        <$kind as k8s_openapi::Resource>::KIND,
+                        namespace.clone(),
+                        watcher(api!(PartialObjectMeta<$kind>), owned_config()).default_backoff(),
+                    )
                 };
             }
-            let clusters = Controller::new(api!(Postgres), watcher::Config::default())
+            let (postgres_store, postgres_writer) = reflector::store();
+            // Kept in memory for every cluster: without the managed fields, which no
+            // reconcile reads and which a real API server makes the largest part.
+            let postgres = watcher(api!(Postgres), watcher::Config::default())
+                .default_backoff()
+                .modify(|postgres| postgres.managed_fields_mut().clear())
+                .reflect(postgres_writer)
+                .applied_objects()
+                .predicate_filter(wakes_up, Default::default());
+            let records = ctx.records.clone().track(
+                watcher(api!(PostgresBackup), watcher::Config::default())
+                    .default_backoff()
+                    .modify(|record| record.managed_fields_mut().clear()),
+            );
+            let clusters = Controller::for_stream(postgres, postgres_store)
                 .with_config(controller::Config::default().concurrency(CONCURRENT_RECONCILES))
                 .owns_stream(owned!(StatefulSet))
                 .owns_stream(owned!(Service))
@@ -244,19 +292,10 @@ pub async fn run(
                 .owns_stream(owned!(Role))
                 .owns_stream(owned!(RoleBinding))
                 // A finished backup changes the cluster's BackupSucceeded and lastBackup.
-                .watches(
-                    api!(PostgresBackup),
-                    watcher::Config::default(),
-                    |record: PostgresBackup| {
-                        let namespace = record.metadata.namespace.clone().unwrap_or_default();
-                        Some(
-                            kube::runtime::reflector::ObjectRef::<Postgres>::new(
-                                &record.spec.postgres,
-                            )
-                            .within(&namespace),
-                        )
-                    },
-                )
+                .watches_stream(records, |record: PostgresBackup| {
+                    let namespace = record.metadata.namespace.clone().unwrap_or_default();
+                    Some(ObjectRef::<Postgres>::new(&record.spec.postgres).within(&namespace))
+                })
                 .graceful_shutdown_on(shutdown.clone())
                 .run(reconcile::reconcile, error_policy, ctx.clone())
                 .for_each(log_outcome);

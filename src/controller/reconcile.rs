@@ -18,6 +18,7 @@ use kube::{Resource, ResourceExt};
 use serde_json::json;
 
 use super::status::{self, Observed};
+use super::versions::{self, ObjectKey};
 use super::{Context, Error, FIELD_MANAGER, pod_roles};
 use crate::api::{API_VERSION, Postgres, PostgresBackup};
 use crate::manifests::cronjob::backup_credentials_secret;
@@ -26,8 +27,9 @@ use crate::manifests::{Cluster, ManagedObject, desired_objects, labels, names, p
 use crate::quantity::Quantity;
 use crate::validate;
 
-/// The cluster's backup records, and the name of its backup credentials Secret when that
-/// Secret neither exists nor is about to be applied. Reads only, and only with backups on.
+/// The cluster's backup records (from the watch), and the name of its backup credentials
+/// Secret when that Secret neither exists nor is about to be applied. Reads only, and only
+/// with backups on.
 async fn observe_backups(
     ctx: &Context,
     cluster: &Cluster<'_>,
@@ -36,14 +38,7 @@ async fn observe_backups(
     if !cluster.spec().backup.enabled {
         return Ok((Vec::new(), None));
     }
-    let records = Api::<PostgresBackup>::namespaced(ctx.client.clone(), &cluster.namespace)
-        .list(&ListParams::default())
-        .await
-        .map_err(Error::kube("list", "PostgresBackup", &cluster.namespace))?
-        .items
-        .into_iter()
-        .filter(|record| record.spec.postgres == cluster.name)
-        .collect();
+    let records = ctx.records.of(&cluster.namespace, &cluster.name);
     let secret = backup_credentials_secret(cluster);
     let applied = desired
         .iter()
@@ -263,7 +258,17 @@ enum Outcome {
     Updated,
 }
 
-/// Applies `object` with server-side apply unless the live object already holds it.
+fn object_key(namespace: &str, kind: &'static str, name: &str) -> ObjectKey {
+    ObjectKey {
+        kind,
+        namespace: namespace.to_string(),
+        name: name.to_string(),
+    }
+}
+
+/// Applies `object` with server-side apply unless the live object already holds it: read
+/// back only when its version is not one this operator verified for the same content, and
+/// not at all when the watch knows it does not exist.
 async fn sync_object(
     ctx: &Context,
     namespace: &str,
@@ -272,23 +277,36 @@ async fn sync_object(
     let desired = object
         .to_json()
         .map_err(|e| Error::Serialize(e.to_string()))?;
+    let key = object_key(namespace, object.kind(), object.name());
+    let wanted = versions::fingerprint(&desired);
+    if ctx.versions.unchanged(&key, wanted) {
+        return Ok(Outcome::Unchanged);
+    }
     let api = dynamic_api(ctx, namespace, &object.api_resource());
-    let live = api.get_opt(object.name()).await.map_err(Error::kube(
-        "get",
-        object.kind(),
-        object.name(),
-    ))?;
+    // A new cluster's objects are known absent from the watch: applied without a read.
+    let live = if ctx.versions.absent(&key) {
+        None
+    } else {
+        api.get_opt(object.name()).await.map_err(Error::kube(
+            "get",
+            object.kind(),
+            object.name(),
+        ))?
+    };
     let outcome = match &live {
         Some(live) => {
+            let version = live.resource_version();
             let live = serde_json::to_value(live).map_err(|e| Error::Serialize(e.to_string()))?;
             if super::drift::contains(&live, &desired) {
+                ctx.versions.verified(key, version, wanted);
                 return Ok(Outcome::Unchanged);
             }
             Outcome::Updated
         }
         None => Outcome::Created,
     };
-    super::apply(ctx, &api, object.kind(), object.name(), &desired).await?;
+    let version = super::apply(ctx, &api, object.kind(), object.name(), &desired).await?;
+    ctx.versions.verified(key, version, wanted);
     Ok(outcome)
 }
 
@@ -326,6 +344,13 @@ async fn delete_stale(
         if desired
             .iter()
             .any(|o| o.kind() == kind && o.name() == object_name)
+        {
+            continue;
+        }
+        // Known absent from the watch: nothing to read, nothing to delete.
+        if ctx
+            .versions
+            .absent(&object_key(namespace, kind, &object_name))
         {
             continue;
         }
