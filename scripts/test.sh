@@ -15,3 +15,4 @@ cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
 # Benchmarks are run on demand (cargo bench), not as tests.
 cargo test --lib --bins --tests --locked
+cargo bench --profile dev --bench controller --locked -- --clusters 100  # must settle, no writes once settled; no timing asserted
