@@ -4,6 +4,10 @@
 //! to take a while, then wiped and re-cloned; the longest time without an acknowledged
 //! commit is measured in each phase. Commits must never wait for a dead, cloning or
 //! catching-up standby longer than the bound.
+//!
+//! With `dataDurability: required` the opposite holds: on two instances with
+//! `minSyncReplicas: 1`, killing the only standby makes commits wait (never
+//! acknowledged with the primary's copy alone) until it is back.
 
 mod support;
 
@@ -54,6 +58,16 @@ impl Writer {
             }
         });
         Self { acknowledged, task }
+    }
+
+    /// The commits acknowledged between `from` and `to`.
+    fn acknowledged_between(&self, from: Instant, to: Instant) -> Vec<Instant> {
+        let acknowledged = self.acknowledged.lock().unwrap();
+        acknowledged
+            .iter()
+            .copied()
+            .filter(|at| (from..to).contains(at))
+            .collect()
     }
 
     /// The longest time without an acknowledged commit between `from` and now, counting
@@ -167,4 +181,98 @@ async fn commits_never_wait_for_a_dead_catching_up_or_cloning_standby() {
             primary.log()
         );
     }
+}
+
+/// The complete example on two instances, `ANY 1` at most and at least, `required`.
+fn required_spec() -> SpecFile {
+    let yaml = example("complete.yaml")
+        .replace("replicas: 3", "replicas: 2")
+        .replace(
+            "maxSyncReplicas: 2",
+            "maxSyncReplicas: 1\n    dataDurability: required",
+        );
+    assert!(yaml.contains("dataDurability: required"), "{yaml}");
+    SpecFile::new(&format!(
+        "{yaml}{}",
+        secrets_yaml(CLUSTER, "su", "repl", COMPLETE_USERS)
+    ))
+}
+
+/// Backends of the primary whose commit waits for a synchronous standby.
+async fn waiting_for_standbys(primary: &Instance) -> usize {
+    column(
+        &primary.admin("postgres").await,
+        "SELECT count(*)::text FROM pg_stat_activity WHERE wait_event = 'SyncRep'",
+    )
+    .await
+    .remove(0)
+    .parse()
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn required_durability_holds_commits_while_the_only_standby_is_down() {
+    let spec = required_spec();
+    // Both at once: the primary's first SQL pass waits for a standby to acknowledge it.
+    let primary = Instance::spawn(&spec, CLUSTER, PRIMARY, &[], &[]);
+    let mut standby = Instance::spawn(&spec, CLUSTER, STANDBYS[0], &[(PRIMARY, primary.port)], &[]);
+    primary.wait_ready().await;
+    standby.wait_ready().await;
+    let only = format!("ANY 1 (\"{}\")", STANDBYS[0]);
+    wait_until("the standby is in the quorum", 60, || async {
+        setting(&primary, "synchronous_standby_names").await == only
+    })
+    .await;
+
+    let writer = Writer::start(&primary).await;
+    let steady = phase(&writer, "steady", Instant::now(), 2).await;
+    assert!(steady <= LONGEST_GAP, "steady: {} ms", steady.as_millis());
+
+    // The only standby dies: a commit already flushed there may still be acknowledged
+    // as it goes; none after that.
+    let killed = Instant::now();
+    standby.kill();
+    let settled = killed + Duration::from_millis(500);
+    wait_until("a commit waits for the standby", 10, || async {
+        waiting_for_standbys(&primary).await >= 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let restarted = Instant::now();
+    let during = writer.acknowledged_between(settled, restarted);
+    assert!(
+        during.is_empty(),
+        "{} commits acknowledged with the standby down (required durability); primary log:\n{}",
+        during.len(),
+        primary.log()
+    );
+    assert_eq!(setting(&primary, "synchronous_standby_names").await, only);
+    eprintln!(
+        "standby down {:.1} s: {} commits acknowledged in the first {} ms, none after, {} waiting",
+        (restarted - killed).as_secs_f64(),
+        writer.acknowledged_between(killed, settled).len(),
+        (settled - killed).as_millis(),
+        waiting_for_standbys(&primary).await
+    );
+
+    // Back: the waiting commit completes and the writer goes on.
+    standby.restart_with_env(&[]);
+    wait_until("a commit is acknowledged again", 90, || async {
+        !writer
+            .acknowledged_between(restarted, Instant::now())
+            .is_empty()
+    })
+    .await;
+    let resumed = writer.acknowledged_between(restarted, Instant::now())[0];
+    eprintln!(
+        "first commit acknowledged {} ms after the standby restarted",
+        (resumed - restarted).as_millis()
+    );
+    standby.wait_ready().await;
+    let after = phase(&writer, "standby back", Instant::now(), 2).await;
+    assert!(
+        after <= LONGEST_GAP,
+        "standby back: {} ms",
+        after.as_millis()
+    );
 }

@@ -253,6 +253,25 @@ pub struct QuorumSpec {
     #[serde(default)]
     #[schemars(range(min = 0))]
     pub max_sync_replicas: i32,
+    /// What happens with fewer healthy standbys than `minSyncReplicas`: `preferred`
+    /// (default) lets commits wait only for the healthy ones (none: asynchronous), so
+    /// writes go on with fewer copies; `required` keeps waiting for `minSyncReplicas`
+    /// standbys, so writes stop rather than be acknowledged with fewer copies.
+    #[serde(default)]
+    pub data_durability: DataDurability,
+}
+
+/// How far the synchronous quorum may shrink when standbys are missing (CloudNativePG's
+/// names). The variants carry no doc comments: schemars would turn documented variants
+/// into a `oneOf`, which a structural CRD schema cannot hold; the field documents them.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum DataDurability {
+    // Availability first.
+    #[default]
+    Preferred,
+    // Never fewer acknowledging standbys than `minSyncReplicas`.
+    Required,
 }
 
 /// A login user.

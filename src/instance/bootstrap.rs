@@ -157,9 +157,14 @@ pub async fn ensure_builtin_role(
     }
     let verifier = literal(&scram::verifier(password, &rand::random::<[u8; 16]>()));
     let verb = if stored.is_some() { "ALTER" } else { "CREATE" };
+    // Committed without waiting for the synchronous standbys: they connect with the
+    // replication role, so with `dataDurability: required` a fresh primary would wait
+    // for standbys that cannot log in until it commits. Each pass writes these roles
+    // again, so one lost in a failover is back on the next pass of the new primary.
     client
         .batch_execute(&format!(
-            "{verb} ROLE {} {attributes} PASSWORD {verifier}",
+            "BEGIN; SET LOCAL synchronous_commit = local; \
+             {verb} ROLE {} {attributes} PASSWORD {verifier}; COMMIT",
             ident(role)
         ))
         .await?;

@@ -22,9 +22,16 @@
 //! arrives before the walsender has read the new list is ignored: raising `q` in the
 //! same reload that lists the standby can leave commits waiting for the next reply
 //! (up to `wal_receiver_status_interval`, 10 s by default).
+//!
+//! With `dataDurability: required`, `q` never goes below `minSyncReplicas`, not even for
+//! the two-step raise. When fewer standbys count than that, every member is listed,
+//! counted or not: commits then wait until enough of them are back and acknowledge,
+//! rather than being acknowledged with fewer copies.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
+
+use crate::api::DataDurability;
 
 /// A standby joins when its flush position is at most this far behind the primary's:
 /// two or three WAL pages of a steady writer in flight, far below what a catching-up
@@ -73,11 +80,33 @@ pub struct Replication {
     pub senders: Vec<WalSender>,
 }
 
-/// The spec's quorum bounds.
+/// The spec's quorum bounds and durability.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Bounds {
     pub min: i32,
     pub max: i32,
+    pub durability: DataDurability,
+}
+
+impl Bounds {
+    /// `minSyncReplicas`, never negative.
+    fn min(self) -> usize {
+        usize::try_from(self.min).unwrap_or(0)
+    }
+
+    /// `maxSyncReplicas`, never below the minimum.
+    fn max(self) -> usize {
+        usize::try_from(self.max).unwrap_or(0).max(self.min())
+    }
+
+    /// The lowest `q` whatever the standbys do: `minSyncReplicas` when durability is
+    /// required, else 0.
+    pub fn floor(self) -> usize {
+        match self.durability {
+            DataDurability::Preferred => 0,
+            DataDurability::Required => self.min(),
+        }
+    }
 }
 
 /// The outcome of one observation.
@@ -161,11 +190,20 @@ impl Quorum {
         self.observed = true;
         let wanted = quorum_size(self.counted.len(), bounds);
         // The two-step raise: q counts only standbys whose walsender already knows it is
-        // listed (at least one, or nothing would ever be listed).
-        let quorum = wanted.min(confirmed.max(1));
+        // listed (at least one, or nothing would ever be listed); `required` holds its
+        // floor even then, since a commit acknowledged by fewer is what it forbids.
+        let quorum = wanted.min(confirmed.max(1)).max(bounds.floor());
         let counted: Vec<String> = self.counted.iter().cloned().collect();
+        // Only `required` asks for more than count: PostgreSQL must then wait for
+        // standbys that are away or behind, so all of them are listed and any `quorum`
+        // of them that acknowledge release the commits.
+        let listed: Vec<String> = if quorum > counted.len() {
+            members.iter().cloned().collect()
+        } else {
+            counted.clone()
+        };
         Decision {
-            synchronous_standby_names: standby_names(quorum, &counted),
+            synchronous_standby_names: standby_names(quorum, &listed),
             counted,
         }
     }
@@ -179,18 +217,18 @@ impl Quorum {
     }
 }
 
-/// q for `healthy` standbys (DESIGN §7, `preferred` durability): `max`; if fewer
-/// healthy standbys than that, `min`; if fewer than `min`, as many as are healthy
-/// (availability first). 0 means asynchronous.
+/// q for `healthy` standbys (DESIGN §7): `max`; if fewer healthy standbys than that,
+/// `min`; if fewer than `min`, as many as are healthy with `preferred` durability
+/// (availability first), still `min` with `required` (commits wait). 0 means
+/// asynchronous.
 pub fn quorum_size(healthy: usize, bounds: Bounds) -> usize {
-    let min = usize::try_from(bounds.min).unwrap_or(0);
-    let max = usize::try_from(bounds.max).unwrap_or(0).max(min);
+    let (min, max) = (bounds.min(), bounds.max());
     if healthy >= max {
         max
     } else if healthy >= min {
         min
     } else {
-        healthy
+        healthy.max(bounds.floor())
     }
 }
 
@@ -214,7 +252,21 @@ mod tests {
     const A: &str = "postgres-demo-1";
     const B: &str = "postgres-demo-2";
     const MB: u64 = 1024 * 1024;
-    const BOUNDS: Bounds = Bounds { min: 1, max: 2 };
+    const BOUNDS: Bounds = bounds(1, 2, DataDurability::Preferred);
+
+    const fn bounds(min: i32, max: i32, durability: DataDurability) -> Bounds {
+        Bounds {
+            min,
+            max,
+            durability,
+        }
+    }
+
+    /// `ANY q (...)` over `names`, as PostgreSQL reads it.
+    fn any(quorum: usize, names: &[&str]) -> String {
+        let names: Vec<String> = names.iter().map(|name| name.to_string()).collect();
+        standby_names(quorum, &names)
+    }
 
     fn members() -> BTreeSet<String> {
         [A, B].into_iter().map(String::from).collect()
@@ -516,29 +568,125 @@ mod tests {
     }
 
     #[test]
-    fn quorum_size_follows_the_bounds_and_prefers_availability() {
-        // (healthy, min, max, q)
+    fn quorum_size_follows_the_bounds_and_goes_below_the_minimum_only_when_preferred() {
+        // (healthy, min, max, q preferred, q required)
         let cases = [
-            (4, 2, 3, 3),
-            (3, 2, 3, 3),
-            (2, 2, 3, 2),
-            (1, 2, 3, 1),
-            (0, 2, 3, 0),
-            (2, 0, 0, 0),
-            (2, 1, 2, 2),
-            (1, 1, 2, 1),
-            (0, 1, 2, 0),
-            (2, 0, 1, 1),
-            (0, 0, 1, 0),
+            (4, 2, 3, 3, 3),
+            (3, 2, 3, 3, 3),
+            (2, 2, 3, 2, 2),
+            (1, 2, 3, 1, 2),
+            (0, 2, 3, 0, 2),
+            (2, 0, 0, 0, 0),
+            (2, 1, 2, 2, 2),
+            (1, 1, 2, 1, 1),
+            (0, 1, 2, 0, 1),
+            (0, 1, 1, 0, 1),
+            (2, 0, 1, 1, 1),
+            // A minimum of 0 lets even `required` go asynchronous.
+            (0, 0, 1, 0, 0),
             // A max below min is read as min.
-            (3, 2, 1, 2),
-            (3, -1, -1, 0),
+            (3, 2, 1, 2, 2),
+            (1, 2, 1, 1, 2),
+            (3, -1, -1, 0, 0),
         ];
-        for (healthy, min, max, expected) in cases {
+        for (healthy, min, max, preferred, required) in cases {
+            for (durability, expected) in [
+                (DataDurability::Preferred, preferred),
+                (DataDurability::Required, required),
+            ] {
+                assert_eq!(
+                    quorum_size(healthy, bounds(min, max, durability)),
+                    expected,
+                    "healthy {healthy} min {min} max {max} {durability:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn required_durability_lists_absent_members_rather_than_go_below_the_minimum() {
+        let now = Instant::now();
+        let preferred = DataDurability::Preferred;
+        let required = DataDurability::Required;
+        let streaming = |name| sender(name, "streaming", Some(100 * MB), "quorum");
+        let catching_up = sender(B, "catchup", Some(MB), "async");
+        // (durability, min, max, what the primary sees, the setting)
+        let cases: Vec<(DataDurability, i32, i32, Vec<WalSender>, String)> = vec![
+            // Enough standbys: both modes agree.
+            (
+                required,
+                1,
+                1,
+                vec![streaming(A), streaming(B)],
+                any(1, &[A, B]),
+            ),
+            (required, 1, 1, vec![streaming(A)], any(1, &[A])),
+            (required, 1, 2, vec![streaming(A)], any(1, &[A])),
+            // Fewer than the minimum: `preferred` lowers q, `required` waits for anyone.
+            (preferred, 1, 1, vec![], String::new()),
+            (required, 1, 1, vec![], any(1, &[A, B])),
+            (preferred, 1, 1, vec![catching_up.clone()], String::new()),
+            (required, 1, 1, vec![catching_up], any(1, &[A, B])),
+            (preferred, 2, 2, vec![streaming(A)], any(1, &[A])),
+            (required, 2, 2, vec![streaming(A)], any(2, &[A, B])),
+            (required, 2, 2, vec![], any(2, &[A, B])),
+            // No minimum: nothing to hold.
+            (required, 0, 1, vec![], String::new()),
+        ];
+        for (durability, min, max, senders, expected) in cases {
+            let mut quorum = Quorum::default();
+            let decision = quorum.decide(
+                &members(),
+                &seen(100 * MB, &senders),
+                bounds(min, max, durability),
+                now,
+            );
             assert_eq!(
-                quorum_size(healthy, Bounds { min, max }),
-                expected,
-                "healthy {healthy} min {min} max {max}"
+                decision.synchronous_standby_names, expected,
+                "{durability:?} min {min} max {max} {senders:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn required_durability_keeps_waiting_when_the_only_standby_dies_and_comes_back() {
+        let now = Instant::now();
+        let only: BTreeSet<String> = [A.to_string()].into();
+        let strict = bounds(1, 1, DataDurability::Required);
+        let mut quorum = Quorum::default();
+        let a = sender(A, "streaming", Some(MB), "quorum");
+        let decision = quorum.decide(&only, &seen(MB, std::slice::from_ref(&a)), strict, now);
+        assert_eq!(decision.synchronous_standby_names, any(1, &[A]));
+        // Gone: still listed, so commits wait for it; it no longer counts.
+        let decision = quorum.decide(&only, &seen(2 * MB, &[]), strict, now);
+        assert_eq!(decision.synchronous_standby_names, any(1, &[A]));
+        assert!(decision.counted.is_empty());
+        // Back and caught up: counted again, the same setting.
+        let decision = quorum.decide(&only, &seen(2 * MB, &[a]), strict, now);
+        assert_eq!(decision.synchronous_standby_names, any(1, &[A]));
+        assert_eq!(decision.counted, [A]);
+    }
+
+    #[test]
+    fn required_durability_holds_its_minimum_through_the_two_step_raise() {
+        let now = Instant::now();
+        let a = sender(A, "streaming", Some(MB), "quorum");
+        // B caught up but its walsender has not read a list naming it yet.
+        let b = sender(B, "streaming", Some(MB), "async");
+        for (durability, expected) in [
+            (DataDurability::Preferred, any(1, &[A, B])),
+            (DataDurability::Required, any(2, &[A, B])),
+        ] {
+            let mut quorum = Quorum::default();
+            let decision = quorum.decide(
+                &members(),
+                &seen(MB, &[a.clone(), b.clone()]),
+                bounds(2, 2, durability),
+                now,
+            );
+            assert_eq!(
+                decision.synchronous_standby_names, expected,
+                "{durability:?}"
             );
         }
     }

@@ -199,6 +199,7 @@ impl Keeper {
         let bounds = Bounds {
             min: spec.min_sync_replicas,
             max: spec.max_sync_replicas,
+            durability: spec.data_durability,
         };
         let now = Instant::now();
         let decision = state.quorum.decide(&members, &seen, bounds, now);
