@@ -6,6 +6,7 @@ pub mod backup;
 pub mod binaries;
 pub mod controller;
 pub mod crdgen;
+pub mod ha;
 pub mod http;
 pub mod instance;
 pub mod manifests;

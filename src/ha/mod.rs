@@ -1,0 +1,9 @@
+//! High availability: which instance should be the primary (DESIGN §9). Pure: the
+//! caller gathers what each instance reports and what the status records, asks
+//! [`decide`], records the answer in `status.targetPrimary` and only then acts.
+
+mod decide;
+mod input;
+
+pub use decide::{Blocked, FailoverDecision, Promotion, RESTART_GRACE, UNREACHABLE_GRACE, decide};
+pub use input::{Cluster, Instance, Report, Role};
