@@ -11,9 +11,11 @@ use postgres_operator::controller::{
     self,
     leader::{self, Ended, LeaseLock, Timing},
 };
+use postgres_operator::instance::config_guard::RejectionReport;
 use postgres_operator::instance::events::EventSink;
 use postgres_operator::instance::from_backup::BackupEnvironment;
 use postgres_operator::instance::manager::{self, InstanceSettings, Peers};
+use postgres_operator::instance::pod_report::PodReporter;
 use postgres_operator::instance::reaper;
 use postgres_operator::instance::source::{FileSource, KubeSource};
 use postgres_operator::manifests::OperatorSettings;
@@ -281,7 +283,8 @@ fn run_instance(args: InstanceArgs) -> ExitCode {
                     path: path.clone(),
                     interval: std::time::Duration::from_millis(500),
                 };
-                manager::run(settings, source, EventSink::LogOnly, stopping).await
+                let rejected = RejectionReport::default();
+                manager::run(settings, source, EventSink::LogOnly, rejected, stopping).await
             }
             None => {
                 let client = match kube::Client::try_default().await {
@@ -289,12 +292,21 @@ fn run_instance(args: InstanceArgs) -> ExitCode {
                     Err(e) => return fail(&format!("cannot configure the Kubernetes client: {e}")),
                 };
                 let events = EventSink::kube(client.clone(), &args.pod_name);
+                // The refusal in force also goes on the instance's own Pod, where the
+                // controller turns it into a condition of the Postgres.
+                let rejected = RejectionReport::default();
+                let reporter = tokio::spawn(
+                    PodReporter::new(client.clone(), &args.namespace, &args.pod_name)
+                        .follow(rejected.subscribe()),
+                );
                 let source = KubeSource {
                     client,
                     namespace: args.namespace.clone(),
                     cluster: args.cluster.clone(),
                 };
-                manager::run(settings, source, events, stopping).await
+                let result = manager::run(settings, source, events, rejected, stopping).await;
+                reporter.abort();
+                result
             }
         };
         match result {

@@ -215,21 +215,33 @@ async fn a_settled_cluster_is_reconciled_without_writes() {
     let server = ApiServer::new();
     server.put(POSTGRES, NS, postgres("calm", example_spec("ha.yaml")));
     let running = start(&server);
-    support::wait_for("the StatefulSet exists", || {
-        server
-            .get("apps/statefulsets", NS, "postgres-calm")
-            .is_some()
-    })
-    .await;
-    mark_ready(&server, "calm", 5);
+    wait_and_mark_ready(&server, "calm", 5).await;
     support::wait_for("the cluster is Ready", || {
         condition(&server, "calm", "Ready").is_some_and(|c| c["status"] == "True")
     })
     .await;
-    // Several resyncs (every 200 ms) pass; none may write.
+    assert_resyncs_write_nothing(&server, || ()).await;
+    running.stop().await;
+}
+
+/// Waits for the cluster's StatefulSet, then lets it and its pods look ready.
+async fn wait_and_mark_ready(server: &ApiServer, name: &str, replicas: i64) {
+    support::wait_for("the StatefulSet exists", || {
+        server
+            .get("apps/statefulsets", NS, &format!("postgres-{name}"))
+            .is_some()
+    })
+    .await;
+    mark_ready(server, name, replicas);
+}
+
+/// Several resyncs (every 200 ms) pass, after `disturb` changed something that must not
+/// matter; none may write.
+async fn assert_resyncs_write_nothing(server: &ApiServer, disturb: impl FnOnce()) {
     tokio::time::sleep(Duration::from_millis(600)).await;
     let before = server.write_count();
     let reads_before = server.requests().len();
+    disturb();
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let writes: Vec<String> = server
         .writes()
@@ -239,7 +251,6 @@ async fn a_settled_cluster_is_reconciled_without_writes() {
         .collect();
     assert!(writes.is_empty(), "a settled cluster wrote: {writes:?}");
     assert!(server.requests().len() > reads_before, "resyncs did run");
-    running.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -746,6 +757,112 @@ async fn backup_records_get_a_phase_from_their_cluster() {
             .list("events.k8s.io/events", NS)
             .iter()
             .any(|e| e["reason"] == "BackupFailed")
+    })
+    .await;
+    running.stop().await;
+}
+
+const CONFIG_REJECTED: &str = "postgres.apps.cozystack.io/config-rejected";
+
+/// Sets (or with `None` removes) the refusal an instance reports on its pod.
+fn report_on_pod(server: &ApiServer, pod: &str, report: Option<Value>) {
+    let mut live = server.get("/pods", NS, pod).unwrap();
+    match report {
+        Some(report) => {
+            live["metadata"]["annotations"] = json!({CONFIG_REJECTED: report.to_string()});
+        }
+        None => {
+            if let Some(annotations) = live["metadata"]["annotations"].as_object_mut() {
+                annotations.remove(CONFIG_REJECTED);
+            }
+        }
+    }
+    server.put("/pods", NS, live);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_reported_on_a_pod_becomes_a_condition_until_it_clears() {
+    let server = ApiServer::new();
+    server.put(POSTGRES, NS, postgres("conf", example_spec("ha.yaml")));
+    // No resync during the test: only the pod watch can bring the change.
+    let running = start_with(
+        &server,
+        Duration::from_secs(3600),
+        Arc::new(Metrics::default()),
+    );
+    wait_and_mark_ready(&server, "conf", 5).await;
+    support::wait_for("the configuration is applied", || {
+        condition(&server, "conf", "ConfigurationApplied").is_some_and(|c| c["status"] == "True")
+    })
+    .await;
+
+    report_on_pod(
+        &server,
+        "postgres-conf-2",
+        Some(json!({"setting": "max_connections",
+            "message": "invalid value for parameter \"max_connections\": \"lots\"", "reverted": false})),
+    );
+    support::wait_for("ConfigurationApplied is False", || {
+        condition(&server, "conf", "ConfigurationApplied").is_some_and(|c| c["status"] == "False")
+    })
+    .await;
+    let refused = condition(&server, "conf", "ConfigurationApplied").unwrap();
+    assert_eq!(refused["reason"], "SettingRejected");
+    let message = refused["message"].as_str().unwrap();
+    assert!(message.contains("postgres-conf-2"), "{message}");
+    assert!(message.contains("max_connections"), "{message}");
+    assert!(
+        message.contains("invalid value for parameter \"max_connections\": \"lots\""),
+        "{message}"
+    );
+    // The instances still serve with the configuration they had.
+    assert_eq!(
+        condition(&server, "conf", "Ready").unwrap()["status"],
+        "True"
+    );
+
+    report_on_pod(
+        &server,
+        "postgres-conf-2",
+        Some(
+            json!({"setting": "max_connections", "message": "the postmaster failed to start with it", "reverted": true}),
+        ),
+    );
+    support::wait_for("ConfigurationReverted", || {
+        condition(&server, "conf", "ConfigurationApplied")
+            .is_some_and(|c| c["reason"] == "ConfigurationReverted")
+    })
+    .await;
+
+    report_on_pod(&server, "postgres-conf-2", None);
+    support::wait_for("ConfigurationApplied is True again", || {
+        condition(&server, "conf", "ConfigurationApplied")
+            .is_some_and(|c| c["status"] == "True" && c["reason"] == "Applied")
+    })
+    .await;
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_settled_cluster_with_a_refusing_pod_is_reconciled_without_writes() {
+    let server = ApiServer::new();
+    server.put(POSTGRES, NS, postgres("calm", example_spec("ha.yaml")));
+    let running = start(&server);
+    wait_and_mark_ready(&server, "calm", 5).await;
+    report_on_pod(
+        &server,
+        "postgres-calm-1",
+        Some(json!({"setting": "work_mem", "message": "bad", "reverted": false})),
+    );
+    support::wait_for("ConfigurationApplied is False", || {
+        condition(&server, "calm", "ConfigurationApplied").is_some_and(|c| c["status"] == "False")
+    })
+    .await;
+    // Resyncs pass, and the pod changes in other ways; none may write.
+    assert_resyncs_write_nothing(&server, || {
+        let mut pod = server.get("/pods", NS, "postgres-calm-1").unwrap();
+        pod["status"] = json!({"phase": "Running"});
+        server.put("/pods", NS, pod);
     })
     .await;
     running.stop().await;

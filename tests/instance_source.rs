@@ -137,3 +137,113 @@ async fn the_kube_source_follows_its_postgres_and_secrets_by_name() {
     drop(updates);
     task.abort();
 }
+
+const CONFIG_REJECTED: &str = "postgres.apps.cozystack.io/config-rejected";
+
+fn pod_annotation(server: &ApiServer, pod: &str) -> Option<Value> {
+    let pod = server.get("/pods", NS, pod)?;
+    let value = pod["metadata"]["annotations"][CONFIG_REJECTED].as_str()?;
+    Some(serde_json::from_str(value).unwrap())
+}
+
+fn pod_writes(server: &ApiServer) -> usize {
+    server
+        .writes()
+        .iter()
+        .filter(|w| w.resource == "/pods")
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_instance_reports_a_refusal_on_its_own_pod_and_removes_it_when_it_clears() {
+    use k8s_openapi::api::core::v1::Pod;
+    use kube::api::{Api, Patch, PatchParams};
+    use postgres_operator::api::instance_report::ConfigRejected;
+    use postgres_operator::instance::config_guard::RejectionReport;
+    use postgres_operator::instance::pod_report::PodReporter;
+    use postgres_operator::manifests::{Cluster, OperatorSettings, rbac};
+    use support::apiserver::permissions;
+
+    let server = ApiServer::new();
+    server.put(
+        "/pods",
+        NS,
+        json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "postgres-demo-0", "namespace": NS}}),
+    );
+    // The controller's role label, applied under the operator's field manager: the
+    // instance's own applies must leave it alone.
+    Api::<Pod>::namespaced(server.client(), NS)
+        .patch(
+            "postgres-demo-0",
+            &PatchParams::apply("postgres-operator").force(),
+            &Patch::Apply(json!({"apiVersion": "v1", "kind": "Pod", "metadata": {
+                "name": "postgres-demo-0", "labels": {"postgres.apps.cozystack.io/role": "primary"}}})),
+        )
+        .await
+        .unwrap();
+    // From here on, only what the cluster's Role grants the instance.
+    let pg: postgres_operator::api::Postgres = serde_json::from_value(postgres(100)).unwrap();
+    let role = rbac::desired_role(&Cluster::new(&pg, NS, &OperatorSettings::default()));
+    server.authorize(permissions(
+        &serde_json::to_value(role.rules.unwrap()).unwrap(),
+    ));
+    let writes_before = pod_writes(&server);
+
+    let report = RejectionReport::default();
+    let task = tokio::spawn(
+        PodReporter::new(server.client(), NS, "postgres-demo-0").follow(report.subscribe()),
+    );
+    // The first apply clears whatever an earlier run of the container left.
+    support::wait_for("the first report", || pod_writes(&server) > writes_before).await;
+    assert_eq!(pod_annotation(&server, "postgres-demo-0"), None);
+
+    let refused = ConfigRejected {
+        setting: "max_connections".to_string(),
+        message: "invalid value for parameter \"max_connections\": \"lots\"".to_string(),
+        reverted: false,
+    };
+    report.set(Some(refused.clone()));
+    support::wait_for("the annotation appears", || {
+        pod_annotation(&server, "postgres-demo-0").is_some()
+    })
+    .await;
+    assert_eq!(
+        pod_annotation(&server, "postgres-demo-0").unwrap(),
+        json!({"setting": "max_connections",
+            "message": "invalid value for parameter \"max_connections\": \"lots\"", "reverted": false})
+    );
+    // The same refusal again writes nothing.
+    let settled = pod_writes(&server);
+    report.set(Some(refused));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(pod_writes(&server), settled);
+
+    report.set(None);
+    support::wait_for("the annotation is removed", || {
+        pod_annotation(&server, "postgres-demo-0").is_none()
+    })
+    .await;
+    let pod = server.get("/pods", NS, "postgres-demo-0").unwrap();
+    assert_eq!(
+        pod["metadata"]["labels"]["postgres.apps.cozystack.io/role"], "primary",
+        "the controller's label stays"
+    );
+    for write in server.writes().iter().skip(writes_before) {
+        assert_eq!(write.method, "PATCH", "{write:?}");
+        assert_eq!(
+            write.content_type.as_deref(),
+            Some("application/apply-patch+yaml"),
+            "{write:?}"
+        );
+    }
+    assert!(server.forbidden().is_empty(), "{:?}", server.forbidden());
+
+    // A pod that does not exist is never created: the Role has no `create`.
+    let missing = PodReporter::new(server.client(), NS, "postgres-demo-7")
+        .apply(Some(&ConfigRejected::default()))
+        .await;
+    assert!(missing.is_err());
+    assert!(server.get("/pods", NS, "postgres-demo-7").is_none());
+    task.abort();
+}

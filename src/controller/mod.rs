@@ -17,7 +17,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::batch::v1::CronJob;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
@@ -28,6 +28,7 @@ use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 
+use crate::api::instance_report::CONFIG_REJECTED_ANNOTATION;
 use crate::api::{Postgres, PostgresBackup};
 use crate::manifests::{OperatorSettings, labels};
 use crate::metrics::Metrics;
@@ -196,6 +197,34 @@ fn wakes_up(postgres: &Postgres) -> Option<u64> {
     Some(hasher.finish())
 }
 
+/// What of a cluster pod wakes its Postgres up: only the configuration refusal its
+/// instance reports there. Pods change often (status, the role label this operator
+/// applies), and every reconcile lists them anyway.
+fn pod_report(pod: &PartialObjectMeta<Pod>) -> Option<u64> {
+    let mut hasher = DefaultHasher::new();
+    pod.annotations()
+        .get(CONFIG_REJECTED_ANNOTATION)
+        .hash(&mut hasher);
+    Some(hasher.finish())
+}
+
+/// The cluster's Postgres of one of its pods, by the cluster label.
+fn pod_cluster(pod: PartialObjectMeta<Pod>) -> Option<ObjectRef<Postgres>> {
+    let namespace = pod.metadata.namespace.clone()?;
+    let cluster = pod.labels().get(labels::CLUSTER)?;
+    Some(ObjectRef::new(cluster).within(&namespace))
+}
+
+/// Watches only the database pods of clusters, not every pod of the namespace.
+fn pods_config() -> watcher::Config {
+    watcher::Config::default().labels(&format!(
+        "{}={},{}",
+        labels::NAME,
+        labels::NAME_VALUE,
+        labels::CLUSTER
+    ))
+}
+
 /// Watches only the operator's own objects of the owned kinds.
 fn owned_config() -> watcher::Config {
     watcher::Config::default().labels(&format!(
@@ -279,6 +308,11 @@ pub async fn run(
                     .default_backoff()
                     .modify(|record| record.managed_fields_mut().clear()),
             );
+            let pods = watcher(api!(PartialObjectMeta<Pod>), pods_config())
+                .default_backoff()
+                .modify(|pod| pod.managed_fields_mut().clear())
+                .touched_objects()
+                .predicate_filter(pod_report, Default::default());
             let clusters = Controller::for_stream(postgres, postgres_store)
                 .with_config(controller::Config::default().concurrency(CONCURRENT_RECONCILES))
                 .owns_stream(owned!(StatefulSet))
@@ -296,6 +330,8 @@ pub async fn run(
                     let namespace = record.metadata.namespace.clone().unwrap_or_default();
                     Some(ObjectRef::<Postgres>::new(&record.spec.postgres).within(&namespace))
                 })
+                // An instance's configuration refusal becomes ConfigurationApplied.
+                .watches_stream(pods, pod_cluster)
                 .graceful_shutdown_on(shutdown.clone())
                 .run(reconcile::reconcile, error_policy, ctx.clone())
                 .for_each(log_outcome);

@@ -8,6 +8,7 @@ use k8s_openapi::jiff::Timestamp;
 
 use kube::ResourceExt;
 
+use crate::api::instance_report::{CONFIG_REJECTED_ANNOTATION, ConfigRejected};
 use crate::api::{BackupPhase, Postgres, PostgresBackup, PostgresStatus};
 use crate::manifests::labels;
 
@@ -15,6 +16,10 @@ pub const READY: &str = "Ready";
 pub const PROGRESSING: &str = "Progressing";
 pub const DEGRADED: &str = "Degraded";
 pub const BACKUP_SUCCEEDED: &str = "BackupSucceeded";
+pub const CONFIGURATION_APPLIED: &str = "ConfigurationApplied";
+
+/// Kubernetes refuses longer condition messages.
+const MAX_MESSAGE: usize = 32768;
 
 /// What the reconcile observed.
 pub struct Observed<'a> {
@@ -110,6 +115,67 @@ pub fn backup_condition(
         condition.status = "Unknown".to_string();
     }
     (condition, last_backup)
+}
+
+/// `ConfigurationApplied`: False while any instance refuses the spec's configuration (its
+/// pod carries the `config-rejected` annotation), naming each pod, the setting and
+/// PostgreSQL's message; `ConfigurationReverted` when a pod went back to its last good
+/// configuration after a failed start. `Ready` does not follow it: those instances
+/// still serve, with the configuration they had.
+pub fn configuration_condition(pods: &[Pod], generation: Option<i64>) -> Condition {
+    let mut refusals: Vec<(String, ConfigRejected)> = pods
+        .iter()
+        .filter_map(|pod| {
+            let value = pod.annotations().get(CONFIG_REJECTED_ANNOTATION)?;
+            // Only the instance manager writes it; a value it cannot have written is not
+            // a refusal.
+            let report = serde_json::from_str(value).ok()?;
+            Some((pod.name_any(), report))
+        })
+        .collect();
+    if refusals.is_empty() {
+        return condition(
+            CONFIGURATION_APPLIED,
+            true,
+            "Applied",
+            "every instance runs the spec's configuration".to_string(),
+            generation,
+        );
+    }
+    // Sorted, so the same refusals always make the same message and no status write.
+    refusals.sort_by(|a, b| a.0.cmp(&b.0));
+    let reverted = refusals.iter().any(|(_, report)| report.reverted);
+    let message = refusals
+        .iter()
+        .map(|(pod, report)| {
+            let setting = if report.setting.is_empty() {
+                String::new()
+            } else {
+                format!(" setting {}:", report.setting)
+            };
+            let consequence = if report.reverted {
+                "failed to start with it and runs its last good configuration"
+            } else {
+                "keeps its current configuration"
+            };
+            format!("pod {pod} ({consequence}):{setting} {}", report.message)
+        })
+        .collect::<Vec<_>>()
+        .join("; ");
+    condition(
+        CONFIGURATION_APPLIED,
+        false,
+        if reverted {
+            "ConfigurationReverted"
+        } else {
+            "SettingRejected"
+        },
+        format!("PostgreSQL refuses the configuration: {message}")
+            .chars()
+            .take(MAX_MESSAGE)
+            .collect(),
+        generation,
+    )
 }
 
 fn condition(
@@ -230,6 +296,10 @@ pub fn desired_status(postgres: &Postgres, observed: &Observed, now: Timestamp) 
         ]
     };
     let mut conditions = conditions;
+    // With an invalid spec the pods are not read: the condition stays as it was.
+    if observed.invalid.is_none() {
+        conditions.push(configuration_condition(observed.pods, generation));
+    }
     if let Some(backups) = &observed.backups {
         let (backup, last_backup) = backup_condition(backups, generation);
         conditions.push(backup);
@@ -242,7 +312,16 @@ pub fn desired_status(postgres: &Postgres, observed: &Observed, now: Timestamp) 
                 .conditions
                 .iter()
                 .filter(|c| {
-                    ![READY, PROGRESSING, DEGRADED, BACKUP_SUCCEEDED].contains(&c.type_.as_str())
+                    let kept_as_is = c.type_ == CONFIGURATION_APPLIED && observed.invalid.is_some();
+                    kept_as_is
+                        || ![
+                            READY,
+                            PROGRESSING,
+                            DEGRADED,
+                            BACKUP_SUCCEEDED,
+                            CONFIGURATION_APPLIED,
+                        ]
+                        .contains(&c.type_.as_str())
                 })
                 .cloned(),
         )
@@ -437,6 +516,131 @@ mod tests {
             ("False", "InvalidSpec")
         );
         assert!(ready.message.contains("spec.replicas"));
+    }
+
+    fn refusing(mut pod: Pod, setting: &str, message: &str, reverted: bool) -> Pod {
+        let report = ConfigRejected {
+            setting: setting.to_string(),
+            message: message.to_string(),
+            reverted,
+        };
+        pod.metadata.annotations = Some(BTreeMap::from([(
+            CONFIG_REJECTED_ANNOTATION.to_string(),
+            serde_json::to_string(&report).unwrap(),
+        )]));
+        pod
+    }
+
+    fn refusing_primary() -> Pod {
+        refusing(
+            pod("postgres-demo-0", "primary"),
+            "max_connections",
+            "bad",
+            false,
+        )
+    }
+
+    #[test]
+    fn without_refusals_the_configuration_is_applied() {
+        let condition = configuration_condition(&[pod("postgres-demo-0", "primary")], Some(3));
+        assert_eq!(
+            (condition.status.as_str(), condition.reason.as_str()),
+            ("True", "Applied")
+        );
+        assert_eq!(condition.observed_generation, Some(3));
+    }
+
+    #[test]
+    fn a_refused_setting_names_the_pod_the_setting_and_postgresqls_message() {
+        let pods = [
+            pod("postgres-demo-0", "primary"),
+            refusing(
+                pod("postgres-demo-1", "replica"),
+                "max_connections",
+                "invalid value for parameter \"max_connections\": \"lots\"",
+                false,
+            ),
+        ];
+        let condition = configuration_condition(&pods, None);
+        assert_eq!(
+            (condition.status.as_str(), condition.reason.as_str()),
+            ("False", "SettingRejected")
+        );
+        assert!(
+            condition.message.contains("pod postgres-demo-1"),
+            "{}",
+            condition.message
+        );
+        assert!(condition.message.contains("setting max_connections:"));
+        assert!(
+            condition
+                .message
+                .contains("invalid value for parameter \"max_connections\"")
+        );
+        assert!(!condition.message.contains("postgres-demo-0"));
+    }
+
+    #[test]
+    fn a_reverted_start_is_reported_as_such_and_pods_come_in_name_order() {
+        let pods = [
+            refusing(pod("postgres-demo-1", "replica"), "work_mem", "bad", false),
+            refusing(
+                pod("postgres-demo-0", "primary"),
+                "shared_buffers",
+                "the postmaster failed to start with it",
+                true,
+            ),
+        ];
+        let condition = configuration_condition(&pods, None);
+        assert_eq!(condition.reason, "ConfigurationReverted");
+        let first = condition.message.find("postgres-demo-0").unwrap();
+        let second = condition.message.find("postgres-demo-1").unwrap();
+        assert!(first < second, "{}", condition.message);
+        assert!(condition.message.contains("last good configuration"));
+        let swapped = [pods[1].clone(), pods[0].clone()];
+        assert_eq!(configuration_condition(&swapped, None), condition);
+    }
+
+    #[test]
+    fn an_unreadable_annotation_is_not_a_refusal() {
+        let mut garbage = pod("postgres-demo-0", "primary");
+        garbage.metadata.annotations = Some(BTreeMap::from([(
+            CONFIG_REJECTED_ANNOTATION.to_string(),
+            "not json".to_string(),
+        )]));
+        assert_eq!(configuration_condition(&[garbage], None).status, "True");
+    }
+
+    #[test]
+    fn a_refusal_does_not_make_a_serving_cluster_unready() {
+        let pg = postgres(1);
+        let s = sts(1, 1);
+        let pods = [refusing_primary()];
+        let status = status_of(&pg, Some(&s), &pods);
+        assert_eq!(condition_of(&status, READY).unwrap().status, "True");
+        assert_eq!(
+            condition_of(&status, CONFIGURATION_APPLIED).unwrap().status,
+            "False"
+        );
+    }
+
+    #[test]
+    fn an_invalid_spec_keeps_the_configuration_condition_it_had() {
+        let mut pg = postgres(1);
+        let s = sts(1, 1);
+        let pods = [refusing_primary()];
+        pg.status = Some(status_of(&pg, Some(&s), &pods));
+        let observed = Observed {
+            statefulset: None,
+            pods: &[],
+            invalid: Some("spec.replicas: must be at least 1".to_string()),
+            backups: None,
+        };
+        let status = desired_status(&pg, &observed, now());
+        assert_eq!(
+            condition_of(&status, CONFIGURATION_APPLIED),
+            condition_of(pg.status.as_ref().unwrap(), CONFIGURATION_APPLIED)
+        );
     }
 
     #[test]

@@ -10,28 +10,49 @@
 //! include are the operator's and always follow the spec and the cluster's state.
 
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::SystemTime;
+
+use tokio::sync::watch;
 
 use super::config_check::{CheckError, Checker, Rejection};
 use super::events::EventSink;
 use super::files::ConfigFiles;
 use super::metrics::InstanceMetrics;
 use crate::api::Postgres;
+use crate::api::instance_report::ConfigRejected;
 
-/// The refusal in force, shared with `/status`.
-#[derive(Clone, Debug, Default)]
-pub struct RejectionReport(Arc<RwLock<Option<Rejection>>>);
+/// The refusal in force, shared with `/status` and with whoever reports it on the Pod
+/// (`pod_report`), which is woken only when it changes.
+#[derive(Clone, Debug)]
+pub struct RejectionReport(Arc<watch::Sender<Option<ConfigRejected>>>);
+
+impl Default for RejectionReport {
+    fn default() -> Self {
+        RejectionReport(Arc::new(watch::Sender::new(None)))
+    }
+}
 
 impl RejectionReport {
     pub fn get(&self) -> Option<Rejection> {
-        self.0.read().ok().and_then(|report| report.clone())
+        self.0.borrow().as_ref().map(|report| Rejection {
+            setting: report.setting.clone(),
+            message: report.message.clone(),
+        })
     }
 
-    fn set(&self, rejection: Option<Rejection>) {
-        if let Ok(mut report) = self.0.write() {
-            *report = rejection;
-        }
+    /// The refusal in force now and at every change.
+    pub fn subscribe(&self) -> watch::Receiver<Option<ConfigRejected>> {
+        self.0.subscribe()
+    }
+
+    /// Sets the refusal in force; subscribers hear of it only when it differs.
+    pub fn set(&self, report: Option<ConfigRejected>) {
+        self.0.send_if_modified(|current| {
+            let changed = *current != report;
+            *current = report;
+            changed
+        });
     }
 }
 
@@ -54,12 +75,14 @@ pub struct ConfigGuard {
 }
 
 impl ConfigGuard {
-    /// Keeps its files in `<data dir>.config`, beside the data directory.
+    /// Keeps its files in `<data dir>.config`, beside the data directory; the refusal in
+    /// force goes to `report`.
     pub fn new(
         bin_dir: PathBuf,
         data_dir: PathBuf,
         metrics: Arc<InstanceMetrics>,
         events: EventSink,
+        report: RejectionReport,
     ) -> Self {
         let mut dir = data_dir.clone().into_os_string();
         dir.push(".config");
@@ -71,7 +94,7 @@ impl ConfigGuard {
         let last_good = std::fs::read_to_string(checker.dir.join(LAST_GOOD)).ok();
         Self {
             checker,
-            report: RejectionReport::default(),
+            report,
             metrics,
             events,
             current: None,
@@ -121,7 +144,7 @@ impl ConfigGuard {
                     self.refused = Some(candidate.postgresql_conf.clone());
                     self.reject(
                         postgres,
-                        "ConfigRejected",
+                        Refusal::NotInstalled,
                         "the new configuration is not installed; the instance keeps its current one",
                         &error,
                     );
@@ -202,14 +225,14 @@ impl ConfigGuard {
         });
         self.reject(
             postgres,
-            "ConfigReverted",
+            Refusal::Reverted,
             "the postmaster failed to start; going back to the last good configuration",
             &error,
         );
         true
     }
 
-    fn reject(&self, postgres: &Postgres, reason: &str, consequence: &str, error: &CheckError) {
+    fn reject(&self, postgres: &Postgres, refusal: Refusal, consequence: &str, error: &CheckError) {
         let rejection = error.rejection();
         tracing::error!(
             setting = %rejection.setting,
@@ -223,13 +246,22 @@ impl ConfigGuard {
         } else {
             format!(" setting {}:", rejection.setting)
         };
+        let reverted = refusal == Refusal::Reverted;
         self.events.publish(
             postgres,
             true,
-            reason,
+            if reverted {
+                "ConfigReverted"
+            } else {
+                "ConfigRejected"
+            },
             &format!("{consequence}.{named} {}", rejection.message),
         );
-        self.report.set(Some(rejection));
+        self.report.set(Some(ConfigRejected {
+            setting: rejection.setting,
+            message: rejection.message,
+            reverted,
+        }));
     }
 
     fn clear(&self, postgres: &Postgres) {
@@ -246,6 +278,15 @@ impl ConfigGuard {
         );
         self.report.set(None);
     }
+}
+
+/// How a configuration was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Refusal {
+    /// Checked before installing, and not installed.
+    NotInstalled,
+    /// Installed, the postmaster failed to start with it, the last good one went back.
+    Reverted,
 }
 
 /// The names whose `name = value` line differs between two postgresql.conf renderings.

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Notify, mpsc, watch};
 
 use super::bootstrap::{self, Bootstrap, Tools};
-use super::config_guard::ConfigGuard;
+use super::config_guard::{ConfigGuard, RejectionReport};
 use super::events::EventSink;
 use super::files::{ConfigFiles, Listen, RuntimeRole};
 use super::from_backup::{self, BackupEnvironment, Progress};
@@ -138,16 +138,18 @@ struct Manager {
 
 /// Runs the instance until `shutdown` turns true; the postmaster is then shut down
 /// (smart, fast, immediate) before this returns. `events` records what the user must
-/// know on the Postgres (a configuration PostgreSQL refused).
+/// know on the Postgres (a configuration PostgreSQL refused); `rejected` holds that
+/// refusal while it is in force.
 pub async fn run<S: SpecSource>(
     settings: InstanceSettings,
     source: S,
     events: EventSink,
+    rejected: RejectionReport,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), InstanceError> {
     let (updates, mut snapshots) = watch::channel(None);
     let source_task = tokio::spawn(source.run(updates));
-    let result = run_with(settings, events, &mut snapshots, &mut shutdown).await;
+    let result = run_with(settings, events, rejected, &mut snapshots, &mut shutdown).await;
     source_task.abort();
     result
 }
@@ -180,6 +182,7 @@ async fn wait_snapshot(
 async fn run_with(
     settings: InstanceSettings,
     events: EventSink,
+    rejected: RejectionReport,
     snapshots: &mut watch::Receiver<Option<Arc<Snapshot>>>,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<(), InstanceError> {
@@ -209,6 +212,7 @@ async fn run_with(
             settings.data_dir.clone(),
             metrics.clone(),
             events,
+            rejected,
         ),
         postmaster: PostmasterWatch::new(metrics.clone()),
         metrics,

@@ -10,6 +10,7 @@ pub mod files;
 pub mod from_backup;
 pub mod manager;
 pub mod metrics;
+pub mod pod_report;
 pub mod postmaster_events;
 pub mod provision;
 pub mod quorum;

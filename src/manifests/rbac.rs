@@ -57,6 +57,14 @@ fn readable_secrets(cluster: &Cluster) -> Vec<String> {
     secrets
 }
 
+/// The cluster's pods, `postgres-<name>-0` to the last replica. Never an empty list, which
+/// RBAC would read as every name (validation refuses fewer than one replica anyway).
+fn pod_names(cluster: &Cluster) -> Vec<String> {
+    (0..cluster.spec().replicas.max(1))
+        .map(|ordinal| names::pod(&cluster.name, ordinal))
+        .collect()
+}
+
 /// Role `postgres-<name>`, least privilege. `resourceNames` pin reads to this cluster's
 /// objects: Kubernetes honours them for get, and for list/watch restricted to one name
 /// by a field selector, which is how the pods watch. They cannot restrict `create`
@@ -82,6 +90,10 @@ pub fn desired_role(cluster: &Cluster) -> Role {
             ),
             // Instances find each other, and the primary, through their pods.
             rule(CORE_GROUP, "pods", READ, None),
+            // Each instance reports a configuration PostgreSQL refused on its own pod
+            // (`pod_report`). No `create`: the pod always exists, so its apply never
+            // creates one.
+            rule(CORE_GROUP, "pods", &["patch"], Some(pod_names(cluster))),
             // Each backup run is a PostgresBackup the job creates and then completes.
             rule(
                 GROUP,
@@ -228,6 +240,30 @@ mod tests {
     }
 
     #[test]
+    fn instances_may_patch_only_the_clusters_own_pods() {
+        let rules = role_rules("replicas: 3\n");
+        let patch: Vec<&PolicyRule> = rules
+            .iter()
+            .filter(|rule| rule.resources.as_deref() == Some(&["pods".to_string()][..]))
+            .filter(|rule| {
+                rule.verbs
+                    .iter()
+                    .any(|verb| verb != "get" && verb != "list" && verb != "watch")
+            })
+            .collect();
+        assert_eq!(patch.len(), 1);
+        assert_eq!(patch[0].verbs, strings(&["patch"]));
+        assert_eq!(
+            patch[0].resource_names,
+            Some(strings(&[
+                "postgres-demo-0",
+                "postgres-demo-1",
+                "postgres-demo-2"
+            ]))
+        );
+    }
+
+    #[test]
     fn backup_jobs_create_and_complete_their_records() {
         let rules = role_rules("{}");
         assert_eq!(
@@ -248,7 +284,7 @@ mod tests {
     }
 
     #[test]
-    fn nothing_is_deleted_and_only_backup_records_and_events_are_written() {
+    fn nothing_is_deleted_and_only_backup_records_events_and_own_pods_are_written() {
         for rule in role_rules("{}") {
             let resource = &rule.resources.as_ref().unwrap()[0];
             assert!(
@@ -259,8 +295,12 @@ mod tests {
                 .verbs
                 .iter()
                 .any(|verb| ["create", "update", "patch"].contains(&verb.as_str()));
+            let own_pods = resource == "pods" && rule.resource_names.is_some();
             assert!(
-                !writes || resource.starts_with("postgresbackups") || resource == "events",
+                !writes
+                    || resource.starts_with("postgresbackups")
+                    || resource == "events"
+                    || own_pods,
                 "{resource}"
             );
         }
