@@ -304,14 +304,9 @@ async fn an_endpoint_with_a_private_ca_works_with_its_bundle_and_is_refused_clea
 
     // With it, the real `postgres-operator backup` with a backup Job's environment
     // (S3_CA_FILE) completes.
-    let out = s3
-        .backup_runner(&source, CLUSTER, &s3.base(BUCKET), PASSWORD)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    support::succeed(
+        &mut s3.backup_runner(&source, CLUSTER, &s3.base(BUCKET), PASSWORD),
+        "the backup runner",
     );
 
     // A restore with the bundle reproduces everything; without it, it fails the same way.

@@ -172,15 +172,9 @@ fn kubernetes_own_validation_accepts_the_generated_crds() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("crds.yaml");
     std::fs::write(&file, crdgen::crds_yaml().unwrap()).unwrap();
-    let out = std::process::Command::new(checker)
-        .arg(&file)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
+    let stdout = support::succeed(
+        std::process::Command::new(checker).arg(&file),
+        "the CRD check",
     );
     for crd in crdgen::crds() {
         let name = crd.metadata.name.unwrap();

@@ -51,6 +51,7 @@ pub mod apiserver;
 pub mod crd_rule_cases;
 pub mod instance;
 pub mod postgres;
+pub use postgres::succeed;
 pub mod real_apiserver;
 pub mod s3;
 pub mod terraform;

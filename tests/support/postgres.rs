@@ -169,25 +169,21 @@ impl DataDir {
             root,
             ..
         } = Self::empty();
-        let out = command(&bin.join("initdb"))
-            .args(["-D"])
-            .arg(&data_dir)
-            .args([
-                "-U",
-                "postgres",
-                "--auth-local=trust",
-                "--auth-host=scram-sha-256",
-                "--data-checksums",
-                "-E",
-                "UTF8",
-                "--locale=C",
-            ])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "initdb: {}",
-            String::from_utf8_lossy(&out.stderr)
+        succeed(
+            command(&bin.join("initdb"))
+                .args(["-D"])
+                .arg(&data_dir)
+                .args([
+                    "-U",
+                    "postgres",
+                    "--auth-local=trust",
+                    "--auth-host=scram-sha-256",
+                    "--data-checksums",
+                    "-E",
+                    "UTF8",
+                    "--locale=C",
+                ]),
+            "initdb",
         );
         Self {
             port,
@@ -256,27 +252,23 @@ impl PostgresServer {
     /// `primary_conninfo` and `standby.signal`), then started.
     pub fn start_standby(&self, application_name: &str) -> Self {
         let dir = DataDir::empty();
-        let out = command(&bin_dir().join("pg_basebackup"))
-            .arg("-D")
-            .arg(&dir.data_dir)
-            .arg("-h")
-            .arg(&self.socket_dir)
-            .args([
-                "-p",
-                &self.port.to_string(),
-                "-U",
-                "postgres",
-                "-R",
-                "-X",
-                "stream",
-            ])
-            .args(["-d", &format!("application_name={application_name}")])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "pg_basebackup: {}",
-            String::from_utf8_lossy(&out.stderr)
+        succeed(
+            command(&bin_dir().join("pg_basebackup"))
+                .arg("-D")
+                .arg(&dir.data_dir)
+                .arg("-h")
+                .arg(&self.socket_dir)
+                .args([
+                    "-p",
+                    &self.port.to_string(),
+                    "-U",
+                    "postgres",
+                    "-R",
+                    "-X",
+                    "stream",
+                ])
+                .args(["-d", &format!("application_name={application_name}")]),
+            "pg_basebackup",
         );
         Self::start_on(dir)
     }
@@ -369,4 +361,20 @@ impl Drop for PostgresServer {
         let _ = child.kill();
         let _ = child.wait();
     }
+}
+
+/// Runs `command` to completion, failing the test with `what` and everything the command
+/// printed unless it succeeds; returns its standard output.
+pub fn succeed(command: &mut std::process::Command, what: &str) -> String {
+    let out = command
+        .output()
+        .unwrap_or_else(|e| panic!("{what}: cannot run: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\n{stdout}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
 }

@@ -49,18 +49,13 @@ fn start() -> Server {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let out = Command::new("bash")
-        .arg(SCRIPT)
-        .arg("start")
-        .arg(&dir)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{SCRIPT} start failed (run scripts/install-test-deps.sh first):\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    super::succeed(
+        Command::new("bash")
+            .arg(SCRIPT)
+            .arg("start")
+            .arg(&dir)
+            .stdin(Stdio::null()),
+        &format!("{SCRIPT} start (run scripts/install-test-deps.sh first)"),
     );
     Server {
         dir,

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use postgres_operator::backup::s3::S3Credentials;
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
 
-use super::postgres::{PostgresServer, bin_dir, free_port};
+use super::postgres::{PostgresServer, bin_dir, free_port, succeed};
 use super::validators::tools_bin;
 
 /// A private CA and a server certificate it issued for 127.0.0.1, as PEM files.
@@ -100,18 +100,10 @@ impl S3Server {
             // boto3 verifies the server against this bundle.
             setup.env("AWS_CA_BUNDLE", &ca.ca_file);
         }
-        let out = setup
-            .arg(script)
-            .arg(&endpoint)
-            .args(buckets)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "s3_setup.py: {}",
-            String::from_utf8_lossy(&out.stderr)
+        let keys = succeed(
+            setup.arg(script).arg(&endpoint).args(buckets),
+            "s3_setup.py",
         );
-        let keys = String::from_utf8(out.stdout).unwrap();
         let (access_key, secret_key) = keys.trim().split_once(' ').unwrap();
         Self {
             port,
