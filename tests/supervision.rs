@@ -31,6 +31,7 @@ struct Supervised {
     dir: DataDir,
     stop: watch::Sender<bool>,
     restart: Arc<Notify>,
+    hold: watch::Sender<bool>,
     events: mpsc::UnboundedReceiver<Event>,
     task: tokio::task::JoinHandle<ShutdownMode>,
 }
@@ -43,8 +44,9 @@ fn start() -> Supervised {
     let (sender, events) = mpsc::unbounded_channel();
     let restart = Arc::new(Notify::new());
     let restarts = restart.clone();
+    let (hold, held) = watch::channel(false);
     let task = tokio::spawn(async move {
-        supervise(&command, timing(), stopping, restarts, sender)
+        supervise(&command, timing(), stopping, restarts, held, sender)
             .await
             .unwrap()
     });
@@ -52,6 +54,7 @@ fn start() -> Supervised {
         dir,
         stop,
         restart,
+        hold,
         events,
         task,
     }
@@ -185,4 +188,33 @@ async fn a_requested_restart_stops_fast_and_starts_again_at_once() {
     );
     s.stop.send(true).unwrap();
     assert_eq!(s.task.await.unwrap(), ShutdownMode::Smart);
+}
+
+#[tokio::test]
+async fn a_held_postmaster_stops_at_once_and_stays_down_until_released() {
+    let mut s = start();
+    let Event::Started { pid: first } = next_event(&mut s.events).await else {
+        panic!("expected Started")
+    };
+    wait_ready(&s.dir).await;
+    s.hold.send(true).unwrap();
+    assert_eq!(
+        next_event(&mut s.events).await,
+        Event::HeldDown {
+            mode: ShutdownMode::Immediate
+        }
+    );
+    assert!(!alive(first));
+    // Held: no restart, however long it stays down.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(s.events.try_recv().is_err(), "nothing starts while held");
+    assert!(processes_of(&s.dir).is_empty());
+    s.hold.send(false).unwrap();
+    let Event::Started { pid: second } = next_event(&mut s.events).await else {
+        panic!("expected Started")
+    };
+    assert_ne!(first, second);
+    wait_ready(&s.dir).await;
+    s.stop.send(true).unwrap();
+    s.task.await.unwrap();
 }

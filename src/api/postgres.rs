@@ -525,9 +525,13 @@ pub struct PostgresStatus {
     /// Pod name the operator wants as primary (differs during failover/switchover).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target_primary: Option<String>,
-    /// Standbys currently in the synchronous quorum.
+    /// The standbys named in the primary's `synchronous_standby_names`
+    /// (`ANY syncQuorum (syncStandbys)`), as it last reported them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub sync_standbys: Vec<String>,
+    /// How many of `syncStandbys` must confirm each commit; 0 or absent: asynchronous.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sync_quorum: Option<i32>,
     /// Completion time of the last successful backup (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_backup: Option<String>,

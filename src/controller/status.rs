@@ -206,6 +206,7 @@ pub fn desired_status(postgres: &Postgres, observed: &Observed, now: Timestamp) 
         version: Some(postgres.spec.version().major().to_string()),
         target_primary: current.target_primary.clone(),
         sync_standbys: current.sync_standbys.clone(),
+        sync_quorum: current.sync_quorum,
         last_backup: current.last_backup.clone(),
         ..PostgresStatus::default()
     };

@@ -6,14 +6,16 @@ use std::time::SystemTime;
 use crate::instance::quorum::Bounds;
 
 /// What the server of an instance is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub enum Role {
     Primary,
     Standby,
 }
 
 /// What an instance answered.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Report {
     pub role: Role,
     /// Whether PostgreSQL itself answers. False while the instance manager answers but

@@ -52,6 +52,17 @@ pub enum BootstrapError {
 
 /// Runs a PostgreSQL tool; `wrap` prefixes the command (e.g. to run it as `postgres`).
 fn run(wrap: &[String], tool: &Path, args: &[String]) -> Result<(), BootstrapError> {
+    run_with_env(wrap, tool, args, &[]).map(|_| ())
+}
+
+/// As [`run`], with environment variables (a password, kept off the command line);
+/// what the tool printed, standard output then standard error.
+pub(super) fn run_with_env(
+    wrap: &[String],
+    tool: &Path,
+    args: &[String],
+    env: &[(&str, &str)],
+) -> Result<String, BootstrapError> {
     let (program, prefix) = match wrap.split_first() {
         Some((program, rest)) => (PathBuf::from(program), rest.to_vec()),
         None => (tool.to_path_buf(), Vec::new()),
@@ -67,13 +78,19 @@ fn run(wrap: &[String], tool: &Path, args: &[String]) -> Result<(), BootstrapErr
         .unwrap_or_default();
     let out = command
         .args(args)
+        .envs(env.iter().copied())
         .output()
         .map_err(|source| BootstrapError::Io {
             path: tool.to_path_buf(),
             source,
         })?;
     if out.status.success() {
-        Ok(())
+        // Most tools report on standard error, even when they succeed.
+        Ok(format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
     } else {
         Err(BootstrapError::Tool {
             tool: tool_name,
@@ -171,7 +188,7 @@ pub async fn ensure_builtin_role(
     Ok(true)
 }
 
-/// Clones the primary into an empty data directory, creating the standby's own
+/// Clones the primary into an empty data directory through the standby's own
 /// replication slot. The standby settings (`standby.signal`, `primary_conninfo`) are
 /// not written here but by [`super::files::ConfigFiles`], which keeps them current
 /// when the primary moves; `-R` would pin them in postgresql.auto.conf, which wins.
@@ -205,6 +222,20 @@ pub fn clone_from_primary(
             slot.clone(),
         ],
     );
+    // Every instance keeps its peers' slots ready (unreserved): the slot may be back
+    // already, so it is made only if missing, and the base backup uses it.
+    run(
+        &tools.wrap,
+        &tools.bin_dir.join("pg_receivewal"),
+        &[
+            "-d".to_string(),
+            conninfo.clone(),
+            "--create-slot".to_string(),
+            "--if-not-exists".to_string(),
+            "-S".to_string(),
+            slot.clone(),
+        ],
+    )?;
     run(
         &tools.wrap,
         &tools.bin_dir.join("pg_basebackup"),
@@ -217,7 +248,6 @@ pub fn clone_from_primary(
             "stream".to_string(),
             // A spread checkpoint would pace the start over minutes of checkpoint_timeout.
             "--checkpoint=fast".to_string(),
-            "-C".to_string(),
             "-S".to_string(),
             slot,
         ],

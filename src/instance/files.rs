@@ -25,6 +25,9 @@ pub enum RuntimeRole {
         password: String,
         application_name: String,
     },
+    /// A standby fenced off its primary: it streams from nobody (its WAL position stops
+    /// moving, and a primary still alive gets no acknowledgement from it).
+    Detached,
 }
 
 /// The replication slot of a standby: its pod name folded to what slot names allow.
@@ -100,6 +103,11 @@ pub fn runtime_conf(role: &RuntimeRole, listen: &Listen) -> String {
                 quote_literal(&slot_name(application_name))
             ));
         }
+        RuntimeRole::Detached => {
+            conf.push_str(
+                "primary_conninfo = ''\nprimary_slot_name = ''\nsynchronous_standby_names = ''\n",
+            );
+        }
     }
     conf
 }
@@ -119,7 +127,7 @@ impl ConfigFiles {
             postgresql_conf: postgresql_conf(cluster),
             pg_hba_conf: pg_hba_conf(cluster),
             runtime_conf: runtime_conf(role, listen),
-            standby: matches!(role, RuntimeRole::Standby { .. }),
+            standby: !matches!(role, RuntimeRole::Primary { .. }),
         }
     }
 

@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{Notify, mpsc, watch};
@@ -17,6 +17,7 @@ use super::config_guard::{ConfigGuard, RejectionReport};
 use super::events::EventSink;
 use super::files::{ConfigFiles, Listen, RuntimeRole};
 use super::from_backup::{self, BackupEnvironment, Progress};
+use super::ha_api::{self, HaEndpoints, HaView};
 use super::metrics::InstanceMetrics;
 use super::postmaster_events::PostmasterWatch;
 use super::provision::{Connection, MAINTENANCE_DB, Provisioner, Scope};
@@ -106,11 +107,22 @@ pub enum InstanceError {
 /// Failures of a step that is logged and tried again on the next tick.
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+mod instructions;
+
 /// What this instance is doing now.
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Role {
     Primary,
     Standby { primary: String },
+}
+
+/// A target primary the HA engine named directly, ahead of the spec source: it holds
+/// while the source still names `over` (the target it replaced), and gives way as soon
+/// as the source names anything else.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Instructed {
+    target: String,
+    over: String,
 }
 
 struct Manager {
@@ -134,6 +146,14 @@ struct Manager {
     /// Installs only a postgresql.conf PostgreSQL takes.
     guard: ConfigGuard,
     postmaster: PostmasterWatch,
+    instructed: Option<Instructed>,
+    /// Fenced by the HA engine since then: a standby streams from nobody, a primary's
+    /// server is held down. Lifted by the next instruction, or after `FENCE_LEASE`.
+    fenced_at: Option<Instant>,
+    /// The supervisor keeps the postmaster stopped while this is true.
+    held_down: watch::Sender<bool>,
+    /// What the HA endpoints report of this manager.
+    ha_view: Arc<RwLock<HaView>>,
 }
 
 /// Runs the instance until `shutdown` turns true; the postmaster is then shut down
@@ -196,7 +216,7 @@ async fn run_with(
     else {
         return Ok(());
     };
-    let role = role_of(&settings, &snapshot);
+    let role = role_of(&settings, &snapshot, None);
     let local = Connection {
         host: settings.local_host.clone(),
         port: settings.port,
@@ -222,8 +242,17 @@ async fn run_with(
         quorum: Applied::default(),
         pending_since: None,
         restart_requested: None,
+        instructed: None,
+        fenced_at: None,
+        held_down: watch::channel(false).0,
+        ha_view: Arc::new(RwLock::new(HaView {
+            role: crate::ha::Role::Standby,
+            following: None,
+            fenced: false,
+        })),
         settings,
     };
+    manager.publish_view();
     if !manager.bootstrap(&snapshot, shutdown).await? {
         return Ok(());
     }
@@ -235,10 +264,12 @@ async fn run_with(
         let timing = manager.settings.timing;
         let stop = shutdown.clone();
         let restart = manager.restart.clone();
+        let held = manager.held_down.subscribe();
         tokio::spawn(async move {
-            supervise::supervise(&command, timing, stop, restart, events_tx).await
+            supervise::supervise(&command, timing, stop, restart, held, events_tx).await
         })
     };
+    let (instructions_tx, mut instructions) = mpsc::channel(8);
     manager
         .wait_accepting(&mut snapshot, snapshots, &mut events, shutdown)
         .await;
@@ -248,7 +279,7 @@ async fn run_with(
         shutdown.clone(),
     ));
     // Liveness passes from now on, however long a restore takes; readiness waits.
-    manager.serve(shutdown.clone()).await?;
+    manager.serve(shutdown.clone(), instructions_tx).await?;
     if manager.restore_if_pending(&snapshot, shutdown).await {
         // Before /readyz can pass: a primary must hold the replication role first.
         manager.declarative_sql(&snapshot, Scope::Full).await;
@@ -298,7 +329,14 @@ async fn run_with(
                     manager.declarative_sql(&snapshot, Scope::Full).await;
                 }
             }
-            _ = maintenance.tick() => manager.maintain().await,
+            _ = maintenance.tick() => manager.maintain(&snapshot).await,
+            Some((instruction, reply)) = instructions.recv() => {
+                let outcome = manager.instruct(instruction, &snapshot).await;
+                if let Err(message) = &outcome {
+                    tracing::warn!(%message, "HA instruction not carried out");
+                }
+                let _ = reply.send(outcome);
+            }
         }
     };
     manager.provisioner.release_all();
@@ -310,9 +348,18 @@ async fn run_with(
     Ok(())
 }
 
-/// Primary when the cluster names this pod as (target) primary.
-fn role_of(settings: &InstanceSettings, snapshot: &Snapshot) -> Role {
-    let target = snapshot.target_primary();
+/// Primary when the cluster names this pod as (target) primary: the spec source's
+/// target, unless the HA engine named a newer one the source has not caught up with.
+fn role_of(
+    settings: &InstanceSettings,
+    snapshot: &Snapshot,
+    instructed: Option<&Instructed>,
+) -> Role {
+    let named = snapshot.target_primary();
+    let target = match instructed {
+        Some(instructed) if instructed.over == named => instructed.target.clone(),
+        _ => named,
+    };
     if target == settings.pod_name {
         Role::Primary
     } else {
@@ -343,6 +390,13 @@ impl Manager {
         match bootstrap::decide(&data_dir, primary.as_deref()) {
             Bootstrap::UseExisting => {
                 tracing::info!(data_dir = %data_dir.display(), "using the existing data directory");
+                if let Role::Standby { primary } = &self.role
+                    && super::rejoin::was_primary(&data_dir)
+                {
+                    tracing::info!(%primary, "this instance was a primary and another is the target: rejoining its history");
+                    let primary = primary.clone();
+                    return self.rejoin(snapshot, &primary, shutdown).await;
+                }
             }
             Bootstrap::InitDb => {
                 tracing::info!("initialising a new cluster");
@@ -464,6 +518,7 @@ impl Manager {
             Role::Primary => RuntimeRole::Primary {
                 sync_standby_names: self.quorum.get(),
             },
+            Role::Standby { .. } if self.fenced_at.is_some() => RuntimeRole::Detached,
             Role::Standby { primary } => {
                 let (host, port) = self.peer(primary);
                 RuntimeRole::Standby {
@@ -580,21 +635,30 @@ impl Manager {
     async fn reconfigure(&mut self, snapshot: &Snapshot) {
         self.provisioner
             .set_password(snapshot.superuser_password().map(str::to_string));
-        match (role_of(&self.settings, snapshot), &self.role) {
+        if let Some(instructed) = &self.instructed
+            && instructed.over != snapshot.target_primary()
+        {
+            self.instructed = None;
+        }
+        match (
+            role_of(&self.settings, snapshot, self.instructed.as_ref()),
+            &self.role,
+        ) {
             (Role::Primary, Role::Standby { .. }) => {
                 tracing::info!("this instance is the new target primary: promoting");
-                match self.promote().await {
-                    Ok(()) => self.role = Role::Primary,
-                    Err(error) => tracing::error!(%error, "promotion failed"),
+                if let Err(error) = self.become_primary().await {
+                    tracing::error!(%error, "promotion failed");
                 }
             }
             (Role::Standby { primary }, Role::Standby { .. }) => {
                 self.role = Role::Standby { primary };
+                self.publish_view();
             }
             (Role::Standby { primary }, Role::Primary) => {
-                // Demoting a primary needs fencing and pg_rewind, which belong to the
-                // controller's failover; writes go on here until it acts.
-                tracing::error!(target = %primary, "another instance is the target primary; staying primary until failover handling demotes this one");
+                tracing::warn!(target = %primary, "another instance is the target primary: stepping down");
+                if let Err(error) = self.step_down(snapshot, &primary).await {
+                    tracing::error!(%error, "stepping down failed; the server stays down");
+                }
             }
             (Role::Primary, Role::Primary) => {}
         }
@@ -675,8 +739,10 @@ impl Manager {
         Ok(statements + report.statements)
     }
 
-    /// Periodic: the quorum (primary), settings waiting for a restart, gauges.
-    async fn maintain(&mut self) {
+    /// Periodic: the quorum (primary), settings waiting for a restart, gauges, standby
+    /// slots, an expired fence.
+    async fn maintain(&mut self, snapshot: &Snapshot) {
+        self.lift_expired_fence(snapshot).await;
         let client = match self.provisioner.connect(MAINTENANCE_DB).await {
             Ok(client) => client,
             Err(error) => {
@@ -690,6 +756,9 @@ impl Manager {
         self.metrics
             .primary
             .set(i64::from(self.role == Role::Primary));
+        if let Err(error) = self.keep_slots_ready(&client, snapshot).await {
+            tracing::warn!(%error, "cannot keep the standbys' replication slots ready");
+        }
         if let Err(error) = self.maintain_with(&client).await {
             tracing::warn!(%error, "maintenance failed");
         }
@@ -787,8 +856,18 @@ impl Manager {
         Ok(stale == 0)
     }
 
-    /// `/healthz`, `/readyz`, `/status` and `/metrics`, until shutdown.
-    async fn serve(&self, shutdown: watch::Receiver<bool>) -> Result<(), InstanceError> {
+    /// `/healthz`, `/readyz`, `/status`, `/ha/...` and `/metrics`, until shutdown.
+    async fn serve(
+        &self,
+        shutdown: watch::Receiver<bool>,
+        instructions: mpsc::Sender<ha_api::Request>,
+    ) -> Result<(), InstanceError> {
+        let ha = HaEndpoints {
+            pod: self.settings.pod_name.clone(),
+            connection: Arc::new(self.provisioner.connection().clone()),
+            view: self.ha_view.clone(),
+            instructions,
+        };
         for (address, router) in [
             (
                 self.settings.status_address,
@@ -796,7 +875,8 @@ impl Manager {
                     self.provisioner.connection().clone(),
                     self.hold.clone(),
                     self.guard.report(),
-                ),
+                )
+                .merge(ha_api::router(ha)),
             ),
             (
                 self.settings.metrics_address,

@@ -53,6 +53,11 @@ impl PostmasterWatch {
                 tracing::info!(?mode, "postmaster restarting");
             }
             Event::ShutDown { mode } => tracing::info!(?mode, "postmaster shut down"),
+            Event::HeldDown { mode } => {
+                self.answered = false;
+                self.metrics.up.set(0);
+                tracing::warn!(?mode, "postmaster held down");
+            }
         }
         None
     }

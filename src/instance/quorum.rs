@@ -89,6 +89,15 @@ pub struct Bounds {
 }
 
 impl Bounds {
+    /// The spec's bounds.
+    pub fn of(spec: &crate::api::QuorumSpec) -> Self {
+        Self {
+            min: spec.min_sync_replicas,
+            max: spec.max_sync_replicas,
+            durability: spec.data_durability,
+        }
+    }
+
     /// `minSyncReplicas`, never negative.
     fn min(self) -> usize {
         usize::try_from(self.min).unwrap_or(0)

@@ -195,12 +195,7 @@ impl Keeper {
             .into_iter()
             .filter(|pod| *pod != self.pod_name)
             .collect();
-        let spec = &snapshot.postgres.spec.quorum;
-        let bounds = Bounds {
-            min: spec.min_sync_replicas,
-            max: spec.max_sync_replicas,
-            durability: spec.data_durability,
-        };
+        let bounds = Bounds::of(&snapshot.postgres.spec.quorum);
         let now = Instant::now();
         let decision = state.quorum.decide(&members, &seen, bounds, now);
         let wanted = decision.synchronous_standby_names;

@@ -66,6 +66,11 @@ pub enum Event {
     ShutDown {
         mode: ShutdownMode,
     },
+    /// Stopped and kept down on request (fenced: a primary being given up on, or one
+    /// waiting for its rewind).
+    HeldDown {
+        mode: ShutdownMode,
+    },
 }
 
 /// The last shutdown step that was needed.
@@ -91,6 +96,7 @@ enum Exit {
     Died(std::io::Result<ExitStatus>),
     Shutdown,
     Restart,
+    Hold,
 }
 
 fn signal(child: &Child, signal: Signal) {
@@ -113,7 +119,7 @@ async fn wait_for_exit(child: &mut Child, timeout: Duration) -> Option<ExitStatu
 
 /// Shuts the postmaster down, escalating from smart (or fast, for a restart the
 /// instance manager asked for) to immediate to SIGKILL.
-async fn shut_down(child: &mut Child, timing: &Timing, from_fast: bool) -> ShutdownMode {
+async fn shut_down(child: &mut Child, timing: &Timing, skip: usize) -> ShutdownMode {
     let ladder = [
         (Signal::TERM, ShutdownMode::Smart, timing.smart_timeout),
         (Signal::INT, ShutdownMode::Fast, timing.fast_timeout),
@@ -123,7 +129,6 @@ async fn shut_down(child: &mut Child, timing: &Timing, from_fast: bool) -> Shutd
             timing.immediate_timeout,
         ),
     ];
-    let skip = usize::from(from_fast);
     for (sig, mode, timeout) in ladder.into_iter().skip(skip) {
         signal(child, sig);
         if wait_for_exit(child, timeout).await.is_some() {
@@ -135,20 +140,35 @@ async fn shut_down(child: &mut Child, timing: &Timing, from_fast: bool) -> Shutd
     ShutdownMode::Killed
 }
 
+/// Where [`shut_down`] starts: smart on shutdown, fast for a restart, immediate for a
+/// hold (a fenced primary must stop acknowledging at once; crash recovery is cheap).
+const FROM_SMART: usize = 0;
+const FROM_FAST: usize = 1;
+const FROM_IMMEDIATE: usize = 2;
+
 /// Runs the postmaster until `shutdown` turns true, restarting it whenever it dies, and
-/// at once (fast shutdown, then start) when `restart` is notified. `events` receives
+/// at once (fast shutdown, then start) when `restart` is notified. While `hold` is true
+/// the postmaster is stopped (immediate shutdown) and not started. `events` receives
 /// what happens (for status and tests).
 pub async fn supervise(
     command: &PostmasterCommand,
     timing: Timing,
     mut shutdown: watch::Receiver<bool>,
     restart: Arc<Notify>,
+    mut hold: watch::Receiver<bool>,
     events: mpsc::UnboundedSender<Event>,
 ) -> Result<ShutdownMode, SuperviseError> {
     let mut delay = timing.restart_delay;
     loop {
         if *shutdown.borrow() {
             return Ok(ShutdownMode::Smart);
+        }
+        if *hold.borrow() {
+            tokio::select! {
+                _ = hold.wait_for(|held| !*held) => {}
+                _ = shutdown.wait_for(|stop| *stop) => return Ok(ShutdownMode::Smart),
+            }
+            delay = timing.restart_delay;
         }
         let mut child = Command::new(&command.program)
             .args(&command.args)
@@ -167,18 +187,25 @@ pub async fn supervise(
             status = child.wait() => Exit::Died(status),
             _ = shutdown.wait_for(|stop| *stop) => Exit::Shutdown,
             () = restart.notified() => Exit::Restart,
+            _ = hold.wait_for(|held| *held) => Exit::Hold,
         };
         let status = match exited {
             Exit::Died(status) => status,
             Exit::Shutdown => {
-                let mode = shut_down(&mut child, &timing, false).await;
+                let mode = shut_down(&mut child, &timing, FROM_SMART).await;
                 let _ = events.send(Event::ShutDown { mode });
                 return Ok(mode);
             }
             Exit::Restart => {
-                let mode = shut_down(&mut child, &timing, true).await;
+                let mode = shut_down(&mut child, &timing, FROM_FAST).await;
                 let _ = events.send(Event::Restarting { mode });
                 delay = timing.restart_delay;
+                continue;
+            }
+            Exit::Hold => {
+                let mode = shut_down(&mut child, &timing, FROM_IMMEDIATE).await;
+                tracing::warn!(?mode, "postmaster stopped and held down");
+                let _ = events.send(Event::HeldDown { mode });
                 continue;
             }
         };

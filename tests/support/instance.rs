@@ -109,13 +109,27 @@ impl Instance {
         extra: &[&str],
         env: &[(String, String)],
     ) -> Self {
+        Self::spawn_on(spec, cluster, pod, free_port(), peers, extra, env)
+    }
+
+    /// As [`Instance::spawn_with_env`], with PostgreSQL on `port` (chosen beforehand, so
+    /// that every instance of a cluster can name every other as a peer).
+    pub fn spawn_on(
+        spec: &SpecFile,
+        cluster: &str,
+        pod: &str,
+        port: u16,
+        peers: &[(&str, u16)],
+        extra: &[&str],
+        env: &[(String, String)],
+    ) -> Self {
         let root = tempfile::tempdir().unwrap();
         let socket_dir = root.path().join("run");
         std::fs::create_dir(&socket_dir).unwrap();
         chown_to_postgres(root.path());
         let data_dir = root.path().join("pgdata");
         let log = root.path().join("instance.log");
-        let (port, status_port, metrics_port) = (free_port(), free_port(), free_port());
+        let (status_port, metrics_port) = (free_port(), free_port());
         let mut args: Vec<OsString> = Vec::new();
         let mut push = |items: &[&dyn AsRef<std::ffi::OsStr>]| {
             args.extend(items.iter().map(|item| item.as_ref().to_os_string()));

@@ -49,6 +49,7 @@ pub fn example(file: &str) -> String {
 }
 pub mod apiserver;
 pub mod crd_rule_cases;
+pub mod failover;
 pub mod instance;
 pub mod postgres;
 pub use postgres::succeed;

@@ -1,0 +1,493 @@
+//! The HA engine of one cluster: it watches the primary through its heartbeat stream,
+//! and when the primary is lost it gathers every instance's report, asks [`decide`],
+//! fences, records the target before anything acts, promotes and re-points. The same
+//! engine runs in the controller (Kubernetes: pod addresses, the status subresource)
+//! and in the tests and the benchmark (loopback ports, a spec file): the [`World`]
+//! trait is the only difference.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::time::{Duration, Instant, SystemTime};
+
+use super::client::{self, Watch};
+use super::decide::{Blocked, FailoverDecision, Promotion, decide};
+use super::input::{Cluster, Instance, Role};
+use super::wire::{InstanceReport, Instruction};
+use crate::instance::quorum::Bounds;
+
+/// Failures of the world's reads and writes, logged and retried.
+pub type WorldError = Box<dyn std::error::Error + Send + Sync>;
+
+/// One pod of the cluster and where its status port answers (`host:port`); no address
+/// while the pod has none (not scheduled, or gone).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Member {
+    pub pod: String,
+    pub address: Option<String>,
+}
+
+/// What the cluster's record says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Recorded {
+    pub current_primary: Option<String>,
+    pub target_primary: Option<String>,
+    pub bounds: Bounds,
+    /// The synchronous set the primary last reported, as recorded (so that an engine
+    /// that starts while the primary is already gone still chooses safely).
+    pub sync: Option<SyncSet>,
+}
+
+/// `ANY quorum (standbys)` as the primary reported it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SyncSet {
+    pub quorum: usize,
+    pub standbys: Vec<String>,
+}
+
+/// What the engine tells the world, for events, conditions and metrics.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Announcement {
+    /// The primary stopped answering as a primary.
+    PrimaryLost {
+        pod: String,
+        reason: String,
+    },
+    FailoverStarted {
+        from: String,
+        promotion: Promotion,
+    },
+    FailoverCompleted {
+        from: String,
+        to: String,
+        /// From the first sign of trouble to the promoted primary taking writes.
+        elapsed: Duration,
+    },
+    /// `None`: no longer blocked.
+    Blocked(Option<String>),
+}
+
+/// Where the engine reads and records the cluster.
+pub trait World: Send + Sync {
+    fn members(&self) -> impl Future<Output = Result<Vec<Member>, WorldError>> + Send;
+    fn recorded(&self) -> impl Future<Output = Result<Recorded, WorldError>> + Send;
+    /// `status.targetPrimary`, before any instance acts on it.
+    fn record_target(&self, pod: &str) -> impl Future<Output = Result<(), WorldError>> + Send;
+    /// `status.currentPrimary`, once `pod` runs as the primary.
+    fn record_primary(&self, pod: &str) -> impl Future<Output = Result<(), WorldError>> + Send;
+    /// The synchronous set the primary reports, when it changes.
+    fn record_sync(&self, sync: &SyncSet) -> impl Future<Output = Result<(), WorldError>> + Send;
+    fn announce(&self, announcement: Announcement) -> impl Future<Output = ()> + Send;
+}
+
+/// The engine's clocks.
+#[derive(Clone, Copy, Debug)]
+pub struct Timing {
+    /// A primary silent for this long on its heartbeat stream is suspect.
+    pub silence: Duration,
+    /// Each instance's report gets this long during a failover.
+    pub report_deadline: Duration,
+    /// Pause between two looks during a failover.
+    pub retry: Duration,
+    /// The watch is re-opened this often, to pick up a changed cluster record.
+    pub refresh: Duration,
+    /// A fence or a follow gets this long; a promotion `promote_deadline`.
+    pub instruct_deadline: Duration,
+    pub promote_deadline: Duration,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Self {
+            silence: Duration::from_millis(1000),
+            report_deadline: Duration::from_millis(500),
+            retry: Duration::from_millis(100),
+            refresh: Duration::from_secs(10),
+            instruct_deadline: Duration::from_secs(5),
+            promote_deadline: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Why the watch of the primary ended.
+#[derive(Debug)]
+enum WatchEnd {
+    /// Time to look at the record again.
+    Refresh,
+    /// The primary may be lost.
+    Suspect(String),
+}
+
+pub struct Engine<W> {
+    world: W,
+    timing: Timing,
+    /// The synchronous set and flushed position of the primary's last heartbeat.
+    sync: Option<SyncSet>,
+    primary_lsn: Option<u64>,
+}
+
+impl<W: World> Engine<W> {
+    pub fn new(world: W, timing: Timing) -> Self {
+        Self {
+            world,
+            timing,
+            sync: None,
+            primary_lsn: None,
+        }
+    }
+
+    pub fn world(&self) -> &W {
+        &self.world
+    }
+
+    /// Watches and fails over, for as long as the future is polled.
+    pub async fn run(mut self) {
+        loop {
+            if let Err(error) = self.step().await {
+                tracing::warn!(%error, "HA engine: retrying");
+                tokio::time::sleep(self.timing.retry * 10).await;
+            }
+        }
+    }
+
+    /// One watch of the primary, and the failover it may lead to.
+    async fn step(&mut self) -> Result<(), WorldError> {
+        let recorded = self.world.recorded().await?;
+        if self.sync.is_none() {
+            self.sync = recorded.sync.clone();
+        }
+        let Some(current) = recorded.current_primary.clone() else {
+            // A new cluster: its first primary is not a failover.
+            tokio::time::sleep(self.timing.refresh.min(Duration::from_secs(1))).await;
+            return Ok(());
+        };
+        if recorded
+            .target_primary
+            .as_ref()
+            .is_some_and(|t| *t != current)
+        {
+            return self.fail_over(&current, Instant::now()).await;
+        }
+        let members = self.world.members().await?;
+        let address = members
+            .iter()
+            .find(|m| m.pod == current)
+            .and_then(|m| m.address.clone());
+        let end = match address {
+            Some(address) => self.watch_primary(&address).await,
+            None => WatchEnd::Suspect("the primary's pod has no address".to_string()),
+        };
+        match end {
+            WatchEnd::Refresh => Ok(()),
+            WatchEnd::Suspect(reason) => {
+                let since = Instant::now();
+                tracing::warn!(primary = %current, %reason, "primary suspect");
+                self.world
+                    .announce(Announcement::PrimaryLost {
+                        pod: current.clone(),
+                        reason,
+                    })
+                    .await;
+                self.fail_over(&current, since).await
+            }
+        }
+    }
+
+    /// Reads the primary's heartbeats until it breaks, falls silent, stops being a
+    /// running primary, or the refresh period ends.
+    async fn watch_primary(&mut self, address: &str) -> WatchEnd {
+        let mut watch = match Watch::open(address, self.timing.silence).await {
+            Ok(watch) => watch,
+            Err(error) => return WatchEnd::Suspect(error.to_string()),
+        };
+        let until = Instant::now() + self.timing.refresh;
+        while Instant::now() < until {
+            let report = match watch.next(self.timing.silence).await {
+                Ok(report) => report,
+                Err(error) => return WatchEnd::Suspect(error.to_string()),
+            };
+            if report.report.role != Role::Primary || !report.report.running || report.fenced {
+                return WatchEnd::Suspect(format!("it reports {}", describe(&report)));
+            }
+            self.primary_lsn = report.report.received_lsn;
+            let sync = SyncSet {
+                quorum: report.sync_quorum,
+                standbys: report.sync_standbys.clone(),
+            };
+            if self.sync.as_ref() != Some(&sync) {
+                if let Err(error) = self.world.record_sync(&sync).await {
+                    tracing::warn!(%error, "cannot record the synchronous set");
+                    continue;
+                }
+                self.sync = Some(sync);
+            }
+        }
+        WatchEnd::Refresh
+    }
+
+    /// Every member's report, gathered at once; silent members are absent.
+    async fn reports(&self, members: &[Member]) -> BTreeMap<String, InstanceReport> {
+        let asks = members.iter().filter_map(|member| {
+            let address = member.address.clone()?;
+            let deadline = self.timing.report_deadline;
+            Some(async move { client::report(&address, deadline).await.ok() })
+        });
+        futures::future::join_all(asks)
+            .await
+            .into_iter()
+            .flatten()
+            .map(|report| (report.pod.clone(), report))
+            .collect()
+    }
+
+    fn cluster(
+        &self,
+        recorded: &Recorded,
+        members: &[Member],
+        reports: &BTreeMap<String, InstanceReport>,
+        unhealthy_since: Option<SystemTime>,
+    ) -> Cluster {
+        let sync = self.sync.clone().unwrap_or_default();
+        Cluster {
+            instances: members
+                .iter()
+                .map(|member| Instance {
+                    pod: member.pod.clone(),
+                    in_sync_set: sync.standbys.contains(&member.pod),
+                    report: reports.get(&member.pod).map(|r| r.report.clone()),
+                })
+                .collect(),
+            bounds: recorded.bounds,
+            sync_quorum: sync.quorum,
+            primary_lsn: self.primary_lsn,
+            current_primary: recorded.current_primary.clone(),
+            target_primary: recorded.target_primary.clone(),
+            unhealthy_since,
+        }
+    }
+
+    /// Decides and acts until the primary is back or another runs: see the module.
+    async fn fail_over(&mut self, from: &str, since: Instant) -> Result<(), WorldError> {
+        let mut unhealthy_since = None;
+        let mut fenced: BTreeSet<String> = BTreeSet::new();
+        let mut old_primary_fenced = false;
+        let mut blocked: Option<String> = None;
+        loop {
+            let recorded = self.world.recorded().await?;
+            let members = self.world.members().await?;
+            let reports = self.reports(&members).await;
+            let cluster = self.cluster(&recorded, &members, &reports, unhealthy_since);
+            match decide(&cluster, SystemTime::now()) {
+                FailoverDecision::Nothing => {
+                    tracing::info!(primary = %from, "the primary answers again; no failover");
+                    let standbys: BTreeSet<String> = fenced
+                        .iter()
+                        .filter(|pod| {
+                            reports
+                                .get(*pod)
+                                .is_some_and(|r| r.report.role == Role::Standby)
+                        })
+                        .cloned()
+                        .collect();
+                    self.unfence(from, &members, &standbys).await;
+                    if blocked.is_some() {
+                        self.world.announce(Announcement::Blocked(None)).await;
+                    }
+                    return Ok(());
+                }
+                FailoverDecision::Wait {
+                    unhealthy_since: first,
+                    until,
+                } => {
+                    unhealthy_since = Some(first);
+                    let left = until.duration_since(SystemTime::now()).unwrap_or_default();
+                    tokio::time::sleep(left.min(self.timing.retry)).await;
+                }
+                FailoverDecision::Blocked(reason) => {
+                    let message = reason.to_string();
+                    if blocked.as_ref() != Some(&message) {
+                        tracing::warn!(%message, "failover blocked");
+                        self.world
+                            .announce(Announcement::Blocked(Some(message.clone())))
+                            .await;
+                        blocked = Some(message);
+                    }
+                    if let Blocked::OtherPrimary { .. } = reason {
+                        return Ok(());
+                    }
+                    tokio::time::sleep(self.timing.retry * 5).await;
+                }
+                FailoverDecision::Promote(promotion) => {
+                    if !old_primary_fenced {
+                        old_primary_fenced = true;
+                        self.fence_old_primary(from, &members);
+                    }
+                    // Positions are only final once no standby streams from the old
+                    // primary: fence every answering standby, then look again.
+                    let unfenced: Vec<&Member> = members
+                        .iter()
+                        .filter(|m| m.pod != from && !fenced.contains(&m.pod))
+                        .filter(|m| {
+                            reports
+                                .get(&m.pod)
+                                .is_some_and(|r| r.report.role == Role::Standby)
+                        })
+                        .collect();
+                    if !unfenced.is_empty() {
+                        fenced.extend(self.fence(from, &unfenced).await);
+                        continue;
+                    }
+                    tracing::warn!(from, to = %promotion.pod, lsn = promotion.lsn, "failover: recording the new target");
+                    self.world.record_target(&promotion.pod).await?;
+                    self.world
+                        .announce(Announcement::FailoverStarted {
+                            from: from.to_string(),
+                            promotion,
+                        })
+                        .await;
+                }
+                FailoverDecision::Continue { target, promoted } => {
+                    let Some(address) = members
+                        .iter()
+                        .find(|m| m.pod == target)
+                        .and_then(|m| m.address.clone())
+                    else {
+                        tokio::time::sleep(self.timing.retry * 5).await;
+                        continue;
+                    };
+                    if !promoted {
+                        let answer = client::instruct(
+                            &address,
+                            &Instruction::Promote,
+                            self.timing.promote_deadline,
+                        )
+                        .await;
+                        if let Err(error) = answer {
+                            tracing::warn!(%error, %target, "promotion failed; retrying");
+                            tokio::time::sleep(self.timing.retry * 5).await;
+                            continue;
+                        }
+                    }
+                    self.world.record_primary(&target).await?;
+                    let elapsed = since.elapsed();
+                    tracing::warn!(from, to = %target, elapsed_ms = elapsed.as_millis() as u64, "failover complete");
+                    self.follow(&target, &members).await;
+                    self.world
+                        .announce(Announcement::FailoverCompleted {
+                            from: from.to_string(),
+                            to: target.clone(),
+                            elapsed,
+                        })
+                        .await;
+                    if blocked.is_some() {
+                        self.world.announce(Announcement::Blocked(None)).await;
+                    }
+                    // The new primary's heartbeat brings its own set.
+                    self.sync = None;
+                    self.primary_lsn = None;
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    /// Fences `members` at once; the pods that confirmed.
+    async fn fence(&self, primary: &str, members: &[&Member]) -> Vec<String> {
+        let instruction = Instruction::Fence {
+            primary: primary.to_string(),
+        };
+        let asks = members.iter().filter_map(|member| {
+            let address = member.address.clone()?;
+            let instruction = instruction.clone();
+            let deadline = self.timing.instruct_deadline;
+            let pod = member.pod.clone();
+            Some(async move {
+                match client::instruct(&address, &instruction, deadline).await {
+                    Ok(_) => Some(pod),
+                    Err(error) => {
+                        tracing::warn!(%error, %pod, "fencing failed");
+                        None
+                    }
+                }
+            })
+        });
+        futures::future::join_all(asks)
+            .await
+            .into_iter()
+            .flatten()
+            .collect()
+    }
+
+    /// The old primary's manager, if it answers, stops its server and keeps it down.
+    /// Nothing waits for it (a hung server may take long to stop): with a quorum the
+    /// standbys' fence is what makes it harmless.
+    fn fence_old_primary(&self, primary: &str, members: &[Member]) {
+        let Some(address) = members
+            .iter()
+            .find(|m| m.pod == primary)
+            .and_then(|m| m.address.clone())
+        else {
+            return;
+        };
+        let instruction = Instruction::Fence {
+            primary: primary.to_string(),
+        };
+        let deadline = self.timing.promote_deadline;
+        tokio::spawn(async move {
+            let _ = client::instruct(&address, &instruction, deadline).await;
+        });
+    }
+
+    /// Every member but `primary` follows it (the ones that do not answer learn it
+    /// from the record when they come back).
+    async fn follow(&self, primary: &str, members: &[Member]) {
+        let instruction = Instruction::Follow {
+            primary: primary.to_string(),
+        };
+        let asks = members
+            .iter()
+            .filter(|m| m.pod != primary)
+            .filter_map(|member| {
+                let address = member.address.clone()?;
+                let instruction = instruction.clone();
+                let pod = member.pod.clone();
+                // A former primary rewinds before it answers: nothing waits for it.
+                let deadline = self.timing.promote_deadline;
+                Some(tokio::spawn(async move {
+                    if let Err(error) = client::instruct(&address, &instruction, deadline).await {
+                        tracing::info!(%error, %pod, "not re-pointed now; it follows the record when it answers");
+                    }
+                }))
+            })
+            .collect::<Vec<_>>();
+        // The standbys reload at once; wait for those briefly, not for a rewind.
+        let _ = tokio::time::timeout(
+            self.timing.instruct_deadline,
+            futures::future::join_all(asks),
+        )
+        .await;
+    }
+
+    /// The primary came back while standbys were fenced: they follow it again.
+    async fn unfence(&self, primary: &str, members: &[Member], fenced: &BTreeSet<String>) {
+        let fenced: Vec<Member> = members
+            .iter()
+            .filter(|m| fenced.contains(&m.pod))
+            .cloned()
+            .collect();
+        if !fenced.is_empty() {
+            self.follow(primary, &fenced).await;
+        }
+    }
+}
+
+fn describe(report: &InstanceReport) -> String {
+    let role = match report.report.role {
+        Role::Primary => "primary",
+        Role::Standby => "standby",
+    };
+    match (report.report.running, report.fenced) {
+        (_, true) => format!("{role}, fenced"),
+        (true, false) => format!("{role}, running"),
+        (false, false) => format!("{role}, server not answering"),
+    }
+}

@@ -1,0 +1,294 @@
+//! The HA engine's side door into an instance, on the status port:
+//! - `GET /ha/report`: what the server is now ([`InstanceReport`]), always answered
+//!   while the manager runs (`running: false` when PostgreSQL does not answer);
+//! - `GET /ha/watch`: the same report as one JSON line every [`HEARTBEAT`], for as long
+//!   as the reader stays. The engine keeps one open to the primary: its break (the
+//!   manager or its pod gone) or a silence (a hung node) is how a lost primary is seen
+//!   within about a second, with no polling and no API writes;
+//! - `POST /ha/instruct`: an [`Instruction`] (fence, promote, follow), carried out by the
+//!   manager's main loop, answered once done.
+
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use axum::Json;
+use axum::Router;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use tokio::sync::{mpsc, oneshot};
+use tokio_postgres::Client;
+
+use super::provision::Connection;
+use crate::ha::wire::{InstanceReport, Instruction, parse_sync_standby_names};
+use crate::ha::{Report, Role};
+
+/// How often `/ha/watch` writes a line.
+pub const HEARTBEAT: Duration = Duration::from_millis(200);
+
+/// A report's query gets this long: a server that takes longer is reported as not
+/// running (hung, or starved), which the engine treats as a restart in progress.
+const QUERY_DEADLINE: Duration = Duration::from_millis(800);
+
+/// How long an instruction may take (a promotion, a rewind).
+const INSTRUCTION_DEADLINE: Duration = Duration::from_secs(120);
+
+/// What the manager's main loop is, as the HA endpoints report it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HaView {
+    pub role: Role,
+    /// A standby: the pod it follows.
+    pub following: Option<String>,
+    pub fenced: bool,
+}
+
+/// An instruction with the channel its outcome goes back on.
+pub type Request = (Instruction, oneshot::Sender<Result<(), String>>);
+
+#[derive(Clone)]
+pub struct HaEndpoints {
+    pub pod: String,
+    pub connection: Arc<Connection>,
+    pub view: Arc<RwLock<HaView>>,
+    pub instructions: mpsc::Sender<Request>,
+}
+
+impl HaEndpoints {
+    fn view(&self) -> HaView {
+        self.view
+            .read()
+            .map(|view| view.clone())
+            .unwrap_or_else(|e| e.into_inner().clone())
+    }
+
+    /// The report, from `client` when given (a kept connection) or a new one.
+    async fn report(&self, client: &mut Option<Client>) -> InstanceReport {
+        let view = self.view();
+        let read = async {
+            let connected = match client {
+                Some(kept) if !kept.is_closed() => kept,
+                _ => client.insert(self.connection.client("postgres").await?),
+            };
+            read_report(connected).await
+        };
+        let answer = tokio::time::timeout(QUERY_DEADLINE, read).await;
+        let server = match answer {
+            Ok(Ok(server)) => Some(server),
+            Ok(Err(_)) | Err(_) => {
+                // A broken or stuck connection is not reused.
+                *client = None;
+                None
+            }
+        };
+        compose(&self.pod, &view, server)
+    }
+}
+
+/// What the server answered.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerState {
+    pub in_recovery: bool,
+    pub timeline: u32,
+    pub received_lsn: Option<u64>,
+    pub replayed_lsn: Option<u64>,
+    pub streaming: bool,
+    pub sync_standby_names: String,
+}
+
+const REPORT_SQL: &str = "SELECT pg_is_in_recovery(), \
+     CASE WHEN pg_is_in_recovery() \
+       THEN coalesce((SELECT received_tli FROM pg_stat_wal_receiver WHERE received_tli > 0), \
+                     (SELECT timeline_id FROM pg_control_checkpoint()))::bigint \
+       ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::bigint END, \
+     CASE WHEN pg_is_in_recovery() THEN pg_wal_lsn_diff(pg_last_wal_receive_lsn(), '0/0')::bigint \
+       ELSE pg_wal_lsn_diff(pg_current_wal_flush_lsn(), '0/0')::bigint END, \
+     CASE WHEN pg_is_in_recovery() THEN pg_wal_lsn_diff(pg_last_wal_replay_lsn(), '0/0')::bigint END, \
+     coalesce((SELECT status = 'streaming' FROM pg_stat_wal_receiver), false), \
+     current_setting('synchronous_standby_names')";
+
+pub async fn read_report(client: &Client) -> Result<ServerState, tokio_postgres::Error> {
+    let row = client.query_one(REPORT_SQL, &[]).await?;
+    let lsn = |index: usize| -> Option<u64> {
+        row.get::<_, Option<i64>>(index)
+            .and_then(|v| u64::try_from(v).ok())
+    };
+    Ok(ServerState {
+        in_recovery: row.get(0),
+        timeline: u32::try_from(row.get::<_, i64>(1)).unwrap_or_default(),
+        received_lsn: lsn(2),
+        replayed_lsn: lsn(3),
+        streaming: row.get(4),
+        sync_standby_names: row.get(5),
+    })
+}
+
+/// The report from the manager's view and what the server said (`None`: it did not).
+pub fn compose(pod: &str, view: &HaView, server: Option<ServerState>) -> InstanceReport {
+    let Some(server) = server else {
+        return InstanceReport {
+            pod: pod.to_string(),
+            report: Report {
+                role: view.role,
+                running: false,
+                timeline: 0,
+                received_lsn: None,
+                replayed_lsn: None,
+                streaming_from: None,
+            },
+            sync_quorum: 0,
+            sync_standbys: Vec::new(),
+            fenced: view.fenced,
+        };
+    };
+    let role = if server.in_recovery {
+        Role::Standby
+    } else {
+        Role::Primary
+    };
+    let (sync_quorum, sync_standbys) = if role == Role::Primary {
+        parse_sync_standby_names(&server.sync_standby_names)
+    } else {
+        (0, Vec::new())
+    };
+    InstanceReport {
+        pod: pod.to_string(),
+        report: Report {
+            role,
+            running: true,
+            timeline: server.timeline,
+            received_lsn: server.received_lsn,
+            replayed_lsn: server.replayed_lsn,
+            streaming_from: server.streaming.then(|| view.following.clone()).flatten(),
+        },
+        sync_quorum,
+        sync_standbys,
+        fenced: view.fenced,
+    }
+}
+
+async fn report(State(endpoints): State<HaEndpoints>) -> Json<InstanceReport> {
+    Json(endpoints.report(&mut None).await)
+}
+
+/// One JSON line per heartbeat through one kept connection, until the reader leaves.
+async fn watch(State(endpoints): State<HaEndpoints>) -> Response {
+    let lines = futures::stream::unfold(
+        (endpoints, None::<Client>, true),
+        |(endpoints, mut client, first)| async move {
+            if !first {
+                tokio::time::sleep(HEARTBEAT).await;
+            }
+            let report = endpoints.report(&mut client).await;
+            let mut line = serde_json::to_vec(&report).unwrap_or_default();
+            line.push(b'\n');
+            Some((
+                Ok::<_, std::convert::Infallible>(bytes::Bytes::from(line)),
+                (endpoints, client, false),
+            ))
+        },
+    );
+    Response::builder()
+        .header("content-type", "application/x-ndjson")
+        .body(Body::from_stream(lines))
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+async fn instruct(
+    State(endpoints): State<HaEndpoints>,
+    Json(instruction): Json<Instruction>,
+) -> Response {
+    let (reply, outcome) = oneshot::channel();
+    tracing::info!(?instruction, "HA instruction received");
+    if endpoints
+        .instructions
+        .send((instruction, reply))
+        .await
+        .is_err()
+    {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the instance manager is stopping",
+        )
+            .into_response();
+    }
+    match tokio::time::timeout(INSTRUCTION_DEADLINE, outcome).await {
+        Ok(Ok(Ok(()))) => Json(endpoints.report(&mut None).await).into_response(),
+        Ok(Ok(Err(message))) => (StatusCode::CONFLICT, message).into_response(),
+        Ok(Err(_)) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the instance manager stopped before answering",
+        )
+            .into_response(),
+        Err(_) => (
+            StatusCode::GATEWAY_TIMEOUT,
+            "the instruction is still being carried out",
+        )
+            .into_response(),
+    }
+}
+
+pub fn router(endpoints: HaEndpoints) -> Router {
+    Router::new()
+        .route("/ha/report", get(report))
+        .route("/ha/watch", get(watch))
+        .route("/ha/instruct", post(instruct))
+        .with_state(endpoints)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view(role: Role, following: Option<&str>) -> HaView {
+        HaView {
+            role,
+            following: following.map(str::to_string),
+            fenced: false,
+        }
+    }
+
+    #[test]
+    fn a_silent_server_is_reported_not_running_in_the_managers_role() {
+        let report = compose("p-1", &view(Role::Primary, None), None);
+        assert_eq!(report.report.role, Role::Primary);
+        assert!(!report.report.running);
+        assert_eq!(report.report.received_lsn, None);
+    }
+
+    #[test]
+    fn a_primary_reports_its_quorum_and_a_standby_whom_it_streams_from() {
+        let server = ServerState {
+            in_recovery: false,
+            timeline: 3,
+            received_lsn: Some(10),
+            replayed_lsn: None,
+            streaming: false,
+            sync_standby_names: "ANY 1 (\"p-1\", \"p-2\")".to_string(),
+        };
+        let primary = compose("p-0", &view(Role::Primary, None), Some(server.clone()));
+        assert_eq!((primary.sync_quorum, primary.sync_standbys.len()), (1, 2));
+        let standby = compose(
+            "p-1",
+            &view(Role::Standby, Some("p-0")),
+            Some(ServerState {
+                in_recovery: true,
+                streaming: true,
+                ..server.clone()
+            }),
+        );
+        assert_eq!(standby.report.role, Role::Standby);
+        assert_eq!(standby.report.streaming_from.as_deref(), Some("p-0"));
+        assert_eq!(standby.sync_quorum, 0);
+        let cut_off = compose(
+            "p-1",
+            &view(Role::Standby, Some("p-0")),
+            Some(ServerState {
+                in_recovery: true,
+                ..server
+            }),
+        );
+        assert_eq!(cut_off.report.streaming_from, None);
+    }
+}
