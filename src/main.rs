@@ -136,6 +136,14 @@ struct ControllerArgs {
     /// Resync period of a settled cluster, in seconds.
     #[arg(long, env = "RESYNC_SECONDS", default_value_t = 300)]
     resync_seconds: u64,
+    /// Automatic failover: an HA engine per cluster watches its primary.
+    #[arg(long, env = "FAILOVER", default_value_t = true, action = clap::ArgAction::Set)]
+    failover: bool,
+    /// Where the HA engine reaches an instance's status port, with `{pod}`, `{cluster}`
+    /// and `{namespace}` replaced; default: the pod's name under the headless Service.
+    /// For running the controller outside a cluster (benchmarks).
+    #[arg(long, hide = true)]
+    instance_address_template: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -396,6 +404,20 @@ fn run_controller(args: ControllerArgs) -> ExitCode {
                 .collect(),
             resync: std::time::Duration::from_secs(args.resync_seconds.max(1)),
             instance: args.pod_name.clone(),
+            failover: args.failover,
+            instance_addresses: match args.instance_address_template.clone() {
+                Some(template) => {
+                    controller::failover::InstanceAddresses::with(move |namespace, cluster, pod| {
+                        Some(
+                            template
+                                .replace("{pod}", pod)
+                                .replace("{cluster}", cluster)
+                                .replace("{namespace}", namespace),
+                        )
+                    })
+                }
+                None => controller::failover::InstanceAddresses::default(),
+            },
             ..controller::Settings::default()
         };
         let health = http::Health::default();

@@ -36,6 +36,11 @@ pub struct Metrics {
     pub api_writes: Family<WriteLabels, Counter>,
     clusters: Family<ReadyLabels, Gauge>,
     backup_failures: Family<ClusterLabels, Counter>,
+    failovers: Family<ClusterLabels, Counter>,
+    last_failover_seconds: Family<
+        ClusterLabels,
+        prometheus_client::metrics::gauge::Gauge<f64, std::sync::atomic::AtomicU64>,
+    >,
     /// Failed backup records already counted (by uid), so each failure counts once.
     failed_backups: Mutex<std::collections::BTreeSet<String>>,
     /// Readiness of every managed cluster, by namespace/name, to keep the gauge exact.
@@ -54,6 +59,18 @@ impl Default for Metrics {
         let api_writes = Family::<WriteLabels, Counter>::default();
         let clusters = Family::<ReadyLabels, Gauge>::default();
         let backup_failures = Family::<ClusterLabels, Counter>::default();
+        let failovers = Family::<ClusterLabels, Counter>::default();
+        let last_failover_seconds = Family::default();
+        registry.register(
+            "failovers",
+            "Automatic failovers completed, by cluster",
+            failovers.clone(),
+        );
+        registry.register(
+            "last_failover_seconds",
+            "How long the last failover of a cluster took, from the first sign of the primary's loss to the new primary taking writes",
+            last_failover_seconds.clone(),
+        );
         registry.register(
             "backup_failures",
             "Backup runs that ended Failed, by cluster",
@@ -88,6 +105,8 @@ impl Default for Metrics {
             api_writes,
             clusters,
             backup_failures,
+            failovers,
+            last_failover_seconds,
             failed_backups: Mutex::new(Default::default()),
             readiness: Mutex::new(BTreeMap::new()),
         }
@@ -119,6 +138,18 @@ impl Metrics {
             })
             .inc();
         true
+    }
+
+    /// Counts a completed failover of `namespace/cluster` and how long it took.
+    pub fn count_failover(&self, namespace: &str, cluster: &str, seconds: f64) {
+        let labels = ClusterLabels {
+            namespace: namespace.to_string(),
+            cluster: cluster.to_string(),
+        };
+        self.failovers.get_or_create(&labels).inc();
+        self.last_failover_seconds
+            .get_or_create(&labels)
+            .set(seconds);
     }
 
     /// Total writes so far (all verbs and kinds).

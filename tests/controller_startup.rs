@@ -5,6 +5,7 @@ mod support;
 
 use std::time::Duration;
 
+use postgres_operator::controller::failover::InstanceAddresses;
 use postgres_operator::controller::{Settings, startup};
 use postgres_operator::http::Health;
 use serde_json::json;
@@ -26,6 +27,7 @@ async fn an_operator_started_before_its_crds_starts_once_they_are_served() {
     let settings = Settings {
         resync: Duration::from_millis(200),
         retry_base: Duration::from_millis(50),
+        instance_addresses: InstanceAddresses::with(|_, _, _| None),
         ..Settings::default()
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

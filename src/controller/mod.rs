@@ -2,6 +2,7 @@
 
 pub mod backup_records;
 pub mod drift;
+pub mod failover;
 pub mod leader;
 pub mod pod_roles;
 pub mod reconcile;
@@ -53,6 +54,10 @@ pub struct Settings {
     pub instance: String,
     /// First retry delay after a failed reconcile; it doubles with each failure.
     pub retry_base: Duration,
+    /// Run the HA engine (automatic failover) of every cluster.
+    pub failover: bool,
+    /// Where the engine reaches the instances.
+    pub instance_addresses: failover::InstanceAddresses,
 }
 
 impl Default for Settings {
@@ -63,6 +68,8 @@ impl Default for Settings {
             resync: Duration::from_secs(300),
             instance: "postgres-operator".to_string(),
             retry_base: Duration::from_secs(2),
+            failover: true,
+            instance_addresses: failover::InstanceAddresses::default(),
         }
     }
 }
@@ -295,6 +302,16 @@ pub async fn run(
                 };
             }
             let (postgres_store, postgres_writer) = reflector::store();
+            let engines = {
+                let ctx = ctx.clone();
+                let store = postgres_store.clone();
+                let shutdown = shutdown.clone();
+                async move {
+                    if ctx.settings.failover {
+                        failover::supervise(ctx.clone(), store, shutdown).await;
+                    }
+                }
+            };
             // Kept in memory for every cluster: without the managed fields, which no
             // reconcile reads and which a real API server makes the largest part.
             let postgres = watcher(api!(Postgres), watcher::Config::default())
@@ -339,7 +356,7 @@ pub async fn run(
                 .graceful_shutdown_on(shutdown)
                 .run(backup_records::reconcile, backup_error_policy, ctx)
                 .for_each(log_outcome);
-            futures::join!(clusters, backups);
+            futures::join!(clusters, backups, engines);
         }
     });
     futures::future::join_all(controllers).await;

@@ -20,7 +20,7 @@ use serde_json::json;
 use super::status::{self, Observed};
 use super::versions::{self, ObjectKey};
 use super::{Context, Error, FIELD_MANAGER, pod_roles};
-use crate::api::{API_VERSION, Postgres, PostgresBackup};
+use crate::api::{Postgres, PostgresBackup};
 use crate::manifests::cronjob::backup_credentials_secret;
 use crate::manifests::secrets::{ExistingSecrets, RandomPasswords};
 use crate::manifests::{Cluster, ManagedObject, desired_objects, labels, names, pod};
@@ -436,15 +436,33 @@ async fn write_status(
         ctx.client.clone(),
         &postgres.namespace().unwrap_or_default(),
     );
-    let patch = json!({"apiVersion": API_VERSION, "kind": "Postgres", "status": desired});
+    // A merge patch of the reconcile's own fields only: the primary, the target and
+    // the synchronous set belong to the HA engine (`failover.rs`), which writes them
+    // between a reconcile's read and its write; an apply of the whole status would
+    // put the values this reconcile read back.
+    let mut fields = serde_json::to_value(&desired).map_err(|e| Error::Serialize(e.to_string()))?;
+    if let Some(fields) = fields.as_object_mut() {
+        for owned_by_the_engine in [
+            "currentPrimary",
+            "targetPrimary",
+            "syncQuorum",
+            "syncStandbys",
+        ] {
+            fields.remove(owned_by_the_engine);
+        }
+    }
+    let patch = json!({ "status": fields });
     api.patch_status(
         &name,
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&patch),
+        &PatchParams {
+            field_manager: Some(FIELD_MANAGER.to_string()),
+            ..PatchParams::default()
+        },
+        &Patch::Merge(&patch),
     )
     .await
-    .map_err(Error::kube("apply status", "Postgres", &name))?;
-    ctx.metrics.count_write("apply status", "Postgres");
+    .map_err(Error::kube("patch status", "Postgres", &name))?;
+    ctx.metrics.count_write("patch status", "Postgres");
     Ok(true)
 }
 

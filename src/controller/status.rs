@@ -204,6 +204,8 @@ pub fn desired_status(postgres: &Postgres, observed: &Observed, now: Timestamp) 
     let mut status = PostgresStatus {
         observed_generation: generation,
         version: Some(postgres.spec.version().major().to_string()),
+        // The HA engine's: carried over, never computed here.
+        current_primary: current.current_primary.clone(),
         target_primary: current.target_primary.clone(),
         sync_standbys: current.sync_standbys.clone(),
         sync_quorum: current.sync_quorum,
@@ -235,7 +237,6 @@ pub fn desired_status(postgres: &Postgres, observed: &Observed, now: Timestamp) 
         });
         status.instances = Some(instances);
         status.ready_instances = Some(ready);
-        status.current_primary = primary.clone();
         let all_ready = ready >= desired && instances == desired;
         let rolled_out = observed
             .statefulset
@@ -472,7 +473,19 @@ mod tests {
         let status = status_of(&pg, Some(&s), &pods);
         assert_eq!(status.observed_generation, Some(3));
         assert_eq!(status.ready_instances, Some(2));
-        assert_eq!(status.current_primary.as_deref(), Some("postgres-demo-0"));
+        // The HA engine records the primary; the reconcile's status carries it over.
+        assert_eq!(status.current_primary, None);
+        let mut recorded = pg.clone();
+        recorded.status = Some(PostgresStatus {
+            current_primary: Some("postgres-demo-0".to_string()),
+            ..PostgresStatus::default()
+        });
+        assert_eq!(
+            status_of(&recorded, Some(&s), &pods)
+                .current_primary
+                .as_deref(),
+            Some("postgres-demo-0")
+        );
         assert_eq!(condition_of(&status, READY).unwrap().status, "True");
         assert_eq!(condition_of(&status, PROGRESSING).unwrap().status, "False");
         assert_eq!(condition_of(&status, DEGRADED).unwrap().status, "False");

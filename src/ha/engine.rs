@@ -108,6 +108,9 @@ impl Default for Timing {
     }
 }
 
+/// How often a new cluster's first primary is looked for.
+const NEW_CLUSTER_POLL: Duration = Duration::from_secs(2);
+
 /// Why the watch of the primary ended.
 #[derive(Debug)]
 enum WatchEnd {
@@ -156,8 +159,9 @@ impl<W: World> Engine<W> {
             self.sync = recorded.sync.clone();
         }
         let Some(current) = recorded.current_primary.clone() else {
-            // A new cluster: its first primary is not a failover.
-            tokio::time::sleep(self.timing.refresh.min(Duration::from_secs(1))).await;
+            // A new cluster: its first primary is not a failover; it is recorded once it
+            // runs as one.
+            self.record_first_primary(&recorded).await?;
             return Ok(());
         };
         if recorded
@@ -190,6 +194,33 @@ impl<W: World> Engine<W> {
                 self.fail_over(&current, since).await
             }
         }
+    }
+
+    /// Records the primary of a cluster that has none recorded yet: the target (the
+    /// first pod, unless one is named), once it reports that it runs as the primary.
+    async fn record_first_primary(&mut self, recorded: &Recorded) -> Result<(), WorldError> {
+        let members = self.world.members().await?;
+        let target = recorded
+            .target_primary
+            .clone()
+            .or_else(|| members.first().map(|m| m.pod.clone()));
+        let address = target.as_ref().and_then(|target| {
+            members
+                .iter()
+                .find(|m| m.pod == *target)
+                .and_then(|m| m.address.clone())
+        });
+        if let (Some(target), Some(address)) = (target, address)
+            && let Ok(report) = client::report(&address, self.timing.report_deadline).await
+            && report.report.role == Role::Primary
+            && report.report.running
+            && !report.fenced
+        {
+            tracing::info!(primary = %target, "recording the cluster's first primary");
+            return self.world.record_primary(&target).await;
+        }
+        tokio::time::sleep(NEW_CLUSTER_POLL).await;
+        Ok(())
     }
 
     /// Reads the primary's heartbeats until it breaks, falls silent, stops being a
@@ -269,12 +300,17 @@ impl<W: World> Engine<W> {
     async fn fail_over(&mut self, from: &str, since: Instant) -> Result<(), WorldError> {
         let mut unhealthy_since = None;
         let mut fenced: BTreeSet<String> = BTreeSet::new();
+        // Standbys that answered but could not be fenced (a WAL receiver that does not
+        // stop): they might still acknowledge the old primary's commits, so for the
+        // rest of this failover they count as silent and are never chosen.
+        let mut unfenceable: BTreeSet<String> = BTreeSet::new();
         let mut old_primary_fenced = false;
         let mut blocked: Option<String> = None;
         loop {
             let recorded = self.world.recorded().await?;
             let members = self.world.members().await?;
-            let reports = self.reports(&members).await;
+            let mut reports = self.reports(&members).await;
+            reports.retain(|pod, _| !unfenceable.contains(pod));
             let cluster = self.cluster(&recorded, &members, &reports, unhealthy_since);
             match decide(&cluster, SystemTime::now()) {
                 FailoverDecision::Nothing => {
@@ -333,7 +369,13 @@ impl<W: World> Engine<W> {
                         })
                         .collect();
                     if !unfenced.is_empty() {
-                        fenced.extend(self.fence(from, &unfenced).await);
+                        let confirmed = self.fence(from, &unfenced).await;
+                        for member in unfenced {
+                            if !confirmed.contains(&member.pod) {
+                                unfenceable.insert(member.pod.clone());
+                            }
+                        }
+                        fenced.extend(confirmed);
                         continue;
                     }
                     tracing::warn!(from, to = %promotion.pod, lsn = promotion.lsn, "failover: recording the new target");
