@@ -192,6 +192,10 @@ struct InstanceArgs {
     /// Quorum and pending-restart checks, in milliseconds.
     #[arg(long, default_value_t = 2000)]
     maintenance_period_ms: u64,
+    /// A primary cut off from the HA engine and from every standby stops its server
+    /// (see the README, "Failover"). Off only where no HA engine runs.
+    #[arg(long, env = "FENCE_WHEN_ISOLATED", default_value_t = true, action = clap::ArgAction::Set)]
+    fence_when_isolated: bool,
     /// Longest wait of the primary for its standbys to restart first.
     #[arg(long, default_value_t = 300)]
     primary_restart_wait_seconds: u64,
@@ -269,6 +273,7 @@ fn run_instance(args: InstanceArgs) -> ExitCode {
         primary_restart_wait: std::time::Duration::from_secs(args.primary_restart_wait_seconds),
         clone_retry: std::time::Duration::from_secs(5),
         restore_retry: std::time::Duration::from_secs(args.restore_retry_seconds.max(1)),
+        fence_when_isolated: args.fence_when_isolated,
         backup: BackupEnvironment {
             repository_base: args.repository_base.clone().filter(|b| !b.is_empty()),
             region: args.s3_region.clone().filter(|r| !r.is_empty()),

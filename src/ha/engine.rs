@@ -311,6 +311,15 @@ impl<W: World> Engine<W> {
             let members = self.world.members().await?;
             let mut reports = self.reports(&members).await;
             reports.retain(|pod, _| !unfenceable.contains(pod));
+            // A primary held down (fenced, or isolated on its own) is not restarting:
+            // no restart grace for it.
+            let held_primary = reports
+                .get(from)
+                .filter(|r| r.report.role == Role::Primary && r.fenced)
+                .map(|_| from.to_string());
+            if let Some(held) = &held_primary {
+                reports.remove(held);
+            }
             let cluster = self.cluster(&recorded, &members, &reports, unhealthy_since);
             match decide(&cluster, SystemTime::now()) {
                 FailoverDecision::Nothing => {
@@ -349,6 +358,25 @@ impl<W: World> Engine<W> {
                     }
                     if let Blocked::OtherPrimary { .. } = reason {
                         return Ok(());
+                    }
+                    // Nobody can take over: the held primary, the one instance sure to
+                    // hold every acknowledged commit, serves again.
+                    if held_primary.is_some()
+                        && let Some(address) = members
+                            .iter()
+                            .find(|m| m.pod == from)
+                            .and_then(|m| m.address.clone())
+                    {
+                        tracing::warn!(primary = %from, "no standby can take over: releasing the held primary");
+                        if let Err(error) = client::instruct(
+                            &address,
+                            &Instruction::Promote,
+                            self.timing.instruct_deadline,
+                        )
+                        .await
+                        {
+                            tracing::warn!(%error, "cannot release the held primary");
+                        }
                     }
                     tokio::time::sleep(self.timing.retry * 5).await;
                 }

@@ -21,6 +21,7 @@ use axum::routing::{get, post};
 use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::Client;
 
+use super::isolation::Contact;
 use super::provision::Connection;
 use crate::ha::wire::{InstanceReport, Instruction, parse_sync_standby_names};
 use crate::ha::{Report, Role};
@@ -53,6 +54,8 @@ pub struct HaEndpoints {
     pub connection: Arc<Connection>,
     pub view: Arc<RwLock<HaView>>,
     pub instructions: mpsc::Sender<Request>,
+    /// Counts the open heartbeat streams (see `isolation`).
+    pub contact: Arc<Contact>,
 }
 
 impl HaEndpoints {
@@ -174,9 +177,10 @@ async fn report(State(endpoints): State<HaEndpoints>) -> Json<InstanceReport> {
 
 /// One JSON line per heartbeat through one kept connection, until the reader leaves.
 async fn watch(State(endpoints): State<HaEndpoints>) -> Response {
+    let guard = endpoints.contact.watch_opened();
     let lines = futures::stream::unfold(
-        (endpoints, None::<Client>, true),
-        |(endpoints, mut client, first)| async move {
+        (endpoints, None::<Client>, true, guard),
+        |(endpoints, mut client, first, guard)| async move {
             if !first {
                 tokio::time::sleep(HEARTBEAT).await;
             }
@@ -185,7 +189,7 @@ async fn watch(State(endpoints): State<HaEndpoints>) -> Response {
             line.push(b'\n');
             Some((
                 Ok::<_, std::convert::Infallible>(bytes::Bytes::from(line)),
-                (endpoints, client, false),
+                (endpoints, client, false, guard),
             ))
         },
     );

@@ -79,6 +79,8 @@ pub struct InstanceSettings {
     pub clone_retry: Duration,
     /// Pause between attempts of a restore from backup that failed.
     pub restore_retry: Duration,
+    /// Stop the server of a primary cut off from everything (see `isolation`).
+    pub fence_when_isolated: bool,
     /// Where the backups of a bootstrap from backup are.
     pub backup: BackupEnvironment,
     pub timing: supervise::Timing,
@@ -154,6 +156,12 @@ struct Manager {
     held_down: watch::Sender<bool>,
     /// What the HA endpoints report of this manager.
     ha_view: Arc<RwLock<HaView>>,
+    /// Held down because it lost contact with everything (see `isolation`): only the
+    /// HA engine lifts that, never the fence lease.
+    self_fenced: bool,
+    contact: Arc<super::isolation::Contact>,
+    /// `spec.replicas`, for the isolation watch.
+    replicas: watch::Sender<i32>,
 }
 
 /// Runs the instance until `shutdown` turns true; the postmaster is then shut down
@@ -244,6 +252,9 @@ async fn run_with(
         restart_requested: None,
         instructed: None,
         fenced_at: None,
+        self_fenced: false,
+        contact: Arc::default(),
+        replicas: watch::channel(snapshot.postgres.spec.replicas).0,
         held_down: watch::channel(false).0,
         ha_view: Arc::new(RwLock::new(HaView {
             role: crate::ha::Role::Standby,
@@ -270,6 +281,16 @@ async fn run_with(
         })
     };
     let (instructions_tx, mut instructions) = mpsc::channel(8);
+    let (isolated_tx, mut isolated) = mpsc::channel(1);
+    let isolation = manager.settings.fence_when_isolated.then(|| {
+        tokio::spawn(super::isolation::run(
+            manager.contact.clone(),
+            manager.provisioner.connection().clone(),
+            manager.ha_view.clone(),
+            manager.replicas.subscribe(),
+            isolated_tx,
+        ))
+    });
     manager
         .wait_accepting(&mut snapshot, snapshots, &mut events, shutdown)
         .await;
@@ -317,6 +338,7 @@ async fn run_with(
                 if let Some(latest) = snapshots.borrow_and_update().clone() {
                     snapshot = latest;
                 }
+                manager.replicas.send_replace(snapshot.postgres.spec.replicas);
                 manager.reconfigure(&snapshot).await;
                 manager.declarative_sql(&snapshot, Scope::Full).await;
             }
@@ -330,6 +352,7 @@ async fn run_with(
                 }
             }
             _ = maintenance.tick() => manager.maintain(&snapshot).await,
+            Some(()) = isolated.recv() => manager.fence_isolated(),
             Some((instruction, reply)) = instructions.recv() => {
                 let outcome = manager.instruct(instruction, &snapshot).await;
                 if let Err(message) = &outcome {
@@ -340,6 +363,9 @@ async fn run_with(
         }
     };
     manager.provisioner.release_all();
+    if let Some(isolation) = isolation {
+        isolation.abort();
+    }
     let mode = match ended {
         Some(result) => result??,
         None => supervisor.await??,
@@ -867,6 +893,7 @@ impl Manager {
             connection: Arc::new(self.provisioner.connection().clone()),
             view: self.ha_view.clone(),
             instructions,
+            contact: self.contact.clone(),
         };
         for (address, router) in [
             (
@@ -886,6 +913,10 @@ impl Manager {
             let listener = tokio::net::TcpListener::bind(address)
                 .await
                 .map_err(|source| InstanceError::Serve { address, source })?;
+            // A heartbeat stream to an engine that became unreachable is cut within
+            // seconds (see `isolation`).
+            let listener =
+                axum::serve::ListenerExt::tap_io(listener, super::isolation::limit_unacknowledged);
             let mut stop = shutdown.clone();
             tokio::spawn(async move {
                 let served = axum::serve(listener, router)

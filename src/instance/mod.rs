@@ -9,6 +9,7 @@ pub mod events;
 pub mod files;
 pub mod from_backup;
 pub mod ha_api;
+pub mod isolation;
 pub mod manager;
 pub mod metrics;
 pub mod pod_report;

@@ -91,6 +91,10 @@ pub fn postgresql_conf(cluster: &Cluster) -> String {
         .collect();
     user.entry("max_connections")
         .or_insert_with(|| DEFAULT_MAX_CONNECTIONS.to_string());
+    // Standbys reply at least this often: an isolated primary knows within two
+    // seconds that none is there (see `instance::isolation`).
+    user.entry("wal_receiver_status_interval")
+        .or_insert_with(|| quote_literal("1s"));
 
     let mut conf = format!(
         "# postgresql.conf of Postgres {}/{}, written by postgres-operator: edit the Postgres object instead.\n\n# Owned by the operator\n",

@@ -162,6 +162,14 @@ impl Instance {
         for (peer, peer_port) in peers {
             push(&[&"--peer", &format!("{peer}=127.0.0.1:{peer_port}")]);
         }
+        // Outside the failover tests no HA engine keeps a primary in contact: one
+        // whose standbys are all gone must not stop its server.
+        if !extra
+            .iter()
+            .any(|arg| arg.starts_with("--fence-when-isolated"))
+        {
+            push(&[&"--fence-when-isolated", &"false"]);
+        }
         for arg in extra {
             push(&[arg]);
         }

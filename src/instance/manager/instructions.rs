@@ -64,12 +64,27 @@ impl Manager {
         }
     }
 
+    /// Cut off from the engine and every standby: hold the server down until the
+    /// engine says what to do.
+    pub(super) fn fence_isolated(&mut self) {
+        if self.role != Role::Primary || self.self_fenced {
+            return;
+        }
+        self.self_fenced = true;
+        self.fenced_at = Some(Instant::now());
+        self.held_down.send_replace(true);
+        self.publish_view();
+    }
+
     /// Carries out `instruction`; the error says why not.
     pub(super) async fn instruct(
         &mut self,
         instruction: Instruction,
         snapshot: &Snapshot,
     ) -> Result<(), String> {
+        if !matches!(instruction, Instruction::Fence { .. }) {
+            self.self_fenced = false;
+        }
         match instruction {
             Instruction::Fence { primary } => self.fence(&primary).await,
             Instruction::Promote => {
@@ -300,9 +315,10 @@ impl Manager {
 
     /// Lifts a fence older than [`FENCE_LEASE`]: back to what the spec source says.
     pub(super) async fn lift_expired_fence(&mut self, snapshot: &Snapshot) {
-        if self
-            .fenced_at
-            .is_none_or(|fenced| fenced.elapsed() < FENCE_LEASE)
+        if self.self_fenced
+            || self
+                .fenced_at
+                .is_none_or(|fenced| fenced.elapsed() < FENCE_LEASE)
         {
             return;
         }
