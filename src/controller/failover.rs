@@ -39,8 +39,11 @@ const SUPERVISE_EVERY: Duration = Duration::from_secs(1);
 
 /// Where an instance's status port answers. In a cluster: its name under the headless
 /// Service. Tests replace it (instances on loopback).
+/// `(namespace, cluster, pod)` → `host:port`.
+type Resolve = dyn Fn(&str, &str, &str) -> Option<String> + Send + Sync;
+
 #[derive(Clone, Default)]
-pub struct InstanceAddresses(Option<Arc<dyn Fn(&str, &str, &str) -> Option<String> + Send + Sync>>);
+pub struct InstanceAddresses(Option<Arc<Resolve>>);
 
 impl InstanceAddresses {
     /// `resolve(namespace, cluster, pod)` instead of the headless Service's names.
