@@ -4,6 +4,12 @@
 //! until then, reconcile latency quantiles, API reads and writes per settled reconcile
 //! (writes must be 0) and peak RSS; then where the double spent its time.
 //!
+//! Every cluster's HA engine runs too, against one fake instance manager in the
+//! benchmark (`--instance-address-template`) that answers as a running asynchronous
+//! primary and streams a heartbeat every 200 ms: a cluster is settled once its engine
+//! has recorded its primary, and the figures include what watching 1,000 primaries
+//! costs the operator (open streams, CPU while settled, RSS).
+//!
 //!   cargo bench --bench controller                        # 1,000 clusters
 //!   cargo bench --bench controller -- --clusters 100      # scripts/test.sh (dev profile)
 //!   cargo bench --bench controller -- --clusters 5000 --timeout-seconds 1200
@@ -80,10 +86,16 @@ struct Operator {
 }
 
 impl Operator {
-    fn start(kubeconfig: &std::path::Path, metrics: SocketAddr, resync: Duration) -> Operator {
+    fn start(
+        kubeconfig: &std::path::Path,
+        metrics: SocketAddr,
+        resync: Duration,
+        instances: SocketAddr,
+    ) -> Operator {
         let mut command = Command::new(env!("CARGO_BIN_EXE_postgres-operator"));
         command
             .args(["controller", "--leader-election", "false"])
+            .args(["--instance-address-template", &instances.to_string()])
             .args(["--log-format", "text"])
             .args(["--http-address", &metrics.to_string()])
             .args(["--resync-seconds", &resync.as_secs().to_string()])
@@ -258,17 +270,79 @@ fn quantile(buckets: &[(f64, f64)], q: f64) -> f64 {
     f64::NAN
 }
 
-/// Clusters whose status describes their current generation: every object applied and
-/// the status written for the spec as it is.
+/// Clusters whose status describes their current generation (every object applied and
+/// the status written for the spec as it is) and whose HA engine has recorded the
+/// primary and its synchronous set.
 fn settled(server: &ApiServer) -> usize {
     (0..NAMESPACES)
         .map(|ns| {
             server.count(POSTGRES, &format!("tenant-{ns}"), |pg| {
-                let observed = &pg["status"]["observedGeneration"];
-                observed.is_number() && *observed == pg["metadata"]["generation"]
+                let status = &pg["status"];
+                let observed = &status["observedGeneration"];
+                observed.is_number()
+                    && *observed == pg["metadata"]["generation"]
+                    && status["currentPrimary"].is_string()
+                    && status["syncQuorum"].is_number()
             })
         })
         .sum()
+}
+
+/// One fake instance manager for every pod: a running asynchronous primary, on
+/// `/ha/report` and as a heartbeat stream on `/ha/watch`; counts the open streams.
+fn fake_instances(
+    runtime: &tokio::runtime::Runtime,
+) -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let report = json!({"pod": "fake", "role": "primary", "running": true, "timeline": 1,
+        "receivedLsn": 100_000_000, "replayedLsn": null, "streamingFrom": null,
+        "syncQuorum": 0, "fenced": false});
+    let open = Arc::new(AtomicUsize::new(0));
+    struct Open(Arc<AtomicUsize>);
+    impl Drop for Open {
+        fn drop(&mut self) {
+            self.0.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+    let line = format!("{report}\n");
+    let counter = open.clone();
+    let router = axum::Router::new()
+        .route(
+            "/ha/report",
+            axum::routing::get(move || {
+                let report = report.clone();
+                async move { axum::Json(report) }
+            }),
+        )
+        .route(
+            "/ha/watch",
+            axum::routing::get(move || {
+                let line = line.clone();
+                counter.fetch_add(1, Ordering::SeqCst);
+                let guard = Open(counter.clone());
+                async move {
+                    let lines = futures::stream::unfold((guard, true), move |(guard, first)| {
+                        let line = line.clone();
+                        async move {
+                            if !first {
+                                tokio::time::sleep(Duration::from_millis(200)).await;
+                            }
+                            Some((Ok::<_, std::convert::Infallible>(line), (guard, false)))
+                        }
+                    });
+                    axum::body::Body::from_stream(lines)
+                }
+            }),
+        );
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .expect("a port for the fake instances");
+    let address = listener.local_addr().expect("the fake instances' address");
+    runtime.spawn(async move {
+        let _ = axum::serve(listener, router).await;
+    });
+    (address, open)
 }
 
 fn add_clusters(server: &ApiServer, clusters: usize) {
@@ -319,8 +393,9 @@ fn main() {
     let kubeconfig = dir.path().join("kubeconfig");
     std::fs::write(&kubeconfig, ApiServer::kubeconfig(api_address)).expect("write kubeconfig");
     let metrics_address: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let (instances, open_streams) = fake_instances(&runtime);
     let started = Instant::now();
-    let mut operator = Operator::start(&kubeconfig, metrics_address, options.resync);
+    let mut operator = Operator::start(&kubeconfig, metrics_address, options.resync, instances);
 
     while settled(&server) < clusters {
         assert!(
@@ -348,6 +423,7 @@ fn main() {
     let settled_reads = (server.read_count() - reads_before) as f64;
     let settled_writes = (server.write_count() - writes_before) as f64;
     let rss = operator.peak_rss_mib();
+    let streams = open_streams.load(std::sync::atomic::Ordering::SeqCst);
     assert!(operator.running(), "the operator exited");
     drop(operator);
 
@@ -389,6 +465,10 @@ fn main() {
         per(settled_writes, settled_reconciles)
     );
     println!("operator peak RSS:                 {rss:.1} MiB");
+    println!(
+        "HA engines:                        {streams} heartbeat streams open (one per primary), CPU while settled {:.1} % of a core",
+        100.0 * settled_cpu / window.as_secs_f64()
+    );
     println!(
         "operator CPU:                      {settle_cpu:.2} s until settled, {} per settled reconcile",
         ms(per(settled_cpu, settled_reconciles))
