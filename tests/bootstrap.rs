@@ -160,7 +160,9 @@ async fn a_wrong_replication_password_fails_the_clone_with_the_reason() {
     )
     .unwrap_err();
     assert!(
-        error.to_string().contains("pg_basebackup failed"),
+        error
+            .to_string()
+            .contains("password authentication failed for user \"streaming_replica\""),
         "{error}"
     );
     assert!(!standby_dir.data_dir.join("PG_VERSION").exists());

@@ -158,14 +158,21 @@ async fn the_complete_example_runs_as_a_primary_and_a_streaming_standby() {
         ["42"]
     );
     let superuser = primary.admin("postgres").await;
-    assert_eq!(
+    // The standby streams through its slot; the third pod's slot waits, ready for
+    // whichever instance is promoted, and holds no WAL until it is used.
+    wait_until("every peer has its slot", 30, || async {
         column(
             &superuser,
-            "SELECT slot_name || ' ' || active FROM pg_replication_slots"
+            "SELECT slot_name || ' ' || active || ' ' || (restart_lsn IS NOT NULL) \
+             FROM pg_replication_slots ORDER BY 1",
         )
-        .await,
-        ["postgres_postgres_complete_1 true"]
-    );
+        .await
+            == [
+                "postgres_postgres_complete_1 true true",
+                "postgres_postgres_complete_2 false false",
+            ]
+    })
+    .await;
     // One healthy standby with minSyncReplicas 1: a quorum of one.
     wait_until("the standby is in the synchronous quorum", 30, || async {
         setting(&primary, "synchronous_standby_names").await == format!("ANY 1 (\"{STANDBY}\")")
