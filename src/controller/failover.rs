@@ -37,6 +37,11 @@ pub const FAILOVER_BLOCKED: &str = "FailoverBlocked";
 /// How often the set of engines is compared with the clusters.
 const SUPERVISE_EVERY: Duration = Duration::from_secs(1);
 
+/// Longest wait for one of the engine's status writes to reach the reflector's cache
+/// (see `KubeWorld::wait_for_cache`), and how often the cache is looked at meanwhile.
+const CACHE_CATCH_UP: Duration = Duration::from_secs(2);
+const CACHE_POLL: Duration = Duration::from_millis(5);
+
 /// Where an instance's status port answers. In a cluster: its name under the headless
 /// Service. Tests replace it (instances on loopback).
 /// `(namespace, cluster, pod)` → `host:port`.
@@ -92,20 +97,59 @@ impl KubeWorld {
         self.key.namespace.clone().unwrap_or_default()
     }
 
-    async fn patch_status(&self, status: serde_json::Value) -> Result<(), WorldError> {
+    /// Merge-patches `status`; the written object's resourceVersion.
+    async fn patch_status(&self, status: serde_json::Value) -> Result<Option<String>, WorldError> {
         let api = Api::<Postgres>::namespaced(self.ctx.client.clone(), &self.namespace());
         let patch = json!({ "status": status });
-        api.patch_status(
-            &self.key.name,
-            &PatchParams {
-                field_manager: Some(HA_FIELD_MANAGER.to_string()),
-                ..PatchParams::default()
-            },
-            &Patch::Merge(&patch),
-        )
-        .await?;
+        let written = api
+            .patch_status(
+                &self.key.name,
+                &PatchParams {
+                    field_manager: Some(HA_FIELD_MANAGER.to_string()),
+                    ..PatchParams::default()
+                },
+                &Patch::Merge(&patch),
+            )
+            .await?;
         self.ctx.metrics.count_write("patch status", "Postgres");
+        Ok(written.metadata.resource_version)
+    }
+
+    /// Records the primary and the target, as the engine reads them back next.
+    async fn record_primaries(&self, fields: serde_json::Value) -> Result<(), WorldError> {
+        let version = self.patch_status(fields.clone()).await?;
+        self.wait_for_cache(&fields, version).await;
         Ok(())
+    }
+
+    /// The engine reads the primary and the target back (`recorded`) from the
+    /// reflector's cache, which the watch brings up to date some time after a write:
+    /// read too early, it still holds the record from before the write. The engine must
+    /// see its own writes of these (a target read back as not yet recorded is recorded
+    /// and announced again; a primary read back as the old one makes the engine finish
+    /// the same failover again, and count it twice). So such a write returns once the
+    /// cache holds the written object, or an object with the written fields (a later
+    /// write changed others), or after [`CACHE_CATCH_UP`] (a later write changed these
+    /// too: that one is the record). The synchronous set needs no wait: the engine keeps
+    /// the one it saw last and reads the recorded one only when it starts.
+    async fn wait_for_cache(&self, written: &serde_json::Value, version: Option<String>) {
+        let deadline = tokio::time::Instant::now() + CACHE_CATCH_UP;
+        loop {
+            if let Some(cached) = self.store.get(&self.key) {
+                if version.is_some() && cached.metadata.resource_version == version {
+                    return;
+                }
+                let status = serde_json::to_value(&cached.status).unwrap_or_default();
+                if holds_fields(&status, written) {
+                    return;
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                tracing::debug!(cluster = %self.key, "status write not seen in the cache yet");
+                return;
+            }
+            tokio::time::sleep(CACHE_POLL).await;
+        }
     }
 
     async fn event(&self, type_: EventType, reason: &str, note: String) {
@@ -167,7 +211,9 @@ impl KubeWorld {
             Some(i) => conditions[i] = condition,
             None => conditions.push(condition),
         }
-        self.patch_status(json!({ "conditions": conditions })).await
+        self.patch_status(json!({ "conditions": conditions }))
+            .await?;
+        Ok(())
     }
 }
 
@@ -204,11 +250,11 @@ impl World for KubeWorld {
     }
 
     async fn record_target(&self, pod: &str) -> Result<(), WorldError> {
-        self.patch_status(json!({ "targetPrimary": pod })).await
+        self.record_primaries(json!({ "targetPrimary": pod })).await
     }
 
     async fn record_primary(&self, pod: &str) -> Result<(), WorldError> {
-        self.patch_status(json!({ "currentPrimary": pod, "targetPrimary": pod }))
+        self.record_primaries(json!({ "currentPrimary": pod, "targetPrimary": pod }))
             .await
     }
 
@@ -217,7 +263,8 @@ impl World for KubeWorld {
             "syncQuorum": sync.quorum,
             "syncStandbys": sync.standbys,
         }))
-        .await
+        .await?;
+        Ok(())
     }
 
     async fn announce(&self, announcement: Announcement) {
@@ -273,6 +320,17 @@ impl World for KubeWorld {
             }
         }
     }
+}
+
+/// Whether `status` has every field of `fields` with its value (an absent field counts
+/// as null or empty, as the status is serialized without them).
+fn holds_fields(status: &serde_json::Value, fields: &serde_json::Value) -> bool {
+    fields.as_object().is_some_and(|fields| {
+        fields.iter().all(|(key, value)| match status.get(key) {
+            Some(held) => held == value,
+            None => value.is_null() || value.as_array().is_some_and(Vec::is_empty),
+        })
+    })
 }
 
 /// `0/3000060`, PostgreSQL's way of writing a WAL position.
@@ -347,6 +405,33 @@ mod tests {
         );
         let local = InstanceAddresses::with(|_, _, pod| Some(format!("{pod}:1")));
         assert_eq!(local.address("tenant", "demo", "p").as_deref(), Some("p:1"));
+    }
+
+    #[test]
+    fn a_write_is_in_the_cache_once_its_fields_are() {
+        let status = json!({"currentPrimary": "p-1", "targetPrimary": "p-1", "syncQuorum": 1});
+        assert!(holds_fields(&status, &json!({"targetPrimary": "p-1"})));
+        assert!(holds_fields(
+            &status,
+            &json!({"currentPrimary": "p-1", "targetPrimary": "p-1"})
+        ));
+        assert!(!holds_fields(
+            &status,
+            &json!({"currentPrimary": "p-2", "targetPrimary": "p-2"})
+        ));
+        // Serialized without empty lists.
+        assert!(holds_fields(
+            &status,
+            &json!({"syncQuorum": 1, "syncStandbys": []})
+        ));
+        assert!(!holds_fields(
+            &status,
+            &json!({"syncQuorum": 1, "syncStandbys": ["p-0"]})
+        ));
+        assert!(!holds_fields(
+            &json!(null),
+            &json!({"targetPrimary": "p-1"})
+        ));
     }
 
     #[test]

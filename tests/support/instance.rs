@@ -1,7 +1,8 @@
 //! The real `postgres-operator instance` binary as a test runs it: as the `postgres` OS
 //! user (like the pod), with its own data directory, ports and socket directory, the
-//! spec and Secrets from a YAML file, and its own PID-1 reaper. Dropping the handle
-//! sends SIGTERM and, if that is not enough, kills every process of the directory.
+//! spec and Secrets from a YAML file (or from an API server, as in a pod), and its own
+//! PID-1 reaper. Dropping the handle sends SIGTERM and, if that is not enough, kills
+//! every process of the directory.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -123,6 +124,44 @@ impl Instance {
         extra: &[&str],
         env: &[(String, String)],
     ) -> Self {
+        Self::spawn_reading(
+            Some(&spec.path),
+            &spec.superuser,
+            cluster,
+            pod,
+            port,
+            peers,
+            extra,
+            env,
+        )
+    }
+
+    /// As [`Instance::spawn_on`], reading the cluster from the Kubernetes API instead of
+    /// a spec file (as in a pod: `env` names a kubeconfig, `KUBECONFIG=...`); `superuser`
+    /// is the password the test read from the cluster's Secret.
+    pub fn spawn_from_api(
+        superuser: &str,
+        cluster: &str,
+        pod: &str,
+        port: u16,
+        peers: &[(&str, u16)],
+        extra: &[&str],
+        env: &[(String, String)],
+    ) -> Self {
+        Self::spawn_reading(None, superuser, cluster, pod, port, peers, extra, env)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn spawn_reading(
+        spec_file: Option<&Path>,
+        superuser: &str,
+        cluster: &str,
+        pod: &str,
+        port: u16,
+        peers: &[(&str, u16)],
+        extra: &[&str],
+        env: &[(String, String)],
+    ) -> Self {
         let root = tempfile::tempdir().unwrap();
         let socket_dir = root.path().join("run");
         std::fs::create_dir(&socket_dir).unwrap();
@@ -152,12 +191,10 @@ impl Instance {
         push(&[&"--local-host", &socket_dir]);
         push(&[&"--status-address", &format!("127.0.0.1:{status_port}")]);
         push(&[&"--metrics-address", &format!("127.0.0.1:{metrics_port}")]);
-        push(&[
-            &"--spec-file",
-            &spec.path,
-            &"--maintenance-period-ms",
-            &"200",
-        ]);
+        if let Some(spec_file) = spec_file {
+            push(&[&"--spec-file", &spec_file]);
+        }
+        push(&[&"--maintenance-period-ms", &"200"]);
         push(&[&"--reaper", &"--log-format", &"text"]);
         for (peer, peer_port) in peers {
             push(&[&"--peer", &format!("{peer}=127.0.0.1:{peer_port}")]);
@@ -175,7 +212,7 @@ impl Instance {
         }
         let mut instance = Self {
             pod: pod.to_string(),
-            superuser: spec.superuser.clone(),
+            superuser: superuser.to_string(),
             port,
             status_port,
             metrics_port,

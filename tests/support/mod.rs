@@ -48,6 +48,7 @@ pub fn example(file: &str) -> String {
     std::fs::read_to_string(format!("{}/examples/{file}", env!("CARGO_MANIFEST_DIR"))).unwrap()
 }
 pub mod apiserver;
+pub mod controller_failover;
 pub mod crd_rule_cases;
 pub mod failover;
 pub mod instance;
