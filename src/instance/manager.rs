@@ -782,8 +782,18 @@ impl Manager {
         self.metrics
             .primary
             .set(i64::from(self.role == Role::Primary));
-        if let Err(error) = self.keep_slots_ready(&client, snapshot).await {
-            tracing::warn!(%error, "cannot keep the standbys' replication slots ready");
+        match self.keep_slots_ready(&client, snapshot).await {
+            Ok(()) => {}
+            // A cloning standby made its slot between the look and the creation: the
+            // next pass finds it.
+            Err(error)
+                if error.code() == Some(&tokio_postgres::error::SqlState::DUPLICATE_OBJECT) =>
+            {
+                tracing::debug!(%error, "a peer's slot appeared meanwhile");
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot keep the standbys' replication slots ready");
+            }
         }
         if let Err(error) = self.maintain_with(&client).await {
             tracing::warn!(%error, "maintenance failed");
