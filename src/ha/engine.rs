@@ -301,8 +301,8 @@ impl<W: World> Engine<W> {
         let mut unhealthy_since = None;
         let mut fenced: BTreeSet<String> = BTreeSet::new();
         // Standbys that answered but could not be fenced (a WAL receiver that does not
-        // stop): they might still acknowledge the old primary's commits, so for the
-        // rest of this failover they count as silent and are never chosen.
+        // stop): they might still acknowledge the old primary's commits, so they count
+        // as silent and are never chosen, until a fence asked again while blocked takes.
         let mut unfenceable: BTreeSet<String> = BTreeSet::new();
         let mut old_primary_fenced = false;
         let mut blocked: Option<String> = None;
@@ -358,6 +358,24 @@ impl<W: World> Engine<W> {
                     }
                     if let Blocked::OtherPrimary { .. } = reason {
                         return Ok(());
+                    }
+                    // A standby whose fence failed counts as silent only until a fence
+                    // takes: ask again. Else one whose WAL receiver stops later (a
+                    // paused process let go, a slow disk) would keep the failover
+                    // blocked for good although it answers and is fenced by then.
+                    if !unfenceable.is_empty() {
+                        let retry: Vec<&Member> = members
+                            .iter()
+                            .filter(|m| unfenceable.contains(&m.pod))
+                            .collect();
+                        let confirmed = self.fence(from, &retry).await;
+                        if !confirmed.is_empty() {
+                            for pod in confirmed {
+                                unfenceable.remove(&pod);
+                                fenced.insert(pod);
+                            }
+                            continue;
+                        }
                     }
                     // Nobody can take over: the held primary, the one instance sure to
                     // hold every acknowledged commit, serves again.

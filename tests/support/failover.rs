@@ -4,13 +4,15 @@
 //! connection, as an application behind the `-rw` Service does, recording each
 //! acknowledged commit. Shared by the failover tests and the failover benchmark.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use postgres_operator::api::{Postgres, PostgresStatus};
-use postgres_operator::ha::engine::{Announcement, Engine, Timing};
+use postgres_operator::ha::Role;
+use postgres_operator::ha::engine::{Announcement, Engine, Timing, World};
 use postgres_operator::ha::local::LocalWorld;
-use postgres_operator::ha::wire::InstanceReport;
+use postgres_operator::ha::wire::{InstanceReport, Instruction};
 
 use super::instance::{Instance, SpecFile, secrets_yaml};
 use super::postgres::free_port;
@@ -51,7 +53,15 @@ impl HaCluster {
                 .filter(|(other, _)| *other != pod)
                 .map(|(other, port)| (other.as_str(), *port))
                 .collect();
-            let instance = Instance::spawn_on(&spec, name, pod, ports[index], &peers, &[], &[]);
+            let instance = Instance::spawn_on(
+                &spec,
+                name,
+                pod,
+                ports[index],
+                &peers,
+                &["--fence-when-isolated", "true"],
+                &[],
+            );
             if index == 0 {
                 // The standbys clone it.
                 instance.wait_ready().await;
@@ -173,6 +183,10 @@ pub struct Ack {
 pub struct Writer {
     acks: Arc<Mutex<Vec<Ack>>>,
     task: tokio::task::JoinHandle<()>,
+    /// While true, no new commit starts (see [`Writer::pause`]).
+    paused: Arc<AtomicBool>,
+    /// Held across each commit, so that a pause can wait for the one in flight.
+    turn: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Writer {
@@ -206,6 +220,9 @@ impl Writer {
         drop(client);
         let acks = Arc::new(Mutex::new(Vec::new()));
         let record = acks.clone();
+        let paused = Arc::new(AtomicBool::new(false));
+        let turn = Arc::new(tokio::sync::Mutex::new(()));
+        let (held, turns) = (paused.clone(), turn.clone());
         let task = tokio::spawn(async move {
             let mut next: i64 = 1;
             loop {
@@ -214,6 +231,12 @@ impl Writer {
                     continue;
                 };
                 loop {
+                    let my_turn = turns.lock().await;
+                    if held.load(Ordering::SeqCst) {
+                        drop(my_turn);
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                        continue;
+                    }
                     let id = next;
                     next += 1;
                     if client
@@ -228,11 +251,17 @@ impl Writer {
                         at: Instant::now(),
                         port,
                     });
+                    drop(my_turn);
                     tokio::time::sleep(WRITE_EVERY).await;
                 }
             }
         });
-        Self { acks, task }
+        Self {
+            acks,
+            task,
+            paused,
+            turn,
+        }
     }
 
     pub fn acks(&self) -> Vec<Ack> {
@@ -282,4 +311,137 @@ pub async fn missing_on(port: u16, acks: &[Ack]) -> Vec<i64> {
         .map(|a| a.id)
         .filter(|id| !present.contains(id))
         .collect()
+}
+
+impl Writer {
+    /// Lets the commit in flight finish and starts no new one until [`Writer::resume`]
+    /// (a quiet moment, without stopping the writer or its connection).
+    pub async fn pause(&self) {
+        self.paused.store(true, Ordering::SeqCst);
+        drop(self.turn.lock().await);
+    }
+
+    pub fn resume(&self) {
+        self.paused.store(false, Ordering::SeqCst);
+    }
+
+    /// Until `count` commits were acknowledged after `after`.
+    pub async fn wait_acks_after(&self, after: Instant, count: usize, seconds: u64) {
+        super::wait_until(
+            &format!("{count} commits are acknowledged"),
+            seconds,
+            || async { self.acks().iter().filter(|a| a.at > after).count() >= count },
+        )
+        .await;
+    }
+}
+
+impl HaCluster {
+    /// What the engine records before it promotes (`status.targetPrimary`), written
+    /// through its own world: the record a controller that died right after leaves.
+    pub async fn record_target(&self, pod: &str) {
+        self.world().record_target(pod).await.unwrap();
+    }
+
+    /// Sends `instruction` to instance `index` as the engine does; its report once
+    /// carried out.
+    pub async fn instruct(
+        &self,
+        index: usize,
+        instruction: &Instruction,
+    ) -> Result<InstanceReport, String> {
+        let address = format!("127.0.0.1:{}", self.instances[index].status_port);
+        postgres_operator::ha::client::instruct(&address, instruction, Duration::from_secs(30))
+            .await
+            .map_err(|error| error.to_string())
+    }
+
+    /// Whether instance `index` runs as a standby streaming from `primary`.
+    pub async fn streams_from(&self, index: usize, primary: &str) -> bool {
+        self.report(index).await.is_some_and(|r| {
+            r.report.role == Role::Standby && r.report.streaming_from.as_deref() == Some(primary)
+        })
+    }
+
+    /// The WAL instance `index` holds (received or replayed), as it reports it.
+    pub async fn durable_lsn(&self, index: usize) -> Option<u64> {
+        self.report(index).await?.report.durable_lsn()
+    }
+
+    /// Until the engine has recorded `ANY quorum` over `members` standbys.
+    pub async fn wait_engine_recorded(&self, quorum: i32, members: usize) {
+        super::wait_until(
+            "the engine records the primary's synchronous set",
+            60,
+            || async {
+                let status = self.status();
+                status.sync_quorum == Some(quorum) && status.sync_standbys.len() == members
+            },
+        )
+        .await;
+    }
+
+    /// The pid of instance `index`'s WAL receiver: the child of its postmaster whose
+    /// process title is `postgres: walreceiver ...` (a title replaces the command line,
+    /// so it does not name the data directory).
+    pub fn walreceiver_pid(&self, index: usize) -> Option<u32> {
+        let postmaster = self.instances[index].postmaster_pid()?;
+        children_titled(postmaster, "walreceiver").first().copied()
+    }
+
+    /// SIGKILL to every process of the instances at `indexes` in one `kill` (so they
+    /// die within microseconds of each other, in the order given), then reaps them.
+    pub fn kill_at_once(&mut self, indexes: &[usize]) {
+        let pids: Vec<String> = indexes
+            .iter()
+            .flat_map(|&index| self.instances[index].processes())
+            .map(|(pid, _)| pid.to_string())
+            .collect();
+        let _ = std::process::Command::new("kill")
+            .arg("-KILL")
+            .args(&pids)
+            .status();
+        for &index in indexes {
+            self.instances[index].kill();
+        }
+    }
+}
+
+/// Live children of `parent` whose command line (a PostgreSQL process title) contains
+/// `needle`.
+pub fn children_titled(parent: u32, needle: &str) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            // pid (comm) state ppid ...: comm may hold spaces, so split after ')'.
+            let ppid = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok());
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            ppid == Some(parent) && String::from_utf8_lossy(&cmdline).contains(needle)
+        })
+        .collect()
+}
+
+/// `kill -<signal> <pid>`.
+pub fn send_signal(pid: u32, signal: &str) {
+    let status = std::process::Command::new("kill")
+        .args([&format!("-{signal}"), &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -{signal} {pid} failed");
+}
+
+/// Whether signal number `signal` is pending on process `pid` (delivered to a stopped
+/// process, not yet handled).
+pub fn signal_pending(pid: u32, signal: u32) -> bool {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .filter(|line| line.starts_with("SigPnd:") || line.starts_with("ShdPnd:"))
+        .filter_map(|line| u64::from_str_radix(line.split_whitespace().nth(1)?, 16).ok())
+        .any(|mask| mask & (1 << (signal - 1)) != 0)
 }
