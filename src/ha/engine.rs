@@ -332,6 +332,8 @@ impl<W: World> Engine<W> {
                                 .is_some_and(|r| r.report.role == Role::Standby)
                         })
                         .cloned()
+                        // One whose fence failed may have been fenced after all.
+                        .chain(unfenceable.iter().cloned())
                         .collect();
                     self.unfence(from, &members, &standbys).await;
                     if blocked.is_some() {
