@@ -1,7 +1,8 @@
-//! The engine's world outside Kubernetes: instances on loopback, each known by its
-//! status port, and the cluster record in the spec file the instance managers read
-//! (`--spec-file`), where the engine writes `status` as the controller writes the
-//! status subresource. The tests and the failover benchmark run the engine on it.
+//! The engine's world outside Kubernetes: instances on loopback (or at any address the
+//! caller names), each known by its status port, and the cluster record in the spec
+//! file the instance managers read (`--spec-file`), where the engine writes `status` as
+//! the controller writes the status subresource. The tests and the failover benchmark
+//! run the engine on it.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -15,13 +16,26 @@ use crate::manifests::names;
 
 pub struct LocalWorld {
     spec_file: PathBuf,
-    /// Each pod and its status port on 127.0.0.1.
-    members: Vec<(String, u16)>,
+    /// Each pod and where its status port answers (`host:port`).
+    members: Vec<(String, String)>,
     announcements: Arc<Mutex<Vec<Announcement>>>,
 }
 
 impl LocalWorld {
+    /// Members given as each pod and its status port on 127.0.0.1.
     pub fn new(spec_file: PathBuf, members: Vec<(String, u16)>) -> Self {
+        Self::with_addresses(
+            spec_file,
+            members
+                .into_iter()
+                .map(|(pod, port)| (pod, format!("127.0.0.1:{port}")))
+                .collect(),
+        )
+    }
+
+    /// Members given as each pod and its status port's `host:port` (instances in other
+    /// network namespaces, or on other addresses than loopback).
+    pub fn with_addresses(spec_file: PathBuf, members: Vec<(String, String)>) -> Self {
         Self {
             spec_file,
             members,
@@ -92,9 +106,9 @@ impl World for LocalWorld {
         Ok(self
             .members
             .iter()
-            .map(|(pod, port)| Member {
+            .map(|(pod, address)| Member {
                 pod: pod.clone(),
-                address: Some(format!("127.0.0.1:{port}")),
+                address: Some(address.clone()),
             })
             .collect())
     }

@@ -32,9 +32,13 @@ pub const USER_TIMEOUT: Duration = Duration::from_millis(1500);
 /// How often contact is checked.
 const CHECK_EVERY: Duration = Duration::from_millis(250);
 
-/// The standbys' latest reply, if recent.
+/// The standbys' latest reply, if recent. Only a standby's WAL receiver counts: it
+/// reports a replay position. A clone's WAL stream (`pg_basebackup -X stream`, which
+/// reports none) replies only every 10 s and ends with the clone: counted, it armed a
+/// new primary that then stopped itself while its first standby was still cloning or
+/// starting (seen under load in tests/isolation.rs).
 const STANDBY_CONTACT_SQL: &str = "SELECT coalesce(max(reply_time) > now() - make_interval(secs => $1), false) \
-     FROM pg_stat_replication";
+     FROM pg_stat_replication WHERE replay_lsn IS NOT NULL";
 
 /// The engine's open heartbeat streams.
 #[derive(Debug, Default)]

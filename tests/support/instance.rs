@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::postgres::{bin_dir, chown_to_postgres, command, free_port, login};
+use super::postgres::{as_postgres, bin_dir, chown_to_postgres, command, free_port, login};
 
 /// A spec file shared by the instances of one cluster, rewritten to change the spec.
 pub struct SpecFile {
@@ -73,8 +73,53 @@ pub fn secrets_yaml(
     yaml
 }
 
+/// Where an instance runs and listens. The default is every instance's but those of the
+/// partition test: the host's network, 127.0.0.1, peers on 127.0.0.1.
+#[derive(Clone, Debug)]
+pub struct Placement {
+    /// The network namespace it runs in (`ip netns exec`), or the host's.
+    pub netns: Option<String>,
+    /// What PostgreSQL, the status port and the metrics port listen on: an address,
+    /// or `0.0.0.0` (then the test reaches them on 127.0.0.1).
+    pub listen: String,
+    /// The host of each peer whose address is not 127.0.0.1, by pod.
+    pub peer_hosts: Vec<(String, String)>,
+}
+
+impl Default for Placement {
+    fn default() -> Self {
+        Self {
+            netns: None,
+            listen: "127.0.0.1".to_string(),
+            peer_hosts: Vec::new(),
+        }
+    }
+}
+
+impl Placement {
+    /// Where the test reaches the instance's ports.
+    fn reach(&self) -> String {
+        if self.listen == "0.0.0.0" {
+            "127.0.0.1".to_string()
+        } else {
+            self.listen.clone()
+        }
+    }
+
+    fn peer_host(&self, pod: &str) -> &str {
+        self.peer_hosts
+            .iter()
+            .find(|(peer, _)| peer == pod)
+            .map_or("127.0.0.1", |(_, host)| host)
+    }
+}
+
 pub struct Instance {
     pub pod: String,
+    /// Where the test reaches its ports (127.0.0.1 unless placed elsewhere).
+    pub host: String,
+    /// The network namespace it runs in, if not the host's.
+    pub netns: Option<String>,
     /// The superuser's password.
     pub superuser: String,
     pub port: u16,
@@ -124,6 +169,31 @@ impl Instance {
         extra: &[&str],
         env: &[(String, String)],
     ) -> Self {
+        Self::spawn_placed(
+            spec,
+            cluster,
+            pod,
+            port,
+            peers,
+            extra,
+            env,
+            &Placement::default(),
+        )
+    }
+
+    /// As [`Instance::spawn_on`], placed as `placement` says (in a network namespace,
+    /// listening on another address, peers elsewhere than on 127.0.0.1).
+    #[allow(clippy::too_many_arguments)]
+    pub fn spawn_placed(
+        spec: &SpecFile,
+        cluster: &str,
+        pod: &str,
+        port: u16,
+        peers: &[(&str, u16)],
+        extra: &[&str],
+        env: &[(String, String)],
+        placement: &Placement,
+    ) -> Self {
         Self::spawn_reading(
             Some(&spec.path),
             &spec.superuser,
@@ -133,6 +203,7 @@ impl Instance {
             peers,
             extra,
             env,
+            placement,
         )
     }
 
@@ -148,7 +219,17 @@ impl Instance {
         extra: &[&str],
         env: &[(String, String)],
     ) -> Self {
-        Self::spawn_reading(None, superuser, cluster, pod, port, peers, extra, env)
+        Self::spawn_reading(
+            None,
+            superuser,
+            cluster,
+            pod,
+            port,
+            peers,
+            extra,
+            env,
+            &Placement::default(),
+        )
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -161,6 +242,7 @@ impl Instance {
         peers: &[(&str, u16)],
         extra: &[&str],
         env: &[(String, String)],
+        placement: &Placement,
     ) -> Self {
         let root = tempfile::tempdir().unwrap();
         let socket_dir = root.path().join("run");
@@ -184,20 +266,22 @@ impl Instance {
         push(&[&"--bin-dir", &bin_dir(), &"--port", &port.to_string()]);
         push(&[
             &"--listen-addresses",
-            &"127.0.0.1",
+            &placement.listen,
             &"--socket-dir",
             &socket_dir,
         ]);
         push(&[&"--local-host", &socket_dir]);
-        push(&[&"--status-address", &format!("127.0.0.1:{status_port}")]);
-        push(&[&"--metrics-address", &format!("127.0.0.1:{metrics_port}")]);
+        let listen = &placement.listen;
+        push(&[&"--status-address", &format!("{listen}:{status_port}")]);
+        push(&[&"--metrics-address", &format!("{listen}:{metrics_port}")]);
         if let Some(spec_file) = spec_file {
             push(&[&"--spec-file", &spec_file]);
         }
         push(&[&"--maintenance-period-ms", &"200"]);
         push(&[&"--reaper", &"--log-format", &"text"]);
         for (peer, peer_port) in peers {
-            push(&[&"--peer", &format!("{peer}=127.0.0.1:{peer_port}")]);
+            let host = placement.peer_host(peer);
+            push(&[&"--peer", &format!("{peer}={host}:{peer_port}")]);
         }
         // Outside the failover tests no HA engine keeps a primary in contact: one
         // whose standbys are all gone must not stop its server.
@@ -212,6 +296,8 @@ impl Instance {
         }
         let mut instance = Self {
             pod: pod.to_string(),
+            host: placement.reach(),
+            netns: placement.netns.clone(),
             superuser: superuser.to_string(),
             port,
             status_port,
@@ -228,7 +314,18 @@ impl Instance {
     }
 
     fn start(&mut self, env: &[(String, String)]) {
-        let mut cmd = command(Path::new(env!("CARGO_BIN_EXE_postgres-operator")));
+        let program = Path::new(env!("CARGO_BIN_EXE_postgres-operator"));
+        let mut cmd = match &self.netns {
+            None => command(program),
+            // `ip netns exec` and `setpriv` exec in place: the pid stays the reaper's.
+            Some(netns) => {
+                let mut cmd = std::process::Command::new("ip");
+                cmd.args(["netns", "exec", netns])
+                    .args(as_postgres())
+                    .arg(program);
+                cmd
+            }
+        };
         cmd.args(&self.args);
         // The test's environment must not leak in (PGHOST, PGDATA...).
         for var in [
@@ -276,11 +373,11 @@ impl Instance {
 
     /// GET `path` on the status port: (status code, body), `None` when not listening.
     pub async fn get(&self, path: &str) -> Option<(u16, String)> {
-        http_get(self.status_port, path).await
+        http_get_at(&self.host, self.status_port, path).await
     }
 
     pub async fn metrics(&self) -> String {
-        http_get(self.metrics_port, "/metrics")
+        http_get_at(&self.host, self.metrics_port, "/metrics")
             .await
             .map(|(_, body)| body)
             .unwrap_or_default()
@@ -325,7 +422,21 @@ impl Instance {
         password: &str,
         database: &str,
     ) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
-        login(self.port, user, password, database).await
+        if self.host == "127.0.0.1" {
+            return login(self.port, user, password, database).await;
+        }
+        let mut config = tokio_postgres::Config::new();
+        config
+            .host(&self.host)
+            .port(self.port)
+            .user(user)
+            .password(password)
+            .dbname(database);
+        let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        Ok(client)
     }
 
     /// The postmaster's pid, from postmaster.pid.
@@ -454,9 +565,12 @@ pub fn zombies_of(parent: u32) -> Vec<u32> {
 
 /// A minimal HTTP/1.1 GET on loopback.
 pub async fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .ok()?;
+    http_get_at("127.0.0.1", port, path).await
+}
+
+/// A minimal HTTP/1.1 GET of `host:port`.
+pub async fn http_get_at(host: &str, port: u16, path: &str) -> Option<(u16, String)> {
+    let mut stream = tokio::net::TcpStream::connect((host, port)).await.ok()?;
     stream
         .write_all(
             format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")

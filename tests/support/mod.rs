@@ -52,6 +52,7 @@ pub mod controller_failover;
 pub mod crd_rule_cases;
 pub mod failover;
 pub mod instance;
+pub mod netns;
 pub mod postgres;
 pub use postgres::succeed;
 pub mod real_apiserver;
