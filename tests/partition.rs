@@ -227,16 +227,11 @@ async fn a_primary_cut_off_from_everything_stops_on_its_own_and_comes_back_as_a_
     partition(Record::BehindTheCut).await;
 }
 
-/// Fails as the product stands (run it with `--ignored`): the old primary reads the new
-/// target from the record during the cut and steps down at once, but its rejoin
-/// (`instance::rejoin::rejoin`) takes the failure to reach the new primary (`psql
-/// CHECKPOINT`: "No route to host") for a failed rewind, deletes the data directory to
-/// clone instead, and the clone cannot reach the primary either: the instance is left
-/// without a data directory. Every later attempt (each fence lease, 30 s) then fails
-/// on the missing directory (pg_rewind cannot read it, and `remove_dir_all` of it
-/// fails before the clone is tried), so it never comes back after the link does.
+/// The old primary reads the new target from the record during the cut and steps
+/// down at once; its rejoin cannot reach the new primary until the link is back, and
+/// must keep its data directory meanwhile (it once deleted it to clone instead, and the
+/// clone could not reach the primary either), then rewind once it can.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "a former primary that cannot reach the new one deletes its data directory and never rejoins (see the comment)"]
 async fn a_primary_cut_off_from_its_peers_but_not_the_record_steps_down_and_comes_back() {
     partition(Record::Readable).await;
 }

@@ -65,8 +65,20 @@ fn clear_stale_lock(data_dir: &Path) {
     let _ = std::fs::remove_file(&lock);
 }
 
+/// Why a rewind did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum RewindError {
+    /// The new primary does not answer: nothing is known about the data yet, and it
+    /// must be kept for a later attempt.
+    #[error("the new primary does not answer: {0}")]
+    SourceUnreachable(#[source] BootstrapError),
+    /// pg_rewind itself failed against a primary that answers.
+    #[error("{0}")]
+    Failed(#[source] BootstrapError),
+}
+
 /// Rewinds `data_dir` onto `source`'s history.
-pub fn rewind(tools: &Tools, data_dir: &Path, source: &Source) -> Result<Rejoined, BootstrapError> {
+pub fn rewind(tools: &Tools, data_dir: &Path, source: &Source) -> Result<Rejoined, RewindError> {
     clear_stale_lock(data_dir);
     let server = format!(
         "host={} port={} user={SUPERUSER} dbname=postgres connect_timeout=5",
@@ -89,7 +101,8 @@ pub fn rewind(tools: &Tools, data_dir: &Path, source: &Source) -> Result<Rejoine
             "CHECKPOINT".to_string(),
         ],
         &[("PGPASSWORD", source.superuser_password)],
-    )?;
+    )
+    .map_err(RewindError::SourceUnreachable)?;
     let output = run_with_env(
         &tools.wrap,
         &tools.bin_dir.join("pg_rewind"),
@@ -100,7 +113,8 @@ pub fn rewind(tools: &Tools, data_dir: &Path, source: &Source) -> Result<Rejoine
             server,
         ],
         &[("PGPASSWORD", source.superuser_password)],
-    )?;
+    )
+    .map_err(RewindError::Failed)?;
     Ok(if output.contains("no rewind required") {
         Rejoined::AlreadyOnHistory
     } else {
@@ -113,6 +127,10 @@ pub fn rewind(tools: &Tools, data_dir: &Path, source: &Source) -> Result<Rejoine
 /// (its commits were not acknowledged under a quorum, or were given up on in an
 /// asynchronous failover, which the failover reported).
 pub fn rejoin(tools: &Tools, data_dir: &Path, source: &Source) -> Result<Rejoined, BootstrapError> {
+    // A directory a failed clone left without data is cloned again directly.
+    if !data_dir.join("PG_VERSION").exists() {
+        return reclone(tools, data_dir, source);
+    }
     match rewind(tools, data_dir, source) {
         Ok(outcome) => {
             tracing::info!(
@@ -122,21 +140,34 @@ pub fn rejoin(tools: &Tools, data_dir: &Path, source: &Source) -> Result<Rejoine
             );
             Ok(outcome)
         }
-        Err(error) => {
+        // Kept as it is until the new primary answers.
+        Err(RewindError::SourceUnreachable(error)) => Err(error),
+        Err(RewindError::Failed(error)) => {
             tracing::warn!(%error, "pg_rewind failed; cloning the primary again");
-            std::fs::remove_dir_all(data_dir).map_err(|source| BootstrapError::Io {
-                path: data_dir.to_path_buf(),
-                source,
-            })?;
-            clone_from_primary(
-                tools,
-                data_dir,
-                source.host,
-                source.port,
-                source.replication_password,
-                source.application_name,
-            )?;
-            Ok(Rejoined::Recloned)
+            reclone(tools, data_dir, source)
         }
     }
+}
+
+/// Replaces the directory (whatever is left of it) with a new clone of `source`.
+fn reclone(tools: &Tools, data_dir: &Path, source: &Source) -> Result<Rejoined, BootstrapError> {
+    match std::fs::remove_dir_all(data_dir) {
+        Ok(()) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+        Err(error) => {
+            return Err(BootstrapError::Io {
+                path: data_dir.to_path_buf(),
+                source: error,
+            });
+        }
+    }
+    clone_from_primary(
+        tools,
+        data_dir,
+        source.host,
+        source.port,
+        source.replication_password,
+        source.application_name,
+    )?;
+    Ok(Rejoined::Recloned)
 }
