@@ -14,5 +14,6 @@ pub mod metrics;
 pub mod quantity;
 pub mod render;
 pub mod sql;
+pub mod switchover_cli;
 pub mod telemetry;
 pub mod validate;

@@ -26,7 +26,7 @@ use postgres_operator::manifests::pod;
 use postgres_operator::manifests::secrets::RandomPasswords;
 use postgres_operator::render::{self, OutputFormat};
 use postgres_operator::telemetry::{self, LogFormat};
-use postgres_operator::{binaries, crdgen, http};
+use postgres_operator::{binaries, crdgen, http, switchover_cli};
 
 #[derive(Parser)]
 #[command(
@@ -54,6 +54,10 @@ enum Command {
     Backup(Box<backup_cli::BackupArgs>),
     /// Restore databases (and missing roles) from a backup run into a running server.
     Restore(Box<backup_cli::RestoreArgs>),
+    /// Move the primary to a standby (a switchover): sets status.targetPrimary, which the
+    /// HA engine carries out. Also `kubectl pg switchover` with the binary installed as
+    /// `kubectl-pg`.
+    Switchover(switchover_cli::SwitchoverArgs),
     /// Copy this binary and restic into DIR (init container of database and backup pods).
     CopyBinaries {
         /// Target directory, shared with the PostgreSQL container.
@@ -335,6 +339,7 @@ fn main() -> ExitCode {
         Command::Controller(args) => run_controller(args),
         Command::Backup(args) => backup_cli::run_backup(*args),
         Command::Restore(args) => backup_cli::run_restore(*args),
+        Command::Switchover(args) => switchover_cli::run(args),
         Command::Render(args) => run_render(args),
         Command::Crds => match crdgen::crds_yaml() {
             Ok(yaml) => {

@@ -601,3 +601,73 @@ async fn a_standby_that_cannot_be_fenced_blocks_the_failover_until_it_can() {
         "no longer blocked: {announced:?}"
     );
 }
+
+/// A switchover asked for in the record (as `postgres-operator switchover` does) while
+/// the primary runs: the primary stops cleanly, the target is promoted once it has
+/// received the final checkpoint, the other standby and the former primary follow it,
+/// the former primary without a rewind, and no acknowledged commit is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_switchover_moves_the_primary_without_losing_a_commit_or_rewinding() {
+    let mut cluster = HaCluster::start("sw", 3, QUORUM_ONE).await;
+    cluster.wait_quorum(0, 1, 2).await;
+    cluster.start_engine();
+    cluster.wait_engine_watching(1).await;
+    let writer = Writer::start(&cluster.ports()).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let old_port = cluster.instances[0].port;
+    let target = cluster.instances[2].pod.clone();
+    let asked = Instant::now();
+    cluster.record_target(&target).await;
+    let first = writer.wait_ack_elsewhere(old_port, asked, 60).await;
+    assert_eq!(first.port, cluster.instances[2].port);
+    wait_until("the engine records the new primary", 30, || async {
+        cluster.status().current_primary.as_deref() == Some(target.as_str())
+    })
+    .await;
+    // The longest time without an acknowledged commit around the switchover.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let acks = writer.acks();
+    let gap = acks
+        .windows(2)
+        .filter(|pair| pair[1].at > asked)
+        .map(|pair| pair[1].at - pair[0].at)
+        .max()
+        .unwrap();
+    eprintln!(
+        "switchover: writes resumed on {target} {} ms after the request; longest write gap {} ms",
+        (first.at - asked).as_millis(),
+        gap.as_millis()
+    );
+    let lost = missing_on(first.port, &acks).await;
+    assert!(lost.is_empty(), "acknowledged commits lost: {lost:?}");
+
+    for index in [0, 1] {
+        wait_until("the others stream from the new primary", 60, || async {
+            cluster.report(index).await.is_some_and(|r| {
+                r.report.role == Role::Standby
+                    && r.report.streaming_from.as_deref() == Some(target.as_str())
+            })
+        })
+        .await;
+    }
+    let log = cluster.instances[0].log();
+    assert!(log.contains("switchover: stopped cleanly"), "{log}");
+    assert!(
+        log.contains("AlreadyOnHistory"),
+        "the former primary needed a rewind:\n{log}"
+    );
+    let announced = cluster.announcements();
+    assert!(
+        announced
+            .iter()
+            .any(|a| matches!(a, Announcement::SwitchoverCompleted { to, .. } if *to == target)),
+        "{announced:?}"
+    );
+    assert!(
+        !announced
+            .iter()
+            .any(|a| matches!(a, Announcement::FailoverStarted { .. })),
+        "{announced:?}"
+    );
+}

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use postgres_operator::instance::supervise::{
-    Event, PostmasterCommand, ShutdownMode, Timing, supervise,
+    Event, HoldDown, PostmasterCommand, ShutdownMode, Timing, supervise,
 };
 use std::sync::Arc;
 use support::instance::processes_mentioning;
@@ -31,7 +31,7 @@ struct Supervised {
     dir: DataDir,
     stop: watch::Sender<bool>,
     restart: Arc<Notify>,
-    hold: watch::Sender<bool>,
+    hold: watch::Sender<HoldDown>,
     events: mpsc::UnboundedReceiver<Event>,
     task: tokio::task::JoinHandle<ShutdownMode>,
 }
@@ -44,7 +44,7 @@ fn start() -> Supervised {
     let (sender, events) = mpsc::unbounded_channel();
     let restart = Arc::new(Notify::new());
     let restarts = restart.clone();
-    let (hold, held) = watch::channel(false);
+    let (hold, held) = watch::channel(HoldDown::Released);
     let task = tokio::spawn(async move {
         supervise(&command, timing(), stopping, restarts, held, sender)
             .await
@@ -197,7 +197,7 @@ async fn a_held_postmaster_stops_at_once_and_stays_down_until_released() {
         panic!("expected Started")
     };
     wait_ready(&s.dir).await;
-    s.hold.send(true).unwrap();
+    s.hold.send(HoldDown::Immediate).unwrap();
     assert_eq!(
         next_event(&mut s.events).await,
         Event::HeldDown {
@@ -209,7 +209,7 @@ async fn a_held_postmaster_stops_at_once_and_stays_down_until_released() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(s.events.try_recv().is_err(), "nothing starts while held");
     assert!(processes_of(&s.dir).is_empty());
-    s.hold.send(false).unwrap();
+    s.hold.send(HoldDown::Released).unwrap();
     let Event::Started { pid: second } = next_event(&mut s.events).await else {
         panic!("expected Started")
     };

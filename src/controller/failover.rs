@@ -309,6 +309,29 @@ impl World for KubeWorld {
                 )
                 .await;
             }
+            Announcement::SwitchoverCompleted {
+                from,
+                to,
+                write_gap,
+            } => {
+                self.event(
+                    EventType::Normal,
+                    "SwitchoverCompleted",
+                    format!(
+                        "{to} is the primary in place of {from}; writes stopped for {} ms",
+                        write_gap.as_millis()
+                    ),
+                )
+                .await;
+            }
+            Announcement::SwitchoverRefused { from, to, reason } => {
+                self.event(
+                    EventType::Warning,
+                    "SwitchoverRefused",
+                    format!("no switchover from {from} to {to}: {reason}"),
+                )
+                .await;
+            }
             Announcement::Blocked(message) => {
                 if let Some(message) = &message {
                     self.event(EventType::Warning, FAILOVER_BLOCKED, message.clone())

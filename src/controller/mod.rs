@@ -196,11 +196,12 @@ fn backup_error_policy(record: Arc<PostgresBackup>, error: &Error, ctx: Arc<Cont
 fn wakes_up(postgres: &Postgres) -> Option<u64> {
     let mut hasher = DefaultHasher::new();
     postgres.metadata.generation.hash(&mut hasher);
-    let target = postgres
-        .status
-        .as_ref()
-        .and_then(|s| s.target_primary.as_deref());
+    let status = postgres.status.as_ref();
+    let target = status.and_then(|s| s.target_primary.as_deref());
     target.hash(&mut hasher);
+    // The role label follows the recorded primary.
+    let current = status.and_then(|s| s.current_primary.as_deref());
+    current.hash(&mut hasher);
     Some(hasher.finish())
 }
 

@@ -183,7 +183,7 @@ async fn reconcile_inner(postgres: &Postgres, ctx: &Context) -> Result<Action, E
         .list(&ListParams::default().labels(&selector))
         .await
         .map_err(Error::kube("list", "Pod", &name))?;
-    let primary = names::target_primary(postgres);
+    let primary = names::labelled_primary(postgres);
     pod_roles::apply_roles(ctx, &namespace, &mut pods.items, &primary).await?;
     let (records, missing_credentials) = observe_backups(ctx, &cluster, &desired).await?;
     let observed = Observed {

@@ -64,6 +64,19 @@ pub enum Announcement {
     },
     /// `None`: no longer blocked.
     Blocked(Option<String>),
+    SwitchoverCompleted {
+        from: String,
+        to: String,
+        /// From the old primary's last write to the new one taking writes.
+        write_gap: Duration,
+    },
+    /// The switchover asked for in `targetPrimary` was not done; the record names the
+    /// current primary again.
+    SwitchoverRefused {
+        from: String,
+        to: String,
+        reason: String,
+    },
 }
 
 /// Where the engine reads and records the cluster.
@@ -99,7 +112,10 @@ impl Default for Timing {
     fn default() -> Self {
         Self {
             silence: Duration::from_millis(1000),
-            report_deadline: Duration::from_millis(500),
+            // Over the instance's own deadline for its server (400 ms): a stalled
+            // server's manager still answers in time, and the stall gets the restart
+            // grace rather than the lost-node one.
+            report_deadline: Duration::from_millis(700),
             retry: Duration::from_millis(100),
             refresh: Duration::from_secs(10),
             instruct_deadline: Duration::from_secs(5),
@@ -164,11 +180,15 @@ impl<W: World> Engine<W> {
             self.record_first_primary(&recorded).await?;
             return Ok(());
         };
-        if recorded
+        if let Some(target) = recorded
             .target_primary
-            .as_ref()
-            .is_some_and(|t| *t != current)
+            .clone()
+            .filter(|target| *target != current)
         {
+            // Asked for while the primary runs: a switchover; else a failover under way.
+            if self.runs_as_primary(&current).await {
+                return self.switch_over(&current, &target).await;
+            }
             return self.fail_over(&current, Instant::now()).await;
         }
         let members = self.world.members().await?;
@@ -236,6 +256,13 @@ impl<W: World> Engine<W> {
                 Ok(report) => report,
                 Err(error) => return WatchEnd::Suspect(error.to_string()),
             };
+            // A switchover asked for meanwhile.
+            if self.world.recorded().await.is_ok_and(|r| {
+                r.target_primary
+                    .is_some_and(|t| Some(t) != r.current_primary)
+            }) {
+                return WatchEnd::Refresh;
+            }
             if report.report.role != Role::Primary || !report.report.running || report.fenced {
                 return WatchEnd::Suspect(format!("it reports {}", describe(&report)));
             }
@@ -569,6 +596,8 @@ impl<W: World> Engine<W> {
         }
     }
 }
+
+mod switchover;
 
 fn describe(report: &InstanceReport) -> String {
     let role = match report.report.role {

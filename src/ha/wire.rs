@@ -23,6 +23,10 @@ pub struct InstanceReport {
     /// The instance was told to stop following (standby) or to stay down (primary).
     #[serde(default)]
     pub fenced: bool,
+    /// A primary that handed over (switchover): where its final checkpoint is, which
+    /// the new primary must have received before it is promoted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopped_at_lsn: Option<u64>,
 }
 
 /// What the engine tells an instance.
@@ -38,6 +42,10 @@ pub enum Instruction {
     Promote,
     /// Stream from `primary` (a primary that was fenced rewinds first).
     Follow { primary: String },
+    /// A switchover to `to`: the primary stops cleanly (a fast shutdown: a final
+    /// checkpoint, and every WAL record confirmed by the standbys that stream), stays
+    /// down, and reports where its final checkpoint is.
+    HandOver { to: String },
 }
 
 /// `ANY 2 ("a", "b")` → (2, [a, b]); `FIRST n (...)`, `n (...)` and a bare list read as
@@ -137,6 +145,7 @@ mod tests {
             sync_quorum: 1,
             sync_standbys: vec!["postgres-demo-1".to_string()],
             fenced: false,
+            stopped_at_lsn: None,
         };
         let json = serde_json::to_value(&report).unwrap();
         assert_eq!(json["role"], "primary");

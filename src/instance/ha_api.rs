@@ -30,8 +30,11 @@ use crate::ha::{Report, Role};
 pub const HEARTBEAT: Duration = Duration::from_millis(200);
 
 /// A report's query gets this long: a server that takes longer is reported as not
-/// running (hung, or starved), which the engine treats as a restart in progress.
-const QUERY_DEADLINE: Duration = Duration::from_millis(800);
+/// running (hung, or starved), which the engine treats as a restart in progress, with
+/// its longer grace. Shorter than the engine's deadline for the whole report
+/// (`ha::engine::Timing::report_deadline`), so that a live manager of a stalled server
+/// is heard, rather than taken for a lost node.
+pub const QUERY_DEADLINE: Duration = Duration::from_millis(400);
 
 /// How long an instruction may take (a promotion, a rewind).
 const INSTRUCTION_DEADLINE: Duration = Duration::from_secs(120);
@@ -43,6 +46,8 @@ pub struct HaView {
     /// A standby: the pod it follows.
     pub following: Option<String>,
     pub fenced: bool,
+    /// Handed over in a switchover: its final checkpoint.
+    pub stopped_at_lsn: Option<u64>,
 }
 
 /// An instruction with the channel its outcome goes back on.
@@ -143,6 +148,7 @@ pub fn compose(pod: &str, view: &HaView, server: Option<ServerState>) -> Instanc
             sync_quorum: 0,
             sync_standbys: Vec::new(),
             fenced: view.fenced,
+            stopped_at_lsn: view.stopped_at_lsn,
         };
     };
     let role = if server.in_recovery {
@@ -168,6 +174,7 @@ pub fn compose(pod: &str, view: &HaView, server: Option<ServerState>) -> Instanc
         sync_quorum,
         sync_standbys,
         fenced: view.fenced,
+        stopped_at_lsn: None,
     }
 }
 
@@ -250,6 +257,7 @@ mod tests {
             role,
             following: following.map(str::to_string),
             fenced: false,
+            stopped_at_lsn: None,
         }
     }
 

@@ -24,7 +24,7 @@ use super::provision::{Connection, MAINTENANCE_DB, Provisioner, Scope};
 use super::quorum_keeper::{self, Applied, Keeper};
 use super::source::{Snapshot, SpecSource};
 use super::status::Hold;
-use super::supervise::{self, Event, PostmasterCommand};
+use super::supervise::{self, Event, HoldDown, PostmasterCommand};
 use crate::manifests::config::postgresql_conf;
 use crate::manifests::pod::POSTGRES_PORT;
 use crate::manifests::secrets::{REPLICATION_USER, SUPERUSER};
@@ -153,7 +153,7 @@ struct Manager {
     /// server is held down. Lifted by the next instruction, or after `FENCE_LEASE`.
     fenced_at: Option<Instant>,
     /// The supervisor keeps the postmaster stopped while this is true.
-    held_down: watch::Sender<bool>,
+    held_down: watch::Sender<HoldDown>,
     /// What the HA endpoints report of this manager.
     ha_view: Arc<RwLock<HaView>>,
     /// Held down because it lost contact with everything (see `isolation`): only the
@@ -162,6 +162,8 @@ struct Manager {
     contact: Arc<super::isolation::Contact>,
     /// `spec.replicas`, for the isolation watch.
     replicas: watch::Sender<i32>,
+    /// Handed over in a switchover: the final checkpoint of the stopped server.
+    stopped_at_lsn: Option<u64>,
 }
 
 /// Runs the instance until `shutdown` turns true; the postmaster is then shut down
@@ -253,13 +255,15 @@ async fn run_with(
         instructed: None,
         fenced_at: None,
         self_fenced: false,
+        stopped_at_lsn: None,
         contact: Arc::default(),
         replicas: watch::channel(snapshot.postgres.spec.replicas).0,
-        held_down: watch::channel(false).0,
+        held_down: watch::channel(HoldDown::Released).0,
         ha_view: Arc::new(RwLock::new(HaView {
             role: crate::ha::Role::Standby,
             following: None,
             fenced: false,
+            stopped_at_lsn: None,
         })),
         settings,
     };

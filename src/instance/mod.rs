@@ -5,6 +5,7 @@
 pub mod bootstrap;
 pub mod config_check;
 pub mod config_guard;
+pub mod controldata;
 pub mod events;
 pub mod files;
 pub mod from_backup;

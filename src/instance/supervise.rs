@@ -140,6 +140,19 @@ async fn shut_down(child: &mut Child, timing: &Timing, skip: usize) -> ShutdownM
     ShutdownMode::Killed
 }
 
+/// Whether the postmaster must be kept down, and how it stops.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum HoldDown {
+    /// Run it (restart it when it dies).
+    #[default]
+    Released,
+    /// Stop it at once (immediate shutdown) and keep it down: a fenced primary.
+    Immediate,
+    /// Stop it cleanly (fast shutdown: a final checkpoint, every WAL record sent to the
+    /// standbys that stream) and keep it down: a primary handing over in a switchover.
+    Clean,
+}
+
 /// Where [`shut_down`] starts: smart on shutdown, fast for a restart, immediate for a
 /// hold (a fenced primary must stop acknowledging at once; crash recovery is cheap).
 const FROM_SMART: usize = 0;
@@ -155,7 +168,7 @@ pub async fn supervise(
     timing: Timing,
     mut shutdown: watch::Receiver<bool>,
     restart: Arc<Notify>,
-    mut hold: watch::Receiver<bool>,
+    mut hold: watch::Receiver<HoldDown>,
     events: mpsc::UnboundedSender<Event>,
 ) -> Result<ShutdownMode, SuperviseError> {
     let mut delay = timing.restart_delay;
@@ -163,9 +176,9 @@ pub async fn supervise(
         if *shutdown.borrow() {
             return Ok(ShutdownMode::Smart);
         }
-        if *hold.borrow() {
+        if *hold.borrow() != HoldDown::Released {
             tokio::select! {
-                _ = hold.wait_for(|held| !*held) => {}
+                _ = hold.wait_for(|held| *held == HoldDown::Released) => {}
                 _ = shutdown.wait_for(|stop| *stop) => return Ok(ShutdownMode::Smart),
             }
             delay = timing.restart_delay;
@@ -187,7 +200,7 @@ pub async fn supervise(
             status = child.wait() => Exit::Died(status),
             _ = shutdown.wait_for(|stop| *stop) => Exit::Shutdown,
             () = restart.notified() => Exit::Restart,
-            _ = hold.wait_for(|held| *held) => Exit::Hold,
+            _ = hold.wait_for(|held| *held != HoldDown::Released) => Exit::Hold,
         };
         let status = match exited {
             Exit::Died(status) => status,
@@ -203,7 +216,12 @@ pub async fn supervise(
                 continue;
             }
             Exit::Hold => {
-                let mode = shut_down(&mut child, &timing, FROM_IMMEDIATE).await;
+                let from = if *hold.borrow() == HoldDown::Clean {
+                    FROM_FAST
+                } else {
+                    FROM_IMMEDIATE
+                };
+                let mode = shut_down(&mut child, &timing, from).await;
                 tracing::warn!(?mode, "postmaster stopped and held down");
                 let _ = events.send(Event::HeldDown { mode });
                 continue;

@@ -22,6 +22,17 @@ pub fn target_primary(postgres: &crate::api::Postgres) -> String {
         .unwrap_or_else(|| pod(&postgres.metadata.name.clone().unwrap_or_default(), 0))
 }
 
+/// The pod the `-rw` Service should select: the one the HA engine recorded as running
+/// as the primary, else the one that should be (a new cluster). During a switchover
+/// the label stays on the primary that still takes writes until the target runs.
+pub fn labelled_primary(postgres: &crate::api::Postgres) -> String {
+    postgres
+        .status
+        .as_ref()
+        .and_then(|s| s.current_primary.clone())
+        .unwrap_or_else(|| target_primary(postgres))
+}
+
 /// Service selecting the primary.
 pub fn service_rw(cluster: &str) -> String {
     format!("postgres-{cluster}-rw")

@@ -10,11 +10,13 @@ use tokio::sync::watch;
 
 use super::{BoxError, InstanceError, Instructed, Manager, Role, role_of};
 use crate::ha::wire::Instruction;
+use crate::instance::controldata;
 use crate::instance::files::slot_name;
 use crate::instance::ha_api::HaView;
 use crate::instance::provision::MAINTENANCE_DB;
 use crate::instance::rejoin::{self, Rejoined};
 use crate::instance::source::Snapshot;
+use crate::instance::supervise::HoldDown;
 use crate::manifests::names;
 
 /// A fence the engine did not follow up within this long is lifted: the instance goes
@@ -58,6 +60,7 @@ impl Manager {
                 Role::Primary => None,
             },
             fenced: self.fenced_at.is_some(),
+            stopped_at_lsn: self.stopped_at_lsn,
         };
         if let Ok(mut published) = self.ha_view.write() {
             *published = view;
@@ -72,7 +75,7 @@ impl Manager {
         }
         self.self_fenced = true;
         self.fenced_at = Some(Instant::now());
-        self.held_down.send_replace(true);
+        self.held_down.send_replace(HoldDown::Immediate);
         self.publish_view();
     }
 
@@ -85,14 +88,18 @@ impl Manager {
         if !matches!(instruction, Instruction::Fence { .. }) {
             self.self_fenced = false;
         }
+        if !matches!(instruction, Instruction::HandOver { .. }) {
+            self.stopped_at_lsn = None;
+        }
         match instruction {
+            Instruction::HandOver { to } => self.hand_over(&to).await,
             Instruction::Fence { primary } => self.fence(&primary).await,
             Instruction::Promote => {
                 self.remember_target(snapshot, self.settings.pod_name.clone());
                 match self.role {
                     Role::Primary => {
                         self.fenced_at = None;
-                        self.held_down.send_replace(false);
+                        self.held_down.send_replace(HoldDown::Released);
                         self.publish_view();
                         Ok(())
                     }
@@ -121,6 +128,40 @@ impl Manager {
         }
     }
 
+    /// Switchover to `to`: stop cleanly, stay down, report the final checkpoint.
+    async fn hand_over(&mut self, to: &str) -> Result<(), String> {
+        if self.role != Role::Primary {
+            return Err("only the primary hands over".to_string());
+        }
+        tracing::info!(%to, "switchover: stopping cleanly to hand over");
+        self.fenced_at = Some(Instant::now());
+        self.held_down.send_replace(HoldDown::Clean);
+        self.publish_view();
+        self.provisioner.release_all();
+        if !self.wait_postmaster_stopped().await {
+            return Err("the postmaster did not stop in time".to_string());
+        }
+        let tools = self.tools();
+        let data_dir = self.settings.data_dir.clone();
+        let control = tokio::task::spawn_blocking(move || controldata::read(&tools, &data_dir))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        if !control.shut_down_cleanly() {
+            return Err(format!(
+                "the server stopped in state {:?}, not cleanly",
+                control.state
+            ));
+        }
+        tracing::info!(
+            checkpoint = control.checkpoint_lsn,
+            "switchover: stopped cleanly"
+        );
+        self.stopped_at_lsn = Some(control.checkpoint_lsn);
+        self.publish_view();
+        Ok(())
+    }
+
     /// The engine named `target` ahead of the spec source.
     fn remember_target(&mut self, snapshot: &Snapshot, target: String) {
         let named = snapshot.target_primary();
@@ -138,7 +179,7 @@ impl Manager {
         match &self.role {
             Role::Primary => {
                 tracing::warn!("fenced: stopping the server and keeping it down");
-                self.held_down.send_replace(true);
+                self.held_down.send_replace(HoldDown::Immediate);
                 if self.wait_postmaster_stopped().await {
                     Ok(())
                 } else {
@@ -215,7 +256,7 @@ impl Manager {
         tracing::info!("promoted");
         self.role = Role::Primary;
         self.fenced_at = None;
-        self.held_down.send_replace(false);
+        self.held_down.send_replace(HoldDown::Released);
         self.publish_view();
         Ok(())
     }
@@ -239,7 +280,7 @@ impl Manager {
         snapshot: &Snapshot,
         primary: &str,
     ) -> Result<(), InstanceError> {
-        self.held_down.send_replace(true);
+        self.held_down.send_replace(HoldDown::Immediate);
         self.fenced_at.get_or_insert_with(Instant::now);
         self.publish_view();
         self.provisioner.release_all();
@@ -254,7 +295,7 @@ impl Manager {
         };
         self.fenced_at = None;
         self.write_files(snapshot)?;
-        self.held_down.send_replace(false);
+        self.held_down.send_replace(HoldDown::Released);
         self.publish_view();
         Ok(())
     }
@@ -326,7 +367,7 @@ impl Manager {
         self.fenced_at = None;
         self.instructed = None;
         if self.role == Role::Primary && role_of(&self.settings, snapshot, None) == Role::Primary {
-            self.held_down.send_replace(false);
+            self.held_down.send_replace(HoldDown::Released);
         }
         self.publish_view();
         self.reconfigure(snapshot).await;
