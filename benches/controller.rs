@@ -283,6 +283,7 @@ fn settled(server: &ApiServer) -> usize {
                     && *observed == pg["metadata"]["generation"]
                     && status["currentPrimary"].is_string()
                     && status["syncQuorum"].is_number()
+                    && status["instancesStatus"].is_array()
             })
         })
         .sum()

@@ -76,6 +76,22 @@ async fn a_killed_primary_is_replaced_without_losing_an_acknowledged_commit() {
         "the other standby streams again {} ms after",
         promoted.elapsed().as_millis()
     );
+    // The record shows each instance as the new primary reports it.
+    let other_pod = cluster.instances[other].pod.clone();
+    wait_until(
+        "status.instancesStatus follows the new primary",
+        30,
+        || async {
+            let instances = cluster.status().instances_status;
+            let state = |pod: &str| instances.iter().find(|i| i.name == pod).cloned();
+            state(&new_primary).is_some_and(|i| i.role == "primary" && i.ready)
+                && state(&other_pod).is_some_and(|i| {
+                    i.role == "standby" && i.ready && i.sync_state.as_deref() == Some("quorum")
+                })
+                && state(&cluster.instances[0].pod).is_some_and(|i| !i.ready)
+        },
+    )
+    .await;
 
     let announced = cluster.announcements();
     assert!(

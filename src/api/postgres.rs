@@ -532,9 +532,30 @@ pub struct PostgresStatus {
     /// How many of `syncStandbys` must confirm each commit; 0 or absent: asynchronous.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sync_quorum: Option<i32>,
+    /// Each instance as the primary last reported it, recorded when a role, a stream or
+    /// a synchronous state changes (WAL positions and lag are in each instance's
+    /// `/status` and metrics, which move all the time).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub instances_status: Vec<InstanceState>,
     /// Completion time of the last successful backup (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_backup: Option<String>,
+}
+
+/// One instance in `status.instancesStatus`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct InstanceState {
+    /// The pod.
+    pub name: String,
+    /// `primary` or `standby`.
+    pub role: String,
+    /// The primary runs; a standby streams from it.
+    pub ready: bool,
+    /// A standby's place in the synchronous quorum: `quorum` (named in `ANY q (...)`)
+    /// or `async`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sync_state: Option<String>,
 }
 
 impl Postgres {

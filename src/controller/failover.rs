@@ -20,7 +20,7 @@ use kube::{Api, Resource};
 use serde_json::json;
 
 use super::Context;
-use crate::api::Postgres;
+use crate::api::{InstanceState, Postgres};
 use crate::ha::engine::{
     Announcement, Engine, Member, Recorded, SyncSet, Timing, World, WorldError,
 };
@@ -246,6 +246,7 @@ impl World for KubeWorld {
                 quorum: usize::try_from(quorum).unwrap_or(0),
                 standbys: status.sync_standbys.clone(),
             }),
+            instances: status.instances_status.clone(),
         })
     }
 
@@ -264,6 +265,12 @@ impl World for KubeWorld {
             "syncStandbys": sync.standbys,
         }))
         .await?;
+        Ok(())
+    }
+
+    async fn record_instances(&self, instances: &[InstanceState]) -> Result<(), WorldError> {
+        self.patch_status(json!({ "instancesStatus": instances }))
+            .await?;
         Ok(())
     }
 

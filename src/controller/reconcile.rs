@@ -447,6 +447,7 @@ async fn write_status(
             "targetPrimary",
             "syncQuorum",
             "syncStandbys",
+            "instancesStatus",
         ] {
             fields.remove(owned_by_the_engine);
         }

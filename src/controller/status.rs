@@ -209,6 +209,7 @@ pub fn desired_status(postgres: &Postgres, observed: &Observed, now: Timestamp) 
         target_primary: current.target_primary.clone(),
         sync_standbys: current.sync_standbys.clone(),
         sync_quorum: current.sync_quorum,
+        instances_status: current.instances_status.clone(),
         last_backup: current.last_backup.clone(),
         ..PostgresStatus::default()
     };

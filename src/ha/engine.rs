@@ -13,6 +13,7 @@ use super::client::{self, Watch};
 use super::decide::{Blocked, FailoverDecision, Promotion, decide};
 use super::input::{Cluster, Instance, Role};
 use super::wire::{InstanceReport, Instruction};
+use crate::api::InstanceState;
 use crate::instance::quorum::Bounds;
 
 /// Failures of the world's reads and writes, logged and retried.
@@ -35,6 +36,8 @@ pub struct Recorded {
     /// The synchronous set the primary last reported, as recorded (so that an engine
     /// that starts while the primary is already gone still chooses safely).
     pub sync: Option<SyncSet>,
+    /// `status.instancesStatus`.
+    pub instances: Vec<InstanceState>,
 }
 
 /// `ANY quorum (standbys)` as the primary reported it.
@@ -89,6 +92,11 @@ pub trait World: Send + Sync {
     fn record_primary(&self, pod: &str) -> impl Future<Output = Result<(), WorldError>> + Send;
     /// The synchronous set the primary reports, when it changes.
     fn record_sync(&self, sync: &SyncSet) -> impl Future<Output = Result<(), WorldError>> + Send;
+    /// `status.instancesStatus`, when it changes.
+    fn record_instances(
+        &self,
+        instances: &[InstanceState],
+    ) -> impl Future<Output = Result<(), WorldError>> + Send;
     fn announce(&self, announcement: Announcement) -> impl Future<Output = ()> + Send;
 }
 
@@ -142,6 +150,8 @@ pub struct Engine<W> {
     /// The synchronous set and flushed position of the primary's last heartbeat.
     sync: Option<SyncSet>,
     primary_lsn: Option<u64>,
+    /// `status.instancesStatus` as last recorded.
+    instances: Option<Vec<InstanceState>>,
 }
 
 impl<W: World> Engine<W> {
@@ -151,6 +161,7 @@ impl<W: World> Engine<W> {
             timing,
             sync: None,
             primary_lsn: None,
+            instances: None,
         }
     }
 
@@ -173,6 +184,9 @@ impl<W: World> Engine<W> {
         let recorded = self.world.recorded().await?;
         if self.sync.is_none() {
             self.sync = recorded.sync.clone();
+        }
+        if self.instances.is_none() {
+            self.instances = Some(recorded.instances.clone());
         }
         let Some(current) = recorded.current_primary.clone() else {
             // A new cluster: its first primary is not a failover; it is recorded once it
@@ -197,7 +211,7 @@ impl<W: World> Engine<W> {
             .find(|m| m.pod == current)
             .and_then(|m| m.address.clone());
         let end = match address {
-            Some(address) => self.watch_primary(&address).await,
+            Some(address) => self.watch_primary(&address, &current, &members).await,
             None => WatchEnd::Suspect("the primary's pod has no address".to_string()),
         };
         match end {
@@ -245,7 +259,12 @@ impl<W: World> Engine<W> {
 
     /// Reads the primary's heartbeats until it breaks, falls silent, stops being a
     /// running primary, or the refresh period ends.
-    async fn watch_primary(&mut self, address: &str) -> WatchEnd {
+    async fn watch_primary(
+        &mut self,
+        address: &str,
+        primary: &str,
+        members: &[Member],
+    ) -> WatchEnd {
         let mut watch = match Watch::open(address, self.timing.silence).await {
             Ok(watch) => watch,
             Err(error) => return WatchEnd::Suspect(error.to_string()),
@@ -277,6 +296,14 @@ impl<W: World> Engine<W> {
                     continue;
                 }
                 self.sync = Some(sync);
+            }
+            let instances = instance_states(primary, members, &report);
+            if self.instances.as_ref() != Some(&instances) {
+                if let Err(error) = self.world.record_instances(&instances).await {
+                    tracing::warn!(%error, "cannot record the instances");
+                    continue;
+                }
+                self.instances = Some(instances);
             }
         }
         WatchEnd::Refresh
@@ -598,6 +625,35 @@ impl<W: World> Engine<W> {
 }
 
 mod switchover;
+
+/// `status.instancesStatus` from the primary's report: it runs; a standby is ready
+/// when it streams from it.
+fn instance_states(
+    primary: &str,
+    members: &[Member],
+    report: &InstanceReport,
+) -> Vec<InstanceState> {
+    members
+        .iter()
+        .map(|member| {
+            if member.pod == primary {
+                return InstanceState {
+                    name: member.pod.clone(),
+                    role: "primary".to_string(),
+                    ready: true,
+                    sync_state: None,
+                };
+            }
+            let synchronous = report.sync_quorum > 0 && report.sync_standbys.contains(&member.pod);
+            InstanceState {
+                name: member.pod.clone(),
+                role: "standby".to_string(),
+                ready: report.streaming_standbys.contains(&member.pod),
+                sync_state: Some(if synchronous { "quorum" } else { "async" }.to_string()),
+            }
+        })
+        .collect()
+}
 
 fn describe(report: &InstanceReport) -> String {
     let role = match report.report.role {

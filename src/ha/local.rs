@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use serde_yaml::Value;
 
 use super::engine::{Announcement, Member, Recorded, SyncSet, World, WorldError};
-use crate::api::Postgres;
+use crate::api::{InstanceState, Postgres};
 use crate::instance::quorum::Bounds;
 use crate::manifests::names;
 
@@ -129,6 +129,7 @@ impl World for LocalWorld {
                 quorum: usize::try_from(quorum).unwrap_or(0),
                 standbys: status.sync_standbys.clone(),
             }),
+            instances: status.instances_status.clone(),
         })
     }
 
@@ -159,6 +160,10 @@ impl World for LocalWorld {
                 ),
             ),
         ])
+    }
+
+    async fn record_instances(&self, instances: &[InstanceState]) -> Result<(), WorldError> {
+        self.set_status(&[("instancesStatus", serde_yaml::to_value(instances)?)])
     }
 
     async fn announce(&self, announcement: Announcement) {

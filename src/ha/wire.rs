@@ -27,6 +27,9 @@ pub struct InstanceReport {
     /// the new primary must have received before it is promoted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stopped_at_lsn: Option<u64>,
+    /// Primary: the standbys streaming from it now.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub streaming_standbys: Vec<String>,
 }
 
 /// What the engine tells an instance.
@@ -146,6 +149,7 @@ mod tests {
             sync_standbys: vec!["postgres-demo-1".to_string()],
             fenced: false,
             stopped_at_lsn: None,
+            streaming_standbys: Vec::new(),
         };
         let json = serde_json::to_value(&report).unwrap();
         assert_eq!(json["role"], "primary");

@@ -103,6 +103,9 @@ pub struct ServerState {
     pub replayed_lsn: Option<u64>,
     pub streaming: bool,
     pub sync_standby_names: String,
+    /// Primary: the standbys streaming from it (not a clone's WAL stream, which
+    /// replays nothing).
+    pub streaming_standbys: Vec<String>,
 }
 
 const REPORT_SQL: &str = "SELECT pg_is_in_recovery(), \
@@ -114,7 +117,9 @@ const REPORT_SQL: &str = "SELECT pg_is_in_recovery(), \
        ELSE pg_wal_lsn_diff(pg_current_wal_flush_lsn(), '0/0')::bigint END, \
      CASE WHEN pg_is_in_recovery() THEN pg_wal_lsn_diff(pg_last_wal_replay_lsn(), '0/0')::bigint END, \
      coalesce((SELECT status = 'streaming' FROM pg_stat_wal_receiver), false), \
-     current_setting('synchronous_standby_names')";
+     current_setting('synchronous_standby_names'), \
+     ARRAY(SELECT application_name::text FROM pg_stat_replication \
+           WHERE state = 'streaming' AND replay_lsn IS NOT NULL ORDER BY 1)";
 
 pub async fn read_report(client: &Client) -> Result<ServerState, tokio_postgres::Error> {
     let row = client.query_one(REPORT_SQL, &[]).await?;
@@ -129,6 +134,7 @@ pub async fn read_report(client: &Client) -> Result<ServerState, tokio_postgres:
         replayed_lsn: lsn(3),
         streaming: row.get(4),
         sync_standby_names: row.get(5),
+        streaming_standbys: row.get(6),
     })
 }
 
@@ -149,6 +155,7 @@ pub fn compose(pod: &str, view: &HaView, server: Option<ServerState>) -> Instanc
             sync_standbys: Vec::new(),
             fenced: view.fenced,
             stopped_at_lsn: view.stopped_at_lsn,
+            streaming_standbys: Vec::new(),
         };
     };
     let role = if server.in_recovery {
@@ -175,6 +182,11 @@ pub fn compose(pod: &str, view: &HaView, server: Option<ServerState>) -> Instanc
         sync_standbys,
         fenced: view.fenced,
         stopped_at_lsn: None,
+        streaming_standbys: if role == Role::Primary {
+            server.streaming_standbys
+        } else {
+            Vec::new()
+        },
     }
 }
 
@@ -278,9 +290,11 @@ mod tests {
             replayed_lsn: None,
             streaming: false,
             sync_standby_names: "ANY 1 (\"p-1\", \"p-2\")".to_string(),
+            streaming_standbys: vec!["p-1".to_string()],
         };
         let primary = compose("p-0", &view(Role::Primary, None), Some(server.clone()));
         assert_eq!((primary.sync_quorum, primary.sync_standbys.len()), (1, 2));
+        assert_eq!(primary.streaming_standbys, ["p-1"]);
         let standby = compose(
             "p-1",
             &view(Role::Standby, Some("p-0")),
