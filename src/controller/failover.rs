@@ -274,6 +274,21 @@ impl World for KubeWorld {
         Ok(())
     }
 
+    /// The reconcile writes the whole condition list from what it read: one that read
+    /// before the engine's write drops `FailoverBlocked`, which is put back here.
+    async fn confirm_blocked(&self, message: &str) {
+        let shown = self.postgres().ok().is_some_and(|postgres| {
+            postgres.status.as_ref().is_some_and(|status| {
+                status.conditions.iter().any(|c| {
+                    c.type_ == FAILOVER_BLOCKED && c.status == "True" && c.message == message
+                })
+            })
+        });
+        if !shown && let Err(error) = self.blocked_condition(Some(message)).await {
+            tracing::warn!(%error, "cannot record the FailoverBlocked condition");
+        }
+    }
+
     async fn announce(&self, announcement: Announcement) {
         match announcement {
             Announcement::PrimaryLost { pod, reason } => {

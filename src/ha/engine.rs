@@ -98,6 +98,11 @@ pub trait World: Send + Sync {
         instances: &[InstanceState],
     ) -> impl Future<Output = Result<(), WorldError>> + Send;
     fn announce(&self, announcement: Announcement) -> impl Future<Output = ()> + Send;
+    /// Called on every look while a failover is blocked: a world whose record of it can
+    /// be overwritten by another writer puts it back.
+    fn confirm_blocked(&self, _message: &str) -> impl Future<Output = ()> + Send {
+        async {}
+    }
 }
 
 /// The engine's clocks.
@@ -411,6 +416,8 @@ impl<W: World> Engine<W> {
                             .announce(Announcement::Blocked(Some(message.clone())))
                             .await;
                         blocked = Some(message);
+                    } else {
+                        self.world.confirm_blocked(&message).await;
                     }
                     if let Blocked::OtherPrimary { .. } = reason {
                         return Ok(());
