@@ -394,7 +394,13 @@ fn main() {
     let kubeconfig = dir.path().join("kubeconfig");
     std::fs::write(&kubeconfig, ApiServer::kubeconfig(api_address)).expect("write kubeconfig");
     let metrics_address: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-    let (instances, open_streams) = fake_instances(&runtime);
+    // Their own threads: 1,000 heartbeat streams must not wait behind the API double.
+    let instances_runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("a runtime for the fake instances");
+    let (instances, open_streams) = fake_instances(&instances_runtime);
     let started = Instant::now();
     let mut operator = Operator::start(&kubeconfig, metrics_address, options.resync, instances);
 

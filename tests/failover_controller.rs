@@ -15,9 +15,10 @@ use postgres_operator::manifests::{labels, names};
 use serde_json::json;
 use support::apiserver::ApiServer;
 use support::controller_failover::{
-    EVENTS, NS, POSTGRES, RunningController, ServedApi, Writer, event_reasons, missing_on,
-    pod_object, ports, postgres, report, role_label, status, streams_from, superuser_password,
+    EVENTS, NS, POSTGRES, RunningController, ServedApi, event_reasons, pod_object, ports, postgres,
+    report, role_label, status, streams_from, superuser_password,
 };
+use support::failover::{Writer, missing_on_as};
 use support::instance::Instance;
 use support::wait_until;
 
@@ -156,7 +157,7 @@ async fn the_controller_fails_over_instances_that_read_the_api() {
     );
 
     let all_ports: Vec<u16> = instances.iter().map(|i| i.port).collect();
-    let writer = Writer::start(&all_ports, &password).await;
+    let writer = Writer::start_as(&all_ports, &password).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     // kill -9 of every process of the primary's pod.
@@ -204,7 +205,7 @@ async fn the_controller_fails_over_instances_that_read_the_api() {
     // Every commit acknowledged, before and after, is on the new primary.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let acks = writer.acks();
-    let lost = missing_on(first.port, &password, &acks).await;
+    let lost = missing_on_as(first.port, &password, &acks).await;
     assert!(lost.is_empty(), "acknowledged commits lost: {lost:?}");
     eprintln!("{} acknowledged commits, none lost", acks.len());
 
@@ -290,7 +291,7 @@ async fn the_controller_fails_over_instances_that_read_the_api() {
     let acks = writer.acks();
     drop(writer);
     wait_until("the old primary has replayed every commit", 60, || async {
-        missing_on(instances[0].port, &password, &acks)
+        missing_on_as(instances[0].port, &password, &acks)
             .await
             .is_empty()
     })

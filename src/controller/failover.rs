@@ -24,7 +24,6 @@ use crate::api::{InstanceState, Postgres};
 use crate::ha::engine::{
     Announcement, Engine, Member, Recorded, SyncSet, Timing, World, WorldError,
 };
-use crate::instance::quorum::Bounds;
 use crate::manifests::names;
 use crate::manifests::pod::STATUS_PORT;
 
@@ -236,18 +235,7 @@ impl World for KubeWorld {
     }
 
     async fn recorded(&self) -> Result<Recorded, WorldError> {
-        let postgres = self.postgres()?;
-        let status = postgres.status.clone().unwrap_or_default();
-        Ok(Recorded {
-            current_primary: status.current_primary.clone(),
-            target_primary: status.target_primary.clone(),
-            bounds: Bounds::of(&postgres.spec.quorum),
-            sync: status.sync_quorum.map(|quorum| SyncSet {
-                quorum: usize::try_from(quorum).unwrap_or(0),
-                standbys: status.sync_standbys.clone(),
-            }),
-            instances: status.instances_status.clone(),
-        })
+        Ok(Recorded::of(&*self.postgres()?))
     }
 
     async fn record_target(&self, pod: &str) -> Result<(), WorldError> {

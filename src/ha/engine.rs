@@ -40,6 +40,23 @@ pub struct Recorded {
     pub instances: Vec<InstanceState>,
 }
 
+impl Recorded {
+    /// What a Postgres's spec and status say.
+    pub fn of(postgres: &crate::api::Postgres) -> Self {
+        let status = postgres.status.clone().unwrap_or_default();
+        Self {
+            current_primary: status.current_primary,
+            target_primary: status.target_primary,
+            bounds: Bounds::of(&postgres.spec.quorum),
+            sync: status.sync_quorum.map(|quorum| SyncSet {
+                quorum: usize::try_from(quorum).unwrap_or(0),
+                standbys: status.sync_standbys,
+            }),
+            instances: status.instances_status,
+        }
+    }
+}
+
 /// `ANY quorum (standbys)` as the primary reported it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SyncSet {

@@ -11,7 +11,6 @@ use serde_yaml::Value;
 
 use super::engine::{Announcement, Member, Recorded, SyncSet, World, WorldError};
 use crate::api::{InstanceState, Postgres};
-use crate::instance::quorum::Bounds;
 use crate::manifests::names;
 
 pub struct LocalWorld {
@@ -115,22 +114,13 @@ impl World for LocalWorld {
 
     async fn recorded(&self) -> Result<Recorded, WorldError> {
         let postgres = self.postgres()?;
-        let status = postgres.status.clone().unwrap_or_default();
-        Ok(Recorded {
-            // Outside Kubernetes nothing else records the first primary: it is the
-            // one the instances start as (ordinal 0 of a new cluster).
-            current_primary: status
-                .current_primary
-                .clone()
-                .or_else(|| Some(names::pod(postgres.cluster_name(), 0))),
-            target_primary: status.target_primary.clone(),
-            bounds: Bounds::of(&postgres.spec.quorum),
-            sync: status.sync_quorum.map(|quorum| SyncSet {
-                quorum: usize::try_from(quorum).unwrap_or(0),
-                standbys: status.sync_standbys.clone(),
-            }),
-            instances: status.instances_status.clone(),
-        })
+        let mut recorded = Recorded::of(&postgres);
+        // Outside Kubernetes nothing else records the first primary: it is the one the
+        // instances start as (ordinal 0 of a new cluster).
+        recorded
+            .current_primary
+            .get_or_insert_with(|| names::pod(postgres.cluster_name(), 0));
+        Ok(recorded)
     }
 
     async fn record_target(&self, pod: &str) -> Result<(), WorldError> {

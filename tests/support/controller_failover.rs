@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::config::{KubeConfigOptions, Kubeconfig};
@@ -24,9 +24,8 @@ use serde_json::{Value, json};
 use tokio::sync::oneshot;
 
 use super::apiserver::ApiServer;
-use super::failover::{Ack, WRITE_EVERY};
 use super::instance::Instance;
-use super::postgres::{chown_to_postgres, free_port, login};
+use super::postgres::{chown_to_postgres, free_port};
 
 pub const NS: &str = "tenant";
 pub const POSTGRES: &str = "apps.cozystack.io/postgreses";
@@ -240,122 +239,6 @@ pub async fn streams_from(instance: &Instance, primary: &str) -> bool {
     report(instance).await.is_some_and(|r| {
         r.report.role == Role::Standby && r.report.streaming_from.as_deref() == Some(primary)
     })
-}
-
-/// Commits one row at a time through `host=…,… target_session_attrs=read-write` as the
-/// superuser with `password`, reconnecting after any error, and records every
-/// acknowledged commit (as `failover::Writer`, whose password is the spec file's).
-pub struct Writer {
-    acks: Arc<Mutex<Vec<Ack>>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Writer {
-    pub async fn start(ports: &[u16], password: &str) -> Self {
-        let mut config = tokio_postgres::Config::new();
-        for port in ports {
-            config.host("127.0.0.1").port(*port);
-        }
-        config
-            .user("postgres")
-            .password(password)
-            .dbname("postgres")
-            .connect_timeout(Duration::from_secs(1))
-            .target_session_attrs(tokio_postgres::config::TargetSessionAttrs::ReadWrite);
-        let connect = |config: tokio_postgres::Config| async move {
-            let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
-            tokio::spawn(async move {
-                let _ = connection.await;
-            });
-            let port: i32 = client
-                .query_one("SELECT inet_server_port()", &[])
-                .await?
-                .get(0);
-            Ok::<_, tokio_postgres::Error>((client, u16::try_from(port).unwrap()))
-        };
-        let (client, _) = connect(config.clone()).await.unwrap();
-        client
-            .batch_execute("CREATE TABLE IF NOT EXISTS ticks (id bigint PRIMARY KEY)")
-            .await
-            .unwrap();
-        drop(client);
-        let acks = Arc::new(Mutex::new(Vec::new()));
-        let record = acks.clone();
-        let task = tokio::spawn(async move {
-            let mut next: i64 = 1;
-            loop {
-                let Ok((client, port)) = connect(config.clone()).await else {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                    continue;
-                };
-                loop {
-                    let id = next;
-                    next += 1;
-                    if client
-                        .execute("INSERT INTO ticks (id) VALUES ($1)", &[&id])
-                        .await
-                        .is_err()
-                    {
-                        break;
-                    }
-                    record.lock().unwrap().push(Ack {
-                        id,
-                        at: Instant::now(),
-                        port,
-                    });
-                    tokio::time::sleep(WRITE_EVERY).await;
-                }
-            }
-        });
-        Self { acks, task }
-    }
-
-    pub fn acks(&self) -> Vec<Ack> {
-        self.acks.lock().unwrap().clone()
-    }
-
-    /// Until a commit is acknowledged by a server on another port than `old` after
-    /// `after`; that commit.
-    pub async fn wait_ack_elsewhere(&self, old: u16, after: Instant, seconds: u64) -> Ack {
-        let deadline = Instant::now() + Duration::from_secs(seconds);
-        loop {
-            if let Some(ack) = self
-                .acks()
-                .into_iter()
-                .find(|a| a.at > after && a.port != old)
-            {
-                return ack;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no commit acknowledged by another server within {seconds} s"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-}
-
-impl Drop for Writer {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-/// The acknowledged ids missing from the server on `port` (the superuser logs in with
-/// `password`).
-pub async fn missing_on(port: u16, password: &str, acks: &[Ack]) -> Vec<i64> {
-    let client = login(port, "postgres", password, "postgres").await.unwrap();
-    let present: std::collections::BTreeSet<i64> = client
-        .query("SELECT id FROM ticks", &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|row| row.get(0))
-        .collect();
-    acks.iter()
-        .map(|a| a.id)
-        .filter(|id| !present.contains(id))
-        .collect()
 }
 
 /// Ports for the instances of a cluster chosen beforehand, so that every one can name

@@ -191,13 +191,19 @@ pub struct Writer {
 
 impl Writer {
     pub async fn start(ports: &[u16]) -> Self {
+        Self::start_as(ports, SUPERUSER_PASSWORD).await
+    }
+
+    /// As [`Writer::start`], the superuser logging in with `password` (one the
+    /// controller generated).
+    pub async fn start_as(ports: &[u16], password: &str) -> Self {
         let mut config = tokio_postgres::Config::new();
         for port in ports {
             config.host("127.0.0.1").port(*port);
         }
         config
             .user("postgres")
-            .password(SUPERUSER_PASSWORD)
+            .password(password)
             .dbname("postgres")
             .connect_timeout(Duration::from_secs(1))
             .target_session_attrs(tokio_postgres::config::TargetSessionAttrs::ReadWrite);
@@ -297,7 +303,12 @@ impl Drop for Writer {
 
 /// The acknowledged ids missing from the server on `port`.
 pub async fn missing_on(port: u16, acks: &[Ack]) -> Vec<i64> {
-    let client = super::postgres::login(port, "postgres", SUPERUSER_PASSWORD, "postgres")
+    missing_on_as(port, SUPERUSER_PASSWORD, acks).await
+}
+
+/// As [`missing_on`], the superuser logging in with `password`.
+pub async fn missing_on_as(port: u16, password: &str, acks: &[Ack]) -> Vec<i64> {
+    let client = super::postgres::login(port, "postgres", password, "postgres")
         .await
         .unwrap();
     let present: std::collections::BTreeSet<i64> = client
