@@ -13,6 +13,7 @@
 //!   cargo bench --bench controller                        # 1,000 clusters
 //!   cargo bench --bench controller -- --clusters 100      # scripts/test.sh (dev profile)
 //!   cargo bench --bench controller -- --clusters 5000 --timeout-seconds 1200
+//!   cargo bench --bench controller -- --no-failover       # baseline without HA engines
 //!
 //! The operator resyncs every cluster every `--resync-seconds` (default: N / 200, at least
 //! 5), so settled clusters ask for the same 200 reconciles a second at any N and the
@@ -45,6 +46,9 @@ struct Options {
     clusters: usize,
     timeout: Duration,
     resync: Duration,
+    /// `--no-failover`: the operator without its HA engines, the baseline of what
+    /// watching the primaries costs.
+    failover: bool,
 }
 
 impl Options {
@@ -52,6 +56,7 @@ impl Options {
         let mut clusters = 1000;
         let mut timeout = None;
         let mut resync = None;
+        let mut failover = true;
         let mut args = std::env::args().skip(1);
         while let Some(arg) = args.next() {
             let mut value = |name: &str| -> u64 {
@@ -63,6 +68,7 @@ impl Options {
                 "--clusters" => clusters = value(&arg) as usize,
                 "--timeout-seconds" => timeout = Some(Duration::from_secs(value(&arg))),
                 "--resync-seconds" => resync = Some(Duration::from_secs(value(&arg))),
+                "--no-failover" => failover = false,
                 // cargo bench passes --bench; a filter argument has nothing to select here.
                 _ => {}
             }
@@ -75,6 +81,7 @@ impl Options {
             clusters,
             timeout,
             resync,
+            failover,
         }
     }
 }
@@ -91,11 +98,13 @@ impl Operator {
         metrics: SocketAddr,
         resync: Duration,
         instances: SocketAddr,
+        failover: bool,
     ) -> Operator {
         let mut command = Command::new(env!("CARGO_BIN_EXE_postgres-operator"));
         command
             .args(["controller", "--leader-election", "false"])
             .args(["--instance-address-template", &instances.to_string()])
+            .args(["--failover", &failover.to_string()])
             .args(["--log-format", "text"])
             .args(["--http-address", &metrics.to_string()])
             .args(["--resync-seconds", &resync.as_secs().to_string()])
@@ -273,7 +282,7 @@ fn quantile(buckets: &[(f64, f64)], q: f64) -> f64 {
 /// Clusters whose status describes their current generation (every object applied and
 /// the status written for the spec as it is) and whose HA engine has recorded the
 /// primary and its synchronous set.
-fn settled(server: &ApiServer) -> usize {
+fn settled(server: &ApiServer, failover: bool) -> usize {
     (0..NAMESPACES)
         .map(|ns| {
             server.count(POSTGRES, &format!("tenant-{ns}"), |pg| {
@@ -281,9 +290,10 @@ fn settled(server: &ApiServer) -> usize {
                 let observed = &status["observedGeneration"];
                 observed.is_number()
                     && *observed == pg["metadata"]["generation"]
-                    && status["currentPrimary"].is_string()
-                    && status["syncQuorum"].is_number()
-                    && status["instancesStatus"].is_array()
+                    && (!failover
+                        || status["currentPrimary"].is_string()
+                            && status["syncQuorum"].is_number()
+                            && status["instancesStatus"].is_array())
             })
         })
         .sum()
@@ -402,13 +412,19 @@ fn main() {
         .expect("a runtime for the fake instances");
     let (instances, open_streams) = fake_instances(&instances_runtime);
     let started = Instant::now();
-    let mut operator = Operator::start(&kubeconfig, metrics_address, options.resync, instances);
+    let mut operator = Operator::start(
+        &kubeconfig,
+        metrics_address,
+        options.resync,
+        instances,
+        options.failover,
+    );
 
-    while settled(&server) < clusters {
+    while settled(&server, options.failover) < clusters {
         assert!(
             started.elapsed() < options.timeout,
             "{} of {clusters} clusters settled after {:?}",
-            settled(&server),
+            settled(&server, options.failover),
             options.timeout
         );
         assert!(operator.running(), "the operator exited");

@@ -154,6 +154,9 @@ impl Default for Timing {
     }
 }
 
+/// An engine's first look comes within this long of its start.
+const START_SPREAD: Duration = Duration::from_secs(1);
+
 /// How often a new cluster's first primary is looked for.
 const NEW_CLUSTER_POLL: Duration = Duration::from_secs(2);
 
@@ -193,6 +196,13 @@ impl<W: World> Engine<W> {
 
     /// Watches and fails over, for as long as the future is polled.
     pub async fn run(mut self) {
+        // Engines start together (a new leader takes over every cluster at once): their
+        // first looks are spread, so that a thousand clusters do not open a thousand
+        // streams in the same millisecond.
+        let spread = u64::try_from(START_SPREAD.as_millis())
+            .unwrap_or(1000)
+            .max(1);
+        tokio::time::sleep(Duration::from_millis(rand::random::<u64>() % spread)).await;
         loop {
             if let Err(error) = self.step().await {
                 tracing::warn!(%error, "HA engine: retrying");
