@@ -4,7 +4,7 @@
 //! taking writes on its own; once the link is back it becomes a standby of the new
 //! primary. Meanwhile every instance's `/ha/report` is sampled (the old primary's from
 //! inside its namespace, so also during the cut): never two writable primaries once the
-//! old one refused writes. Root only (`ip netns`); skipped otherwise.
+//! old one refused writes. Root only (`ip netns`), as every test that runs instances.
 //!
 //! The cluster record (the spec file the engine writes) stands for the API server. In
 //! the first test it is on the host's side of the partition: the old primary reads a
@@ -259,10 +259,12 @@ fn follow_the_record(
 }
 
 async fn partition(record: Record) {
-    if !NetNs::available() {
-        eprintln!("skipped: network namespaces need root and `ip`");
-        return;
-    }
+    // Like every test that runs instances (as the `postgres` user), this one needs
+    // root; it fails rather than passing without having looked.
+    assert!(
+        NetNs::available(),
+        "network namespaces need root and `ip` (scripts/install-test-deps.sh installs iproute2)"
+    );
     let _serial = SERIAL.lock().await;
     // Declared first, dropped last: the instances inside are stopped before it goes.
     let netns = NetNs::new();
