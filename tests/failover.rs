@@ -76,6 +76,15 @@ async fn a_killed_primary_is_replaced_without_losing_an_acknowledged_commit() {
         "the other standby streams again {} ms after",
         promoted.elapsed().as_millis()
     );
+    let last = cluster.status().last_failover.expect("status.lastFailover");
+    assert_eq!(
+        (last.from.as_str(), last.to.as_str()),
+        (cluster.instances[0].pod.as_str(), new_primary.as_str())
+    );
+    assert_eq!(
+        last.lost_wal_bytes, None,
+        "nothing is given up under a quorum"
+    );
     // The record shows each instance as the new primary reports it.
     let other_pod = cluster.instances[other].pod.clone();
     wait_until(

@@ -432,6 +432,18 @@ async fn partition(record: Record) {
     let ((refused_at, last_write), (new_primary, recorded_after)) =
         tokio::join!(refusal, promotion);
     let refused_after = refused_at.duration_since(cut);
+    // Asynchronous: the failover says what it gave up of the old primary's WAL.
+    wait_until("status.lastFailover is recorded", 30, || async {
+        recorded(&spec).last_failover.is_some()
+    })
+    .await;
+    let last = recorded(&spec).last_failover.unwrap();
+    assert_eq!(
+        (last.from.as_str(), last.to.as_str()),
+        (pods[0].as_str(), new_primary.as_str())
+    );
+    assert!(last.lost_wal_bytes.is_some(), "{last:?}");
+    eprintln!("lastFailover: {last:?}");
     eprintln!(
         "the cut-off primary refused a write {} ms after the cut (last write it took: {})",
         refused_after.as_millis(),

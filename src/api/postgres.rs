@@ -537,9 +537,30 @@ pub struct PostgresStatus {
     /// `/status` and metrics, which move all the time).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub instances_status: Vec<InstanceState>,
+    /// The last automatic failover.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_failover: Option<FailoverRecord>,
     /// Completion time of the last successful backup (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_backup: Option<String>,
+}
+
+/// `status.lastFailover`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FailoverRecord {
+    /// The primary that was lost.
+    pub from: String,
+    /// The standby promoted in its place.
+    pub to: String,
+    /// When the new primary took over (RFC 3339).
+    pub completed_at: String,
+    /// From the first sign of the loss to the new primary taking writes.
+    pub seconds: f64,
+    /// Asynchronous replication only: bytes of WAL the old primary had reported that
+    /// the promoted standby did not have; the commits in them are lost.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lost_wal_bytes: Option<u64>,
 }
 
 /// One instance in `status.instancesStatus`.

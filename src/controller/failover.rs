@@ -20,7 +20,7 @@ use kube::{Api, Resource};
 use serde_json::json;
 
 use super::Context;
-use crate::api::{InstanceState, Postgres};
+use crate::api::{FailoverRecord, InstanceState, Postgres};
 use crate::ha::engine::{
     Announcement, Engine, Member, Recorded, SyncSet, Timing, World, WorldError,
 };
@@ -303,7 +303,22 @@ impl World for KubeWorld {
                 self.event(EventType::Warning, "FailoverStarted", note)
                     .await;
             }
-            Announcement::FailoverCompleted { from, to, elapsed } => {
+            Announcement::FailoverCompleted {
+                from,
+                to,
+                elapsed,
+                lost_wal_bytes,
+            } => {
+                let record = FailoverRecord {
+                    from: from.clone(),
+                    to: to.clone(),
+                    completed_at: Timestamp::now().to_string(),
+                    seconds: elapsed.as_secs_f64(),
+                    lost_wal_bytes,
+                };
+                if let Err(error) = self.patch_status(json!({ "lastFailover": record })).await {
+                    tracing::warn!(%error, "cannot record the failover in the status");
+                }
                 self.ctx.metrics.count_failover(
                     &self.namespace(),
                     &self.key.name,

@@ -448,6 +448,7 @@ async fn write_status(
             "syncQuorum",
             "syncStandbys",
             "instancesStatus",
+            "lastFailover",
         ] {
             fields.remove(owned_by_the_engine);
         }

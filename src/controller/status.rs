@@ -210,6 +210,7 @@ pub fn desired_status(postgres: &Postgres, observed: &Observed, now: Timestamp) 
         sync_standbys: current.sync_standbys.clone(),
         sync_quorum: current.sync_quorum,
         instances_status: current.instances_status.clone(),
+        last_failover: current.last_failover.clone(),
         last_backup: current.last_backup.clone(),
         ..PostgresStatus::default()
     };

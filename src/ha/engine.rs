@@ -79,6 +79,9 @@ pub enum Announcement {
     FailoverCompleted {
         from: String,
         to: String,
+        /// Asynchronous replication: the old primary's WAL the new one lacked, as the
+        /// choice saw it (`None` under a quorum, or when this engine did not choose).
+        lost_wal_bytes: Option<u64>,
         /// From the first sign of trouble to the promoted primary taking writes.
         elapsed: Duration,
     },
@@ -392,6 +395,7 @@ impl<W: World> Engine<W> {
         let mut unfenceable: BTreeSet<String> = BTreeSet::new();
         let mut old_primary_fenced = false;
         let mut blocked: Option<String> = None;
+        let mut lost_wal_bytes: Option<u64> = None;
         loop {
             let recorded = self.world.recorded().await?;
             let members = self.world.members().await?;
@@ -516,6 +520,7 @@ impl<W: World> Engine<W> {
                     }
                     tracing::warn!(from, to = %promotion.pod, lsn = promotion.lsn, "failover: recording the new target");
                     self.world.record_target(&promotion.pod).await?;
+                    lost_wal_bytes = promotion.lost_wal_bytes;
                     self.world
                         .announce(Announcement::FailoverStarted {
                             from: from.to_string(),
@@ -553,6 +558,7 @@ impl<W: World> Engine<W> {
                         .announce(Announcement::FailoverCompleted {
                             from: from.to_string(),
                             to: target.clone(),
+                            lost_wal_bytes,
                             elapsed,
                         })
                         .await;
