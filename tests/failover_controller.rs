@@ -303,6 +303,63 @@ async fn the_controller_fails_over_instances_that_read_the_api() {
         Some(new_primary.as_str())
     );
 
+    // A switchover back to the old primary, asked for as a user does, with the
+    // `switchover` command: the clean hand-over, not a step-down on the record.
+    let back = pods[0].clone();
+    let command_env = env.clone();
+    let asked = Instant::now();
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_postgres-operator"))
+            .args([
+                "switchover",
+                "-n",
+                NS,
+                CLUSTER,
+                "--to",
+                &back,
+                "--wait-seconds",
+                "0",
+            ])
+            .envs(command_env)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    wait_until("the switchover completes", 60, || async {
+        status(&server, CLUSTER).current_primary.as_deref() == Some(pods[0].as_str())
+            && role_label(&server, &pods[0]).as_deref() == Some("primary")
+    })
+    .await;
+    eprintln!(
+        "switchover back to {} done {} ms after the request",
+        pods[0],
+        asked.elapsed().as_millis()
+    );
+    wait_until("both others stream from the new primary", 60, || async {
+        streams_from(&instances[1], &pods[0]).await && streams_from(&instances[2], &pods[0]).await
+    })
+    .await;
+    let reasons = event_reasons(&server, CLUSTER);
+    assert!(
+        reasons.iter().any(|r| r == "SwitchoverCompleted"),
+        "{reasons:?}"
+    );
+    // The former primary handed over cleanly: no step-down on the record, no rewind.
+    let log = instances[new].log();
+    assert!(log.contains("switchover: stopped cleanly"), "{log}");
+    assert!(
+        !log.contains("no word from the HA engine: stepping down"),
+        "{log}"
+    );
+    assert!(log.contains("AlreadyOnHistory"), "{log}");
+    assert_eq!(
+        controller.failovers(NS, CLUSTER),
+        Some(1.0),
+        "a switchover is no failover"
+    );
+
     controller.stop().await;
     drop(instances);
     eprintln!("whole test: {} ms", started.elapsed().as_millis());

@@ -164,6 +164,8 @@ struct Manager {
     replicas: watch::Sender<i32>,
     /// Handed over in a switchover: the final checkpoint of the stopped server.
     stopped_at_lsn: Option<u64>,
+    /// Since when the record names another primary while this one runs as the primary.
+    named_elsewhere: Option<Instant>,
 }
 
 /// Runs the instance until `shutdown` turns true; the postmaster is then shut down
@@ -226,7 +228,23 @@ async fn run_with(
     else {
         return Ok(());
     };
-    let role = role_of(&settings, &snapshot, None);
+    let mut role = role_of(&settings, &snapshot, None);
+    // A standby named as the target starts as a standby still: the HA engine promotes
+    // it once the primary recorded as running has handed over or is given up on.
+    if role == Role::Primary
+        && settings
+            .data_dir
+            .join(super::files::STANDBY_SIGNAL)
+            .exists()
+        && let Some(current) = snapshot
+            .postgres
+            .status
+            .as_ref()
+            .and_then(|s| s.current_primary.clone())
+            .filter(|current| *current != settings.pod_name)
+    {
+        role = Role::Standby { primary: current };
+    }
     let local = Connection {
         host: settings.local_host.clone(),
         port: settings.port,
@@ -256,6 +274,7 @@ async fn run_with(
         fenced_at: None,
         self_fenced: false,
         stopped_at_lsn: None,
+        named_elsewhere: None,
         contact: Arc::default(),
         replicas: watch::channel(snapshot.postgres.spec.replicas).0,
         held_down: watch::channel(HoldDown::Released).0,
@@ -675,22 +694,26 @@ impl Manager {
             &self.role,
         ) {
             (Role::Primary, Role::Standby { .. }) => {
-                tracing::info!("this instance is the new target primary: promoting");
-                if let Err(error) = self.become_primary().await {
-                    tracing::error!(%error, "promotion failed");
-                }
+                // Only the HA engine's word promotes: in a switchover the primary still
+                // runs until it has handed over, and promoting on the record alone would
+                // make two.
+                tracing::info!("named as the target primary; the HA engine promotes it");
             }
             (Role::Standby { primary }, Role::Standby { .. }) => {
                 self.role = Role::Standby { primary };
                 self.publish_view();
             }
             (Role::Standby { primary }, Role::Primary) => {
-                tracing::warn!(target = %primary, "another instance is the target primary: stepping down");
-                if let Err(error) = self.step_down(snapshot, &primary).await {
-                    tracing::error!(%error, "stepping down failed; the server stays down");
+                // The HA engine hands over cleanly (switchover) or fences this server
+                // (failover) within moments; stepping down on the record alone is the
+                // fallback for a primary the engine cannot reach (see
+                // `step_down_if_still_named`), never a race with a clean hand-over.
+                if self.named_elsewhere.is_none() {
+                    tracing::warn!(target = %primary, "another instance is the target primary: stepping down unless the HA engine acts first");
+                    self.named_elsewhere = Some(Instant::now());
                 }
             }
-            (Role::Primary, Role::Primary) => {}
+            (Role::Primary, Role::Primary) => self.named_elsewhere = None,
         }
         match self.write_files(snapshot) {
             Ok(true) => {
@@ -773,6 +796,7 @@ impl Manager {
     /// slots, an expired fence.
     async fn maintain(&mut self, snapshot: &Snapshot) {
         self.lift_expired_fence(snapshot).await;
+        self.step_down_if_still_named(snapshot).await;
         let client = match self.provisioner.connect(MAINTENANCE_DB).await {
             Ok(client) => client,
             Err(error) => {

@@ -24,6 +24,10 @@ use crate::manifests::names;
 /// cluster fenced).
 pub const FENCE_LEASE: Duration = Duration::from_secs(30);
 
+/// How long a primary waits for the HA engine once the record names another
+/// instance, before it steps down on its own.
+pub const STEP_DOWN_AFTER: Duration = Duration::from_secs(5);
+
 /// How long a fenced standby's WAL receiver may take to stop.
 const RECEIVER_STOP: Duration = Duration::from_secs(3);
 
@@ -91,6 +95,8 @@ impl Manager {
         if !matches!(instruction, Instruction::HandOver { .. }) {
             self.stopped_at_lsn = None;
         }
+        // The engine acts: no stepping down on the record alone.
+        self.named_elsewhere = None;
         match instruction {
             Instruction::HandOver { to } => self.hand_over(&to).await,
             Instruction::Fence { primary } => self.fence(&primary).await,
@@ -294,6 +300,7 @@ impl Manager {
             primary: primary.to_string(),
         };
         self.fenced_at = None;
+        self.self_fenced = false;
         self.write_files(snapshot)?;
         self.held_down.send_replace(HoldDown::Released);
         self.publish_view();
@@ -351,6 +358,30 @@ impl Manager {
                 () = tokio::time::sleep(self.settings.clone_retry) => {}
                 _ = shutdown.wait_for(|stop| *stop) => return Ok(false),
             }
+        }
+    }
+
+    /// A primary the record has named another instance in place of for
+    /// [`STEP_DOWN_AFTER`], with no word from the HA engine meanwhile, steps down to a
+    /// standby of the named one.
+    pub(super) async fn step_down_if_still_named(&mut self, snapshot: &Snapshot) {
+        let Some(since) = self.named_elsewhere else {
+            return;
+        };
+        if since.elapsed() < STEP_DOWN_AFTER {
+            return;
+        }
+        self.named_elsewhere = None;
+        match role_of(&self.settings, snapshot, self.instructed.as_ref()) {
+            Role::Standby { primary } if self.role == Role::Primary => {
+                tracing::warn!(target = %primary, "still named in place of this primary, and no word from the HA engine: stepping down");
+                if let Err(error) = self.step_down(snapshot, &primary).await {
+                    // Held down meanwhile; tried again until the named primary answers.
+                    tracing::error!(%error, "stepping down failed; the server stays down and it is tried again");
+                    self.named_elsewhere = Some(Instant::now());
+                }
+            }
+            _ => {}
         }
     }
 
