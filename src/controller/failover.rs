@@ -279,14 +279,10 @@ impl World for KubeWorld {
 
     async fn announce(&self, announcement: Announcement) {
         match announcement {
-            Announcement::PrimaryLost { pod, reason } => {
-                self.event(
-                    EventType::Warning,
-                    "PrimaryUnhealthy",
-                    format!("primary {pod}: {reason}"),
-                )
-                .await;
-            }
+            // Only logged (the engine does): a primary starved of CPU is suspected at
+            // every stall that passes within the grace, and an Event each time would be
+            // a write per stall. A failover that follows has its own Events.
+            Announcement::PrimaryLost { .. } => {}
             Announcement::FailoverStarted { from, promotion } => {
                 let lost = match promotion.lost_wal_bytes {
                     Some(bytes) => format!(
