@@ -560,7 +560,7 @@ pub struct FailoverRecord {
     /// Asynchronous replication only: bytes of WAL the old primary had reported that
     /// the promoted standby did not have; the commits in them are lost.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub lost_wal_bytes: Option<u64>,
+    pub lost_wal_bytes: Option<i64>,
 }
 
 /// One instance in `status.instancesStatus`.

@@ -20,7 +20,7 @@ use kube::{Api, Resource};
 use serde_json::json;
 
 use super::Context;
-use crate::api::{FailoverRecord, InstanceState, Postgres};
+use crate::api::{InstanceState, Postgres};
 use crate::ha::engine::{
     Announcement, Engine, Member, Recorded, SyncSet, Timing, World, WorldError,
 };
@@ -300,18 +300,12 @@ impl World for KubeWorld {
                     .await;
             }
             Announcement::FailoverCompleted {
-                from,
-                to,
+                ref from,
+                ref to,
                 elapsed,
-                lost_wal_bytes,
+                ..
             } => {
-                let record = FailoverRecord {
-                    from: from.clone(),
-                    to: to.clone(),
-                    completed_at: Timestamp::now().to_string(),
-                    seconds: elapsed.as_secs_f64(),
-                    lost_wal_bytes,
-                };
+                let record = announcement.failover_record();
                 if let Err(error) = self.patch_status(json!({ "lastFailover": record })).await {
                     tracing::warn!(%error, "cannot record the failover in the status");
                 }

@@ -13,7 +13,7 @@ use super::client::{self, Watch};
 use super::decide::{Blocked, FailoverDecision, Promotion, decide};
 use super::input::{Cluster, Instance, Role};
 use super::wire::{InstanceReport, Instruction};
-use crate::api::InstanceState;
+use crate::api::{FailoverRecord, InstanceState};
 use crate::instance::quorum::Bounds;
 
 /// Failures of the world's reads and writes, logged and retried.
@@ -100,6 +100,29 @@ pub enum Announcement {
         to: String,
         reason: String,
     },
+}
+
+impl Announcement {
+    /// `status.lastFailover`, for a failover completed now.
+    pub fn failover_record(&self) -> Option<FailoverRecord> {
+        let Announcement::FailoverCompleted {
+            from,
+            to,
+            elapsed,
+            lost_wal_bytes,
+        } = self
+        else {
+            return None;
+        };
+        Some(FailoverRecord {
+            from: from.clone(),
+            to: to.clone(),
+            completed_at: k8s_openapi::jiff::Timestamp::now().to_string(),
+            seconds: elapsed.as_secs_f64(),
+            // The status schema's integers are signed (int64).
+            lost_wal_bytes: lost_wal_bytes.map(|bytes| i64::try_from(bytes).unwrap_or(i64::MAX)),
+        })
+    }
 }
 
 /// Where the engine reads and records the cluster.

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use serde_yaml::Value;
 
 use super::engine::{Announcement, Member, Recorded, SyncSet, World, WorldError};
-use crate::api::{FailoverRecord, InstanceState, Postgres};
+use crate::api::{InstanceState, Postgres};
 use crate::manifests::names;
 
 pub struct LocalWorld {
@@ -157,20 +157,7 @@ impl World for LocalWorld {
     }
 
     async fn announce(&self, announcement: Announcement) {
-        if let Announcement::FailoverCompleted {
-            from,
-            to,
-            elapsed,
-            lost_wal_bytes,
-        } = &announcement
-        {
-            let record = FailoverRecord {
-                from: from.clone(),
-                to: to.clone(),
-                completed_at: k8s_openapi::jiff::Timestamp::now().to_string(),
-                seconds: elapsed.as_secs_f64(),
-                lost_wal_bytes: *lost_wal_bytes,
-            };
+        if let Some(record) = announcement.failover_record() {
             let recorded = serde_yaml::to_value(&record)
                 .map_err(WorldError::from)
                 .and_then(|value| self.set_status(&[("lastFailover", value)]));
