@@ -26,16 +26,38 @@
 //! BENCH_RUN_MS and BENCH_JITTER_MS (700, 1500, 100; the running time varies by three
 //! times the jitter) change the bursts. Phase 2 runs only when phase 1 lost nothing.
 //!
+//! Phase 3, switchovers under the same writer, BENCH_SWITCHOVERS times in a row (default
+//! 10): once the cluster is settled (both standbys streaming from the primary, the engine
+//! watching and its record up to date), `status.targetPrimary` names a standby, as
+//! `postgres-operator switchover` does; the engine fences the primary, stops it cleanly,
+//! promotes the target and points the others at it. The target alternates between the
+//! standby that was not the previous primary and the previous primary (a switch back to
+//! a freshly rejoined one), so that every instance is switched to and away from.
+//! Measured:
+//!
+//! - write gap: the longest time between two consecutive acknowledged commits, from the
+//!   last one before the request until the cluster is settled again;
+//! - writes resumed: the first commit acknowledged by the new primary, minus the request;
+//! - lost commits: every commit acknowledged so far that the new primary lacks;
+//! - the old primary: whether it stopped cleanly and rejoined without a rewind (its log),
+//!   and when it streams from the new primary (after the request).
+//!
+//! Targets: write gap p50 <= 1 s, nothing lost (the verdict, PASS or FAIL, and the exit
+//! status); no rewind and no failover are reported as well. Phase 3 runs only when the
+//! earlier phases lost nothing. `-- --switchovers N` on the command line runs phase 3
+//! alone, N times.
+//!
 //!   cargo bench --bench failover
 //!   BENCH_FAILOVERS=20 BENCH_STARVE_SECONDS=600 cargo bench --bench failover
-//!   BENCH_FAILOVERS=0 BENCH_STOP_MS=1500 cargo bench --bench failover   # phase 2 alone
+//!   BENCH_FAILOVERS=0 BENCH_STOP_MS=1500 BENCH_SWITCHOVERS=0 cargo bench --bench failover   # phase 2 alone
+//!   cargo bench --bench failover -- --switchovers 10   # phase 3 alone
 //!   BENCH_LOG_DIR=/tmp/fo cargo bench --bench failover   # keeps the instances' logs
 //!
 //! The figures go to stdout; the engine's log (RUST_LOG, default `postgres_operator=info`)
 //! and the progress lines to stderr. It fails (exit status 1) when an acknowledged commit
-//! is lost or a step does not finish in time; timing targets are reported, never
-//! asserted. Every process is cleaned up on return, on panic and on Ctrl-C; stopped
-//! processes are always continued first.
+//! is lost, a step does not finish in time or the switchovers' write gap p50 is over
+//! 1 s; the other timing targets are reported, never asserted. Every process is cleaned
+//! up on return, on panic and on Ctrl-C; stopped processes are always continued first.
 
 // The tests' helpers (tests/support/mod.rs allows the dead code itself).
 #[path = "../tests/support/mod.rs"]
@@ -49,7 +71,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use postgres_operator::ha::Role;
 use postgres_operator::ha::engine::Announcement;
 use rustix::process::{Pid, Signal, kill_process};
-use support::failover::{HaCluster, Writer, missing_on};
+use support::failover::{Ack, HaCluster, Writer, missing_on};
 use support::instance::{Instance, processes_mentioning};
 
 /// Three instances, `ANY 1` of the two standbys.
@@ -59,6 +81,7 @@ const CLUSTER: &str = "fobench";
 const RTO_P50_TARGET: Duration = Duration::from_secs(3);
 const RTO_MAX_TARGET: Duration = Duration::from_secs(5);
 const RESTREAM_TARGET: Duration = Duration::from_secs(3);
+const SWITCHOVER_GAP_P50_TARGET: Duration = Duration::from_secs(1);
 
 /// How long any one step may take before the run is given up as failed.
 const STEP_TIMEOUT: Duration = Duration::from_secs(60);
@@ -132,6 +155,57 @@ async fn streams_from(cluster: &HaCluster, index: usize, primary: &str) -> bool 
     })
 }
 
+/// When every instance at `indexes` streams from `primary` (each polled every 20 ms in
+/// turn; the last of them, and not before `since`), or `None` when one does not within
+/// `timeout`.
+async fn all_streaming_at(
+    cluster: &HaCluster,
+    indexes: &[usize],
+    primary: &str,
+    timeout: Duration,
+    since: Instant,
+) -> Option<Instant> {
+    let mut last = since;
+    for &index in indexes {
+        let at = poll(timeout, Duration::from_millis(20), || async {
+            streams_from(cluster, index, primary)
+                .await
+                .then(Instant::now)
+        })
+        .await?;
+        last = last.max(at);
+    }
+    Some(last)
+}
+
+/// The longest time between two consecutive acknowledgements in `acks`.
+fn longest_gap(acks: &[Ack]) -> Duration {
+    acks.windows(2)
+        .map(|w| w[1].at - w[0].at)
+        .max()
+        .unwrap_or_default()
+}
+
+/// The acknowledged commits in `acks` that `pod` lacks, once it takes logins (a primary
+/// just promoted may answer late).
+async fn lost_on(cluster: &HaCluster, pod: &str, acks: &[Ack]) -> Result<Vec<i64>, String> {
+    let port = cluster.instances[cluster.index(pod)].port;
+    poll(STEP_TIMEOUT, Duration::from_millis(200), || async {
+        let client = support::postgres::login(
+            port,
+            "postgres",
+            support::failover::SUPERUSER_PASSWORD,
+            "postgres",
+        )
+        .await
+        .ok()?;
+        drop(client);
+        Some(missing_on(port, acks).await)
+    })
+    .await
+    .ok_or_else(|| format!("{pod} does not take logins"))
+}
+
 /// The recorded primary (ordinal 0 until the engine records one).
 fn current_primary(cluster: &HaCluster) -> String {
     cluster
@@ -140,8 +214,9 @@ fn current_primary(cluster: &HaCluster) -> String {
         .unwrap_or_else(|| cluster.instances[0].pod.clone())
 }
 
-/// Until `primary` runs `ANY 1` over both other instances and the engine has recorded
-/// that set (so the next failover chooses from both).
+/// Until `primary` runs `ANY 1` over both other instances, both stream from it, and the
+/// engine has recorded that set and no other target (so the next failover chooses from
+/// both, and the next switchover starts from a quiet record).
 async fn wait_settled(cluster: &HaCluster, primary: &str) -> Result<(), String> {
     let index = cluster.index(primary);
     poll(STEP_TIMEOUT, Duration::from_millis(100), || async {
@@ -151,17 +226,29 @@ async fn wait_settled(cluster: &HaCluster, primary: &str) -> Result<(), String> 
         let mut recorded = status.sync_standbys.clone();
         reported.sort();
         recorded.sort();
-        (report.report.role == Role::Primary
+        let settled = report.report.role == Role::Primary
             && report.sync_quorum == 1
             && reported.len() == 2
             && status.sync_quorum == Some(1)
-            && recorded == reported)
-            .then_some(())
+            && recorded == reported
+            && status
+                .target_primary
+                .as_deref()
+                .is_none_or(|t| t == primary);
+        if !settled {
+            return None;
+        }
+        for other in (0..cluster.instances.len()).filter(|i| *i != index) {
+            if !streams_from(cluster, other, primary).await {
+                return None;
+            }
+        }
+        Some(())
     })
     .await
     .ok_or_else(|| {
         format!(
-            "{primary} did not settle with ANY 1 of both standbys, recorded, within {} s",
+            "{primary} did not settle with ANY 1 of both standbys streaming, recorded, within {} s",
             STEP_TIMEOUT.as_secs()
         )
     })
@@ -222,20 +309,9 @@ async fn failover_round(
         let others: Vec<usize> = (0..cluster_ref.instances.len())
             .filter(|i| *i != old && *i != new)
             .collect();
-        let mut streaming_at = promoted_at;
-        for other in others {
-            let at = poll(STEP_TIMEOUT, Duration::from_millis(20), || async {
-                streams_from(cluster_ref, other, &to)
-                    .await
-                    .then(Instant::now)
-            })
-            .await;
-            match at {
-                Some(at) => streaming_at = streaming_at.max(at),
-                None => return Some((to, promoted_at, None)),
-            }
-        }
-        Some((to, promoted_at, Some(streaming_at)))
+        let streaming_at =
+            all_streaming_at(cluster_ref, &others, &to, STEP_TIMEOUT, promoted_at).await;
+        Some((to, promoted_at, streaming_at))
     };
     let (first, promotion) = tokio::join!(ack, promotion_and_restream);
     let Some((to, promoted_at, streaming_at)) = promotion else {
@@ -278,16 +354,14 @@ async fn failover_round(
     let log_before = cluster.instances[old].log().len();
     let restarted = Instant::now();
     cluster.instances[old].restart_with_env(&[]);
-    let rejoined = poll(REJOIN_TIMEOUT, Duration::from_millis(50), || async {
-        streams_from(cluster, old, &to).await.then(Instant::now)
-    })
-    .await
-    .ok_or_else(|| {
-        format!(
-            "{from} did not stream from {to} within {} s of its restart",
-            REJOIN_TIMEOUT.as_secs()
-        )
-    })?;
+    let rejoined = all_streaming_at(cluster, &[old], &to, REJOIN_TIMEOUT, restarted)
+        .await
+        .ok_or_else(|| {
+            format!(
+                "{from} did not stream from {to} within {} s of its restart",
+                REJOIN_TIMEOUT.as_secs()
+            )
+        })?;
     let log = cluster.instances[old].log();
     let rejoin_how = rejoin_how(log.get(log_before..).unwrap_or(&log));
     eprintln!(
@@ -334,6 +408,180 @@ fn rejoin_how(log: &str) -> String {
         Some(_) => "rejoined".to_string(),
         None => "no rejoin logged".to_string(),
     }
+}
+
+/// One switchover and the settling after it.
+struct Switchover {
+    from: String,
+    to: String,
+    /// The longest time between two acknowledged commits, from the last one before the
+    /// request until the cluster settled again.
+    write_gap: Duration,
+    /// From the request to the first commit the new primary acknowledged.
+    writes_resumed: Duration,
+    /// From the request to `status.currentPrimary` naming the new primary.
+    recorded: Duration,
+    /// From the request to the old primary streaming from the new one.
+    old_streaming: Duration,
+    /// From the request to the other standby streaming from the new one.
+    other_streaming: Duration,
+    /// The old primary logged its clean stop.
+    stopped_cleanly: bool,
+    /// How the old primary got on the new primary's history (see [`rejoin_how`]).
+    rejoin_how: String,
+    lost: Vec<i64>,
+    acknowledged: usize,
+    /// What the engine measured (the primary told to stop until the promotion recorded).
+    engine_write_gap: Option<Duration>,
+    /// Failovers the engine started during the round (a switchover must not need one).
+    failovers: usize,
+}
+
+/// The standby to switch over to in round `n` (from 1), `primary` running: in odd
+/// rounds the standby that was not the `previous` primary (the lowest ordinal when none
+/// was), in even rounds the previous primary, a switch back to a freshly rejoined one.
+fn switchover_target(
+    cluster: &HaCluster,
+    primary: &str,
+    previous: Option<&str>,
+    n: usize,
+) -> Option<String> {
+    let standbys: Vec<&str> = cluster
+        .instances
+        .iter()
+        .map(|i| i.pod.as_str())
+        .filter(|pod| *pod != primary)
+        .collect();
+    let back = n.is_multiple_of(2);
+    standbys
+        .iter()
+        .find(|pod| (Some(**pod) == previous) == back)
+        .or(standbys.first())
+        .map(|pod| pod.to_string())
+}
+
+async fn switchover_round(
+    cluster: &HaCluster,
+    writer: &Writer,
+    previous: Option<&str>,
+    n: usize,
+    origin: Instant,
+) -> Result<Switchover, String> {
+    let from = current_primary(cluster);
+    wait_settled(cluster, &from).await?;
+    let to = switchover_target(cluster, &from, previous, n)
+        .ok_or_else(|| format!("no standby of {from} to switch over to"))?;
+    let (old, new) = (cluster.index(&from), cluster.index(&to));
+    let others: Vec<usize> = (0..cluster.instances.len())
+        .filter(|i| *i != old && *i != new)
+        .collect();
+    let (old_port, new_port) = (cluster.instances[old].port, cluster.instances[new].port);
+    let announced_before = cluster.announcements().len();
+    let log_before = cluster.instances[old].log().len();
+
+    eprintln!("{} switchover {from} -> {to} asked for", stamp(origin));
+    let requested = Instant::now();
+    cluster.record_target(&to).await;
+    // The promotion recorded, or the switchover refused.
+    let recorded_at = poll(STEP_TIMEOUT, Duration::from_millis(10), || async {
+        if cluster.status().current_primary.as_deref() == Some(to.as_str()) {
+            return Some(Ok(Instant::now()));
+        }
+        let announced = cluster.announcements();
+        announced
+            .get(announced_before..)?
+            .iter()
+            .find_map(|a| match a {
+                Announcement::SwitchoverRefused {
+                    to: refused,
+                    reason,
+                    ..
+                } if *refused == to => Some(Err(format!("switchover to {to} refused: {reason}"))),
+                _ => None,
+            })
+    })
+    .await
+    .ok_or_else(|| {
+        format!(
+            "{to} was not recorded as the primary within {} s of the request",
+            STEP_TIMEOUT.as_secs()
+        )
+    })??;
+    // The old primary and the other standby follow it, watched at once.
+    let old_only = [old];
+    let (old_at, others_at) = tokio::join!(
+        all_streaming_at(cluster, &old_only, &to, STEP_TIMEOUT, recorded_at),
+        all_streaming_at(cluster, &others, &to, STEP_TIMEOUT, recorded_at),
+    );
+    let not_streaming = |who: &str| {
+        format!(
+            "{who} did not stream from {to} within {} s of its promotion",
+            STEP_TIMEOUT.as_secs()
+        )
+    };
+    let old_at = old_at.ok_or_else(|| not_streaming(&from))?;
+    let others_at = others_at.ok_or_else(|| not_streaming("the other standby"))?;
+    // The writer records when each commit was acknowledged: looked for after the fact.
+    let first = tokio::time::timeout(
+        STEP_TIMEOUT,
+        writer.wait_ack_elsewhere(old_port, requested, STEP_TIMEOUT.as_secs() + 5),
+    )
+    .await
+    .map_err(|_| {
+        format!(
+            "no commit acknowledged by another server within {} s of the request",
+            STEP_TIMEOUT.as_secs()
+        )
+    })?;
+    if first.port != new_port {
+        return Err(format!(
+            "the first commit after the request went to port {}, not to the new primary {to} ({new_port})",
+            first.port
+        ));
+    }
+    eprintln!(
+        "{} {to} recorded +{}, writes resumed +{}, {from} streaming from it +{}",
+        stamp(origin),
+        secs(recorded_at - requested),
+        secs(first.at - requested),
+        secs(old_at - requested)
+    );
+    wait_settled(cluster, &to).await?;
+
+    let acks = writer.acks();
+    // From the last commit acknowledged before the request.
+    let around = acks
+        .partition_point(|a| a.at <= requested)
+        .saturating_sub(1);
+    let write_gap = longest_gap(&acks[around..]);
+    let lost = lost_on(cluster, &to, &acks).await?;
+    let log = cluster.instances[old].log();
+    let log = log.get(log_before..).unwrap_or(&log);
+    let announced = cluster.announcements();
+    let announced = &announced[announced_before.min(announced.len())..];
+    Ok(Switchover {
+        write_gap,
+        writes_resumed: first.at - requested,
+        recorded: recorded_at - requested,
+        old_streaming: old_at - requested,
+        other_streaming: others_at - requested,
+        stopped_cleanly: log.contains("switchover: stopped cleanly"),
+        rejoin_how: rejoin_how(log),
+        lost,
+        acknowledged: acks.len(),
+        engine_write_gap: announced.iter().find_map(|a| match a {
+            Announcement::SwitchoverCompleted {
+                to: t, write_gap, ..
+            } if *t == to => Some(*write_gap),
+            _ => None,
+        }),
+        failovers: announced
+            .iter()
+            .filter(|a| matches!(a, Announcement::FailoverStarted { .. }))
+            .count(),
+        from,
+        to,
+    })
 }
 
 /// Processes stopped with SIGSTOP; every one gets SIGCONT on `resume` and when the
@@ -587,27 +835,10 @@ async fn starve(
     let count = |f: fn(&Announcement) -> bool| announced.iter().filter(|a| f(a)).count();
     let acks = writer.acks();
     let during = &acks[acks_before.min(acks.len())..];
-    let longest_write_gap = during
-        .windows(2)
-        .map(|w| w[1].at - w[0].at)
-        .max()
-        .unwrap_or_default();
-    let primary_port = cluster.instances[cluster.index(&after)].port;
-    let lost = poll(STEP_TIMEOUT, Duration::from_millis(200), || async {
-        // A primary still coming back from a failover answers late.
-        let client = support::postgres::login(
-            primary_port,
-            "postgres",
-            support::failover::SUPERUSER_PASSWORD,
-            "postgres",
-        )
+    let longest_write_gap = longest_gap(during);
+    let lost = lost_on(cluster, &after, &acks)
         .await
-        .ok()?;
-        drop(client);
-        Some(missing_on(primary_port, &acks).await)
-    })
-    .await
-    .ok_or_else(|| format!("{after} does not take logins after the starvation"))?;
+        .map_err(|error| format!("{error} after the starvation"))?;
     Ok(Starvation {
         duration,
         bursts_of,
@@ -648,6 +879,22 @@ fn round_line(n: usize, round: &Round) -> String {
     )
 }
 
+/// A phase's title line (how many rounds completed, and why it stopped) and the
+/// header of its table.
+fn phase_header(
+    out: &mut String,
+    title: &str,
+    completed: usize,
+    wanted: usize,
+    failure: Option<&str>,
+) {
+    let stopped = failure
+        .map(|f| format!(" (stopped: {f})"))
+        .unwrap_or_default();
+    let _ = writeln!(out, "{title}, {completed} of {wanted} completed{stopped}");
+    let _ = writeln!(out, "  {:<38} {:>9} {:>9}   target", "", "p50", "max");
+}
+
 fn failover_summary(rounds: &[Round], wanted: usize, failure: Option<&str>) -> (String, bool) {
     let mut out = String::new();
     let rto: Vec<Duration> = rounds.iter().map(|r| r.rto).collect();
@@ -669,15 +916,13 @@ fn failover_summary(rounds: &[Round], wanted: usize, failure: Option<&str>) -> (
         && percentile(&rto, 50.0).is_some_and(|p| p <= RTO_P50_TARGET)
         && rto.iter().max().is_some_and(|m| *m <= RTO_MAX_TARGET);
     let restream_ok = !restream.is_empty() && restream.iter().all(|d| *d <= RESTREAM_TARGET);
-    let _ = writeln!(
-        out,
-        "Failovers: kill -9 of the primary, {} of {wanted} completed{}",
+    phase_header(
+        &mut out,
+        "Failovers: kill -9 of the primary",
         rounds.len(),
-        failure
-            .map(|f| format!(" (stopped: {f})"))
-            .unwrap_or_default()
+        wanted,
+        failure,
     );
-    let _ = writeln!(out, "  {:<38} {:>9} {:>9}   target", "", "p50", "max");
     let _ = writeln!(
         out,
         "  {:<38} {rto_p50:>9} {rto_max:>9}   p50 <= {} s, max <= {} s: {}",
@@ -712,6 +957,140 @@ fn failover_summary(rounds: &[Round], wanted: usize, failure: Option<&str>) -> (
         verdict(lost == 0)
     );
     (out, lost == 0)
+}
+
+fn switchover_line(n: usize, round: &Switchover) -> String {
+    format!(
+        "switchover {n:>2}: {} -> {}  write gap {}  writes resumed +{}  lost {}/{}  recorded +{}  old primary: {}, {}, streaming from the new one +{}  other standby +{}{}{}",
+        round.from,
+        round.to,
+        secs(round.write_gap),
+        secs(round.writes_resumed),
+        round.lost.len(),
+        round.acknowledged,
+        secs(round.recorded),
+        if round.stopped_cleanly {
+            "stopped cleanly"
+        } else {
+            "NO CLEAN STOP LOGGED"
+        },
+        round.rejoin_how,
+        secs(round.old_streaming),
+        secs(round.other_streaming),
+        round
+            .engine_write_gap
+            .map(|e| format!(
+                "  engine: {} from the stop to the promotion recorded",
+                secs(e)
+            ))
+            .unwrap_or_default(),
+        if round.failovers > 0 {
+            format!("  FAILOVERS STARTED: {}", round.failovers)
+        } else {
+            String::new()
+        }
+    )
+}
+
+/// The summary of phase 3 and whether it passed (write gap p50 within the target,
+/// nothing lost, every round completed).
+fn switchover_summary(
+    rounds: &[Switchover],
+    wanted: usize,
+    failure: Option<&str>,
+) -> (String, bool) {
+    let mut out = String::new();
+    let figure = |f: fn(&Switchover) -> Duration| rounds.iter().map(f).collect::<Vec<Duration>>();
+    let gaps = figure(|r| r.write_gap);
+    let engine: Vec<Duration> = rounds.iter().filter_map(|r| r.engine_write_gap).collect();
+    let lost: usize = rounds.iter().map(|r| r.lost.len()).sum();
+    let acknowledged = rounds.last().map(|r| r.acknowledged).unwrap_or(0);
+    let rewinds = rounds
+        .iter()
+        .filter(|r| r.rejoin_how != "no rewind needed")
+        .count();
+    let clean = rounds.iter().filter(|r| r.stopped_cleanly).count();
+    let failovers: usize = rounds.iter().map(|r| r.failovers).sum();
+    let mut hows: BTreeMap<&str, usize> = BTreeMap::new();
+    for round in rounds {
+        *hows.entry(round.rejoin_how.as_str()).or_default() += 1;
+    }
+    let hows: Vec<String> = hows.iter().map(|(how, n)| format!("{n} {how}")).collect();
+    let gap_ok = percentile(&gaps, 50.0).is_some_and(|p| p <= SWITCHOVER_GAP_P50_TARGET);
+    let pass = gap_ok && lost == 0 && failure.is_none() && rounds.len() == wanted;
+    phase_header(
+        &mut out,
+        "Switchovers: status.targetPrimary names a standby",
+        rounds.len(),
+        wanted,
+        failure,
+    );
+    let mut row = |label: &str, values: &[Duration], note: String| {
+        let (p50, max) = p50_max(values);
+        let text = format!("  {label:<38} {p50:>9} {max:>9}   {note}");
+        let _ = writeln!(out, "{}", text.trim_end());
+    };
+    row(
+        "write gap (longest between two acks)",
+        &gaps,
+        format!(
+            "p50 <= {} s: {}",
+            SWITCHOVER_GAP_P50_TARGET.as_secs(),
+            verdict(gap_ok)
+        ),
+    );
+    row(
+        "writes resumed (after the request)",
+        &figure(|r| r.writes_resumed),
+        String::new(),
+    );
+    row(
+        "new primary recorded (after request)",
+        &figure(|r| r.recorded),
+        String::new(),
+    );
+    row("engine: stop -> promotion recorded", &engine, String::new());
+    row(
+        "old primary streaming from the new one",
+        &figure(|r| r.old_streaming),
+        format!(
+            "after the request ({}; {clean} stopped cleanly)",
+            hows.join(", ")
+        ),
+    );
+    row(
+        "other standby streaming from the new",
+        &figure(|r| r.other_streaming),
+        "after the request".to_string(),
+    );
+    let _ = writeln!(
+        out,
+        "  {:<38} {:>19}   0: {}",
+        "old primary rewound or re-cloned",
+        format!("{rewinds} of {}", rounds.len()),
+        verdict(rewinds == 0)
+    );
+    let _ = writeln!(
+        out,
+        "  {:<38} {:>19}   0: {}",
+        "failovers started during them",
+        failovers,
+        verdict(failovers == 0)
+    );
+    let _ = writeln!(
+        out,
+        "  {:<38} {:>19}   0: {}",
+        "lost commits (all acks, every round)",
+        format!("{lost} of {acknowledged}"),
+        verdict(lost == 0)
+    );
+    let _ = writeln!(
+        out,
+        "  verdict: {} (write gap p50 <= {} s, 0 lost)",
+        if pass { "PASS" } else { "FAIL" },
+        SWITCHOVER_GAP_P50_TARGET.as_secs()
+    );
+    (out, pass)
 }
 
 fn starvation_summary(s: &Starvation) -> String {
@@ -774,8 +1153,44 @@ fn keep_logs(cluster: &HaCluster) {
     eprintln!("instance logs kept in {}", dir.display());
 }
 
-/// The whole benchmark; `false` when an acknowledged commit was lost or a step failed.
-async fn run(failovers: usize, starve_for: Duration, bursts: Bursts, origin: Instant) -> bool {
+/// Runs `count` rounds in a row, `label` and their number first, printing each one's
+/// `line` (and the ids it `lost`) as it ends; stops at the first that fails. The rounds
+/// done, and that failure.
+async fn run_rounds<R>(
+    count: usize,
+    label: &str,
+    mut round: impl AsyncFnMut(usize) -> Result<R, String>,
+    line: fn(usize, &R) -> String,
+    lost: fn(&R) -> &[i64],
+) -> (Vec<R>, Option<String>) {
+    let mut done = Vec::new();
+    for n in 1..=count {
+        match round(n).await {
+            Ok(result) => {
+                println!("{}", line(n, &result));
+                if !lost(&result).is_empty() {
+                    println!("        lost ids: {:?}", lost(&result));
+                }
+                done.push(result);
+            }
+            Err(error) => {
+                println!("{label} {n:>2}: FAILED: {error}");
+                return (done, Some(error));
+            }
+        }
+    }
+    (done, None)
+}
+
+/// The whole benchmark; `false` when an acknowledged commit was lost, a step failed or
+/// the switchovers missed their write gap target.
+async fn run(
+    failovers: usize,
+    starve_for: Duration,
+    bursts: Bursts,
+    switchovers: usize,
+    origin: Instant,
+) -> bool {
     eprintln!("{} starting 3 instances", stamp(origin));
     let mut cluster = HaCluster::start(CLUSTER, 3, SPEC).await;
     cluster.wait_quorum(0, 1, 2).await;
@@ -788,24 +1203,14 @@ async fn run(failovers: usize, starve_for: Duration, bursts: Bursts, origin: Ins
         stamp(origin)
     );
 
-    let mut rounds = Vec::new();
-    let mut failure = None;
-    for n in 1..=failovers {
-        match failover_round(&mut cluster, &writer, origin).await {
-            Ok(round) => {
-                println!("{}", round_line(n, &round));
-                if !round.lost.is_empty() {
-                    println!("        lost ids: {:?}", round.lost);
-                }
-                rounds.push(round);
-            }
-            Err(error) => {
-                println!("run {n:>2}: FAILED: {error}");
-                failure = Some(error);
-                break;
-            }
-        }
-    }
+    let (rounds, failure) = run_rounds(
+        failovers,
+        "run",
+        async |_| failover_round(&mut cluster, &writer, origin).await,
+        round_line,
+        |r| &r.lost,
+    )
+    .await;
     let mut report = String::new();
     let mut ok = failure.is_none();
     if failovers > 0 {
@@ -828,6 +1233,25 @@ async fn run(failovers: usize, starve_for: Duration, bursts: Bursts, origin: Ins
             }
         }
     }
+    if ok && switchovers > 0 {
+        let mut previous: Option<String> = None;
+        let (rounds, failure) = run_rounds(
+            switchovers,
+            "switchover",
+            async |n| {
+                let round =
+                    switchover_round(&cluster, &writer, previous.as_deref(), n, origin).await?;
+                previous = Some(round.from.clone());
+                Ok(round)
+            },
+            switchover_line,
+            |r| &r.lost,
+        )
+        .await;
+        let (text, pass) = switchover_summary(&rounds, switchovers, failure.as_deref());
+        report.push_str(&text);
+        ok &= pass;
+    }
     drop(writer);
     keep_logs(&cluster);
     println!();
@@ -838,9 +1262,40 @@ async fn run(failovers: usize, starve_for: Duration, bursts: Bursts, origin: Ins
     ok
 }
 
+/// `--switchovers N` (or `--switchovers=N`) among the arguments (`cargo bench` adds
+/// `--bench`): the switchover mode, N rounds.
+fn switchovers_arg() -> Option<usize> {
+    let mut args = std::env::args().skip(1);
+    let mut switchovers = None;
+    while let Some(arg) = args.next() {
+        let value = match arg.as_str() {
+            "--bench" => continue,
+            "--switchovers" => args.next().unwrap_or_default(),
+            _ => match arg.strip_prefix("--switchovers=") {
+                Some(value) => value.to_string(),
+                None => panic!("unknown argument {arg:?}; the one taken is --switchovers N"),
+            },
+        };
+        switchovers = Some(
+            value
+                .trim()
+                .parse()
+                .unwrap_or_else(|_| panic!("--switchovers needs a whole number, got {value:?}")),
+        );
+    }
+    switchovers
+}
+
 fn main() {
-    let failovers = env_number("BENCH_FAILOVERS", 10) as usize;
-    let starve_for = Duration::from_secs(env_number("BENCH_STARVE_SECONDS", 60));
+    // `--switchovers N`: phase 3 alone; else every phase, each with its count.
+    let (failovers, starve_for, switchovers) = match switchovers_arg() {
+        Some(switchovers) => (0, Duration::ZERO, switchovers),
+        None => (
+            env_number("BENCH_FAILOVERS", 10) as usize,
+            Duration::from_secs(env_number("BENCH_STARVE_SECONDS", 60)),
+            env_number("BENCH_SWITCHOVERS", 10) as usize,
+        ),
+    };
     let bursts = Bursts::from_env();
     let origin = Instant::now();
     // The engine's log, to stderr with the same origin as the progress lines
@@ -861,7 +1316,7 @@ fn main() {
         .unwrap();
     let ok = runtime.block_on(async {
         tokio::select! {
-            ok = run(failovers, starve_for, bursts, origin) => ok,
+            ok = run(failovers, starve_for, bursts, switchovers, origin) => ok,
             _ = tokio::signal::ctrl_c() => {
                 // Dropping `run` continues stopped processes and stops every instance.
                 eprintln!("interrupted: cleaning up");

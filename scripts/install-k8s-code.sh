@@ -200,4 +200,18 @@ if [ "$want_etcd" = 1 ]; then
   rm -f "$tools/etcd.resolved"
 fi
 
+# On a machine short of disk (a CI runner), what only the build needs goes once the
+# binaries are built: the Go cache and the downloaded packages (fetched again only when the
+# package list changes), and below 10 GiB the unpacked sources too (unpacked again on the
+# next run).
+free_gib="$(df -P -BG "$tools" | awk 'NR==2 {gsub(/G/, "", $4); print $4}')"
+if [ "${free_gib:-0}" -lt 20 ]; then
+  echo "k8s-code: ${free_gib} GiB free: removing the Go cache and the downloaded packages"
+  rm -rf "$tools/gocache" "$debs"
+  if [ "${free_gib:-0}" -lt 10 ]; then
+    echo "k8s-code: removing the unpacked sources as well"
+    rm -rf "$root"
+  fi
+fi
+
 t_phase="$t_start"; phase_done total

@@ -26,6 +26,8 @@ command -v setpriv >/dev/null 2>&1 || missing+=(util-linux)
 # scripts/k8s-apiserver.sh makes its certificates with openssl and polls with curl.
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
+# promtool checks and unit-tests the chart's alerts (tests/alerts.rs).
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing Debian packages: ${missing[*]}"
   sudo_if_needed apt-get update -qq

@@ -11,11 +11,10 @@ use postgres_operator::controller::{
     self,
     leader::{self, Ended, LeaseLock, Timing},
 };
-use postgres_operator::instance::config_guard::RejectionReport;
 use postgres_operator::instance::events::EventSink;
 use postgres_operator::instance::from_backup::BackupEnvironment;
 use postgres_operator::instance::manager::{self, InstanceSettings, Peers};
-use postgres_operator::instance::pod_report::PodReporter;
+use postgres_operator::instance::pod_report::{PodReporter, Reports};
 use postgres_operator::instance::reaper;
 use postgres_operator::instance::source::{FileSource, KubeSource};
 use postgres_operator::manifests::OperatorSettings;
@@ -24,6 +23,7 @@ use postgres_operator::manifests::cluster::{
 };
 use postgres_operator::manifests::pod;
 use postgres_operator::manifests::secrets::RandomPasswords;
+use postgres_operator::manifests::tls::RcgenIssuer;
 use postgres_operator::render::{self, OutputFormat};
 use postgres_operator::telemetry::{self, LogFormat};
 use postgres_operator::{binaries, crdgen, http, switchover_cli};
@@ -45,6 +45,8 @@ enum Command {
     Render(RenderArgs),
     /// Print the CustomResourceDefinitions (Postgres, PostgresBackup) as YAML.
     Crds,
+    /// Print the reference of every metric an instance exports (docs/metrics.md).
+    MetricsReference,
     /// Run the operator: reconcile Postgres objects (in the operator Deployment).
     Controller(ControllerArgs),
     /// Run and supervise PostgreSQL (PID 1 of each database pod).
@@ -99,6 +101,10 @@ struct OperatorFlags {
     /// its pods reach the instances.
     #[arg(long, env = "OPERATOR_NAMESPACE", default_value = DEFAULT_OPERATOR_NAMESPACE)]
     operator_namespace: String,
+    /// A Prometheus Operator PodMonitor per cluster: set it only where the PodMonitor CRD
+    /// is installed (the controller checks at start and leaves them out otherwise).
+    #[arg(long, env = "POD_MONITORS", default_value_t = false, action = clap::ArgAction::Set)]
+    pod_monitors: bool,
 }
 
 impl OperatorFlags {
@@ -109,6 +115,7 @@ impl OperatorFlags {
             default_storage_class: Some(self.default_storage_class.clone())
                 .filter(|c| !c.is_empty()),
             operator_namespace: self.operator_namespace.clone(),
+            pod_monitors: self.pod_monitors,
         }
     }
 }
@@ -182,6 +189,10 @@ struct InstanceArgs {
     status_address: std::net::SocketAddr,
     #[arg(long, default_value = "0.0.0.0:9187")]
     metrics_address: std::net::SocketAddr,
+    /// PostgreSQL's metrics gathered for a scrape are served again to scrapes within
+    /// this many seconds (several scrapers, one collection).
+    #[arg(long, default_value_t = 5)]
+    metrics_cache_seconds: u64,
     /// Read the Postgres object and its Secrets from this YAML file instead of the
     /// Kubernetes API (re-read when it changes).
     #[arg(long)]
@@ -252,7 +263,14 @@ fn run_instance(args: InstanceArgs) -> ExitCode {
             Err(e) => fail(&e.to_string()),
         };
     }
-    telemetry::init(args.log_format);
+    telemetry::init_instance(
+        args.log_format,
+        &telemetry::Labels {
+            cluster: args.cluster.clone(),
+            namespace: args.namespace.clone(),
+            pod: args.pod_name.clone(),
+        },
+    );
     let Some(bin_dir) = args.bin_dir.clone().or_else(postgres_bin_dir) else {
         return fail("no `postgres` program on PATH; set --bin-dir");
     };
@@ -271,6 +289,7 @@ fn run_instance(args: InstanceArgs) -> ExitCode {
         },
         status_address: args.status_address,
         metrics_address: args.metrics_address,
+        metrics_cache: std::time::Duration::from_secs(args.metrics_cache_seconds),
         sql_full_period: std::time::Duration::from_secs(args.sql_full_period_seconds.max(1)),
         sql_period: std::time::Duration::from_secs(args.sql_period_seconds.max(1)),
         maintenance_period: std::time::Duration::from_millis(args.maintenance_period_ms.max(100)),
@@ -287,6 +306,7 @@ fn run_instance(args: InstanceArgs) -> ExitCode {
             smart_timeout: std::time::Duration::from_secs(args.smart_shutdown_seconds),
             ..postgres_operator::instance::supervise::Timing::default()
         },
+        log_format: args.log_format,
     };
     let runtime = match runtime() {
         Ok(runtime) => runtime,
@@ -300,8 +320,14 @@ fn run_instance(args: InstanceArgs) -> ExitCode {
                     path: path.clone(),
                     interval: std::time::Duration::from_millis(500),
                 };
-                let rejected = RejectionReport::default();
-                manager::run(settings, source, EventSink::LogOnly, rejected, stopping).await
+                manager::run(
+                    settings,
+                    source,
+                    EventSink::LogOnly,
+                    Reports::default(),
+                    stopping,
+                )
+                .await
             }
             None => {
                 let client = match kube::Client::try_default().await {
@@ -309,20 +335,24 @@ fn run_instance(args: InstanceArgs) -> ExitCode {
                     Err(e) => return fail(&format!("cannot configure the Kubernetes client: {e}")),
                 };
                 let events = EventSink::kube(client.clone(), &args.pod_name);
-                // The refusal in force also goes on the instance's own Pod, where the
-                // controller turns it into a condition of the Postgres.
-                let rejected = RejectionReport::default();
-                let reporter = tokio::spawn(
-                    PodReporter::new(client.clone(), &args.namespace, &args.pod_name)
-                        .follow(rejected.subscribe()),
-                );
+                // The refusal in force and a restore in progress also go on the
+                // instance's own Pod, where the controller turns them into conditions
+                // of the Postgres.
+                let reports = Reports::default();
+                let reporter = || PodReporter::new(client.clone(), &args.namespace, &args.pod_name);
+                let reporters = [
+                    tokio::spawn(reporter().follow(reports.rejected.subscribe())),
+                    tokio::spawn(reporter().follow(reports.restoring.subscribe())),
+                ];
                 let source = KubeSource {
                     client,
                     namespace: args.namespace.clone(),
                     cluster: args.cluster.clone(),
                 };
-                let result = manager::run(settings, source, events, rejected, stopping).await;
-                reporter.abort();
+                let result = manager::run(settings, source, events, reports, stopping).await;
+                for reporter in reporters {
+                    reporter.abort();
+                }
                 result
             }
         };
@@ -348,6 +378,10 @@ fn main() -> ExitCode {
             }
             Err(e) => fail(&format!("cannot serialize the CRDs: {e}")),
         },
+        Command::MetricsReference => {
+            print!("{}", postgres_operator::instance::metrics::reference());
+            ExitCode::SUCCESS
+        }
         Command::CopyBinaries { dir, restic } => match binaries::copy_binaries(&dir, &restic) {
             Ok(copied) => {
                 for path in copied {
@@ -375,16 +409,21 @@ fn run_render(args: RenderArgs) -> ExitCode {
         }
     }
     let settings = args.operator.settings();
-    let rendered =
-        match render::render_inputs(&inputs, &args.namespace, &settings, &mut RandomPasswords) {
-            Ok(rendered) => rendered,
-            Err(errors) => {
-                for e in errors {
-                    eprintln!("error: {e}");
-                }
-                return ExitCode::FAILURE;
+    let rendered = match render::render_inputs(
+        &inputs,
+        &args.namespace,
+        &settings,
+        &mut RandomPasswords,
+        &mut RcgenIssuer,
+    ) {
+        Ok(rendered) => rendered,
+        Err(errors) => {
+            for e in errors {
+                eprintln!("error: {e}");
             }
-        };
+            return ExitCode::FAILURE;
+        }
+    };
     match render::format_objects(&rendered, args.output) {
         Ok(text) => {
             print!("{text}");

@@ -41,6 +41,11 @@ pub struct Metrics {
         ClusterLabels,
         prometheus_client::metrics::gauge::Gauge<f64, std::sync::atomic::AtomicU64>,
     >,
+    backup_last_success: Family<
+        ClusterLabels,
+        prometheus_client::metrics::gauge::Gauge<f64, std::sync::atomic::AtomicU64>,
+    >,
+    backup_interval: Family<ClusterLabels, Gauge>,
     /// Failed backup records already counted (by uid), so each failure counts once.
     failed_backups: Mutex<std::collections::BTreeSet<String>>,
     /// Readiness of every managed cluster, by namespace/name, to keep the gauge exact.
@@ -61,6 +66,18 @@ impl Default for Metrics {
         let backup_failures = Family::<ClusterLabels, Counter>::default();
         let failovers = Family::<ClusterLabels, Counter>::default();
         let last_failover_seconds = Family::default();
+        let backup_last_success = Family::default();
+        let backup_interval = Family::<ClusterLabels, Gauge>::default();
+        registry.register(
+            "backup_last_success_timestamp_seconds",
+            "When the last successful backup of a cluster ended (Unix time; the time backups were enabled while none has)",
+            backup_last_success.clone(),
+        );
+        registry.register(
+            "backup_interval_seconds",
+            "The longest time between two scheduled backups of a cluster",
+            backup_interval.clone(),
+        );
         registry.register(
             "failovers",
             "Automatic failovers completed, by cluster",
@@ -107,6 +124,8 @@ impl Default for Metrics {
             backup_failures,
             failovers,
             last_failover_seconds,
+            backup_last_success,
+            backup_interval,
             failed_backups: Mutex::new(Default::default()),
             readiness: Mutex::new(BTreeMap::new()),
         }
@@ -150,6 +169,28 @@ impl Metrics {
         self.last_failover_seconds
             .get_or_create(&labels)
             .set(seconds);
+    }
+
+    /// Records how fresh the backups of `namespace/cluster` are: when the last
+    /// successful one ended and the longest time between two scheduled runs (`None`
+    /// when backups are off or the cluster is gone).
+    pub fn set_backup_freshness(&self, namespace: &str, cluster: &str, fresh: Option<(f64, i64)>) {
+        let labels = ClusterLabels {
+            namespace: namespace.to_string(),
+            cluster: cluster.to_string(),
+        };
+        match fresh {
+            Some((last_success, interval)) => {
+                self.backup_last_success
+                    .get_or_create(&labels)
+                    .set(last_success);
+                self.backup_interval.get_or_create(&labels).set(interval);
+            }
+            None => {
+                self.backup_last_success.remove(&labels);
+                self.backup_interval.remove(&labels);
+            }
+        }
     }
 
     /// Total writes so far (all verbs and kinds).

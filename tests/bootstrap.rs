@@ -11,7 +11,10 @@ use postgres_operator::instance::bootstrap::{
 use postgres_operator::instance::files::{ConfigFiles, Listen, RuntimeRole};
 use postgres_operator::instance::provision::Connection;
 use postgres_operator::manifests::{Cluster, OperatorSettings};
-use support::postgres::{DataDir, PostgresServer, as_postgres, bin_dir, chown_to_postgres};
+use support::postgres::{
+    DataDir, PostgresServer, as_postgres, bin_dir, chown_to_postgres, cluster_tls_secret, endpoint,
+    tls_material,
+};
 
 fn cluster(name: &str) -> (Postgres, OperatorSettings) {
     let postgres: Postgres = serde_yaml::from_str(&format!(
@@ -38,7 +41,8 @@ async fn a_new_cluster_is_initialised_then_cloned_and_streams() {
         Bootstrap::UseExisting,
         "never initialised twice"
     );
-    let primary = PostgresServer::start_on(primary_dir);
+    let tls = tls_material(&cluster_tls_secret("demo"));
+    let primary = PostgresServer::start_on(primary_dir.with_tls(&tls));
 
     // Over TCP the superuser needs its password (the socket uses peer authentication).
     let superuser = Connection {
@@ -79,11 +83,19 @@ async fn a_new_cluster_is_initialised_then_cloned_and_streams() {
     let Bootstrap::Clone { primary_host } = decide(&standby_dir.data_dir, Some("127.0.0.1")) else {
         panic!("expected a clone")
     };
+    let standby_dir = standby_dir.with_tls(&tls);
+    let primary_endpoint = endpoint(
+        "demo",
+        "postgres-demo-0",
+        primary.port,
+        &standby_dir.socket_dir,
+    );
+    assert_eq!(primary_host, "127.0.0.1");
+    // Over TLS, verified against the cluster's CA for the primary's name.
     clone_from_primary(
         &tools(),
         &standby_dir.data_dir,
-        &primary_host,
-        primary.port,
+        &primary_endpoint,
         "repl'pw",
         "postgres-demo-1",
     )
@@ -93,8 +105,7 @@ async fn a_new_cluster_is_initialised_then_cloned_and_streams() {
     let files = ConfigFiles::render(
         &Cluster::new(&postgres, "tenant", &settings),
         &RuntimeRole::Standby {
-            host: primary_host,
-            port: primary.port,
+            primary: primary_endpoint,
             password: "repl'pw".to_string(),
             application_name: "postgres-demo-1".to_string(),
         },
@@ -148,13 +159,18 @@ async fn a_new_cluster_is_initialised_then_cloned_and_streams() {
 
 #[tokio::test]
 async fn a_wrong_replication_password_fails_the_clone_with_the_reason() {
-    let primary = PostgresServer::start();
-    let standby_dir = DataDir::empty();
+    let tls = tls_material(&cluster_tls_secret("demo"));
+    let primary = PostgresServer::start_on(DataDir::init().with_tls(&tls));
+    let standby_dir = DataDir::empty().with_tls(&tls);
     let error = clone_from_primary(
         &tools(),
         &standby_dir.data_dir,
-        "127.0.0.1",
-        primary.port,
+        &endpoint(
+            "demo",
+            "postgres-demo-0",
+            primary.port,
+            &standby_dir.socket_dir,
+        ),
         "nope",
         "postgres-demo-2",
     )

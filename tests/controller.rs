@@ -40,13 +40,20 @@ fn start(server: &ApiServer) -> Running {
 }
 
 fn start_with(server: &ApiServer, resync: Duration, metrics: Arc<Metrics>) -> Running {
-    let settings = Settings {
+    start_settings(server, test_settings(resync), metrics)
+}
+
+fn test_settings(resync: Duration) -> Settings {
+    Settings {
         resync,
         retry_base: Duration::from_millis(100),
         // No instance runs behind the API double: the HA engines have nobody to ask.
         instance_addresses: InstanceAddresses::with(|_, _, _| None),
         ..Settings::default()
-    };
+    }
+}
+
+fn start_settings(server: &ApiServer, settings: Settings, metrics: Arc<Metrics>) -> Running {
     let (stop, stopped) = oneshot::channel::<()>();
     let client = server.client();
     let task = tokio::spawn(async move {
@@ -165,8 +172,10 @@ async fn an_example_becomes_every_object_owned_by_the_postgres() {
             vec![
                 "postgres-shop",
                 "postgres-shop-backup",
+                "postgres-shop-ca",
                 "postgres-shop-credentials",
                 "postgres-shop-replication",
+                "postgres-shop-server",
                 "postgres-shop-superuser",
             ],
         ),
@@ -447,11 +456,25 @@ async fn spec_changes_reach_the_objects_and_stale_objects_go() {
     let server = ApiServer::new();
     let spec = example_spec("complete.yaml");
     server.put(POSTGRES, NS, postgres("shop", spec.clone()));
-    let running = start(&server);
+    let metrics = Arc::new(Metrics::default());
+    let running = start_with(&server, Duration::from_millis(200), metrics.clone());
     support::wait_for("the CronJob exists", || {
         server
             .get("batch/cronjobs", NS, "postgres-shop-backup")
             .is_some()
+    })
+    .await;
+    // Backups on and none yet: their age counts from the cluster's creation, against
+    // the daily schedule's interval.
+    let interval = format!(
+        "postgres_operator_backup_interval_seconds{{namespace=\"{NS}\",cluster=\"shop\"}} 86400"
+    );
+    let created = format!(
+        "postgres_operator_backup_last_success_timestamp_seconds{{namespace=\"{NS}\",cluster=\"shop\"}} 1767225600"
+    );
+    support::wait_for("the backup freshness gauges", || {
+        let text = metrics.encode();
+        text.contains(&interval) && text.contains(&created)
     })
     .await;
     let first_password = secret_value(&server, "postgres-shop-superuser", "password").unwrap();
@@ -515,6 +538,13 @@ async fn spec_changes_reach_the_objects_and_stale_objects_go() {
             .list("events.k8s.io/events", NS)
             .iter()
             .any(|e| e["reason"] == "Scaled")
+    })
+    .await;
+    // Backups off: no freshness to watch.
+    support::wait_for("the backup freshness gauges go", || {
+        !metrics
+            .encode()
+            .contains("postgres_operator_backup_interval_seconds{")
     })
     .await;
     running.stop().await;
@@ -799,8 +829,11 @@ async fn a_refusal_reported_on_a_pod_becomes_a_condition_until_it_clears() {
         Arc::new(Metrics::default()),
     );
     wait_and_mark_ready(&server, "conf", 5).await;
-    support::wait_for("the configuration is applied", || {
+    // Ready first: the refusal must not change it (asserted below), and on a loaded
+    // machine the status may not have caught up with the ready pods yet.
+    support::wait_for("the configuration is applied and the cluster ready", || {
         condition(&server, "conf", "ConfigurationApplied").is_some_and(|c| c["status"] == "True")
+            && condition(&server, "conf", "Ready").is_some_and(|c| c["status"] == "True")
     })
     .await;
 
@@ -873,5 +906,158 @@ async fn a_settled_cluster_with_a_refusing_pod_is_reconciled_without_writes() {
         server.put("/pods", NS, pod);
     })
     .await;
+    running.stop().await;
+}
+
+const RESTORING: &str = "postgres.apps.cozystack.io/restoring";
+
+/// What the first instance of a cluster restored from backup reports on its pod, as the
+/// instance manager writes it (not ready yet).
+fn restoring_pod(server: &ApiServer, name: &str, report: Value) {
+    server.put(
+        "/pods",
+        NS,
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": format!("postgres-{name}-0"), "namespace": NS,
+            "labels": {"app.kubernetes.io/name": "postgres", "app.kubernetes.io/instance": name,
+                       "postgres.apps.cozystack.io/cluster": name, "postgres.apps.cozystack.io/role": "primary"},
+            "annotations": {RESTORING: report.to_string()}}}),
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_in_progress_shows_as_a_condition_until_the_primary_serves() {
+    let server = ApiServer::new();
+    server.put(POSTGRES, NS, postgres("back", example_spec("restore.yaml")));
+    // No resync during the test: only the watches can bring the changes.
+    let running = start_with(
+        &server,
+        Duration::from_secs(3600),
+        Arc::new(Metrics::default()),
+    );
+    support::wait_for("Restoring is pending", || {
+        condition(&server, "back", "Restoring")
+            .is_some_and(|c| c["status"] == "True" && c["reason"] == "RestorePending")
+    })
+    .await;
+    restoring_pod(
+        &server,
+        "back",
+        json!({"message": "restoring backup run r1 of cluster \"postgres-complete\" (1 databases done)", "retrying": false}),
+    );
+    support::wait_for("Restoring is in progress", || {
+        condition(&server, "back", "Restoring").is_some_and(|c| c["reason"] == "RestoreInProgress")
+    })
+    .await;
+    assert_eq!(
+        condition(&server, "back", "Restoring").unwrap()["message"],
+        "pod postgres-back-0: restoring backup run r1 of cluster \"postgres-complete\" (1 databases done)"
+    );
+    // Only the annotation changes: the pod watch wakes the cluster up.
+    restoring_pod(
+        &server,
+        "back",
+        json!({"message": "restore from backup failed, retrying: wrong restic password", "retrying": true}),
+    );
+    support::wait_for("Restoring is retrying", || {
+        condition(&server, "back", "Restoring").is_some_and(|c| {
+            c["reason"] == "RestoreRetrying"
+                && c["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("wrong restic password"))
+        })
+    })
+    .await;
+    mark_ready(&server, "back", 2);
+    support::wait_for("the restore is complete", || {
+        condition(&server, "back", "Restoring")
+            .is_some_and(|c| c["status"] == "False" && c["reason"] == "RestoreComplete")
+    })
+    .await;
+    let pg = server.get(POSTGRES, NS, "back").unwrap();
+    assert_eq!(pg["status"]["ready"], "2/2");
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_not_restored_from_backup_has_no_restoring_condition() {
+    let server = ApiServer::new();
+    server.put(POSTGRES, NS, postgres("plain", example_spec("ha.yaml")));
+    let running = start(&server);
+    wait_and_mark_ready(&server, "plain", 5).await;
+    support::wait_for("the cluster is ready", || {
+        condition(&server, "plain", "Ready").is_some_and(|c| c["status"] == "True")
+    })
+    .await;
+    assert!(condition(&server, "plain", "Restoring").is_none());
+    assert_eq!(
+        server.get(POSTGRES, NS, "plain").unwrap()["status"]["ready"],
+        "5/5"
+    );
+    running.stop().await;
+}
+
+const PODMONITORS: &str = "monitoring.coreos.com/podmonitors";
+
+fn with_pod_monitors() -> Settings {
+    let mut settings = test_settings(Duration::from_millis(200));
+    settings.operator.pod_monitors = true;
+    settings
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_monitor_per_cluster_when_asked_kept_and_settled_without_writes() {
+    let server = ApiServer::new();
+    server.put(POSTGRES, NS, postgres("mon", example_spec("ha.yaml")));
+    let running = start_settings(&server, with_pod_monitors(), Arc::new(Metrics::default()));
+    support::wait_for("the PodMonitor", || {
+        server.get(PODMONITORS, NS, "postgres-mon").is_some()
+    })
+    .await;
+    let monitor = server.get(PODMONITORS, NS, "postgres-mon").unwrap();
+    assert_eq!(
+        monitor["metadata"]["ownerReferences"][0]["kind"],
+        "Postgres"
+    );
+    assert_eq!(
+        monitor["spec"]["podMetricsEndpoints"],
+        json!([{"port": "metrics", "path": "/metrics"}])
+    );
+    assert_eq!(
+        monitor["spec"]["selector"]["matchLabels"]["postgres.apps.cozystack.io/cluster"],
+        "mon"
+    );
+    wait_and_mark_ready(&server, "mon", 5).await;
+    assert_resyncs_write_nothing(&server, || {}).await;
+    // Someone deletes it: the watch brings it back.
+    server.remove(PODMONITORS, NS, "postgres-mon");
+    support::wait_for("the PodMonitor is back", || {
+        server.get(PODMONITORS, NS, "postgres-mon").is_some()
+    })
+    .await;
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_pod_monitor_crd_clusters_are_reconciled_without_one() {
+    let server = ApiServer::new();
+    // No PodMonitor CRD: the operator's check at start gets a 404.
+    server.unserve(PODMONITORS);
+    server.put(POSTGRES, NS, postgres("nomon", example_spec("ha.yaml")));
+    let running = start_settings(&server, with_pod_monitors(), Arc::new(Metrics::default()));
+    wait_and_mark_ready(&server, "nomon", 5).await;
+    support::wait_for("the cluster is ready", || {
+        condition(&server, "nomon", "Ready").is_some_and(|c| c["status"] == "True")
+    })
+    .await;
+    assert!(server.get(PODMONITORS, NS, "postgres-nomon").is_none());
+    assert!(
+        server
+            .requests()
+            .iter()
+            .filter(|r| r.resource == PODMONITORS)
+            .count()
+            == 1,
+        "asked once, at start, and never again"
+    );
     running.stop().await;
 }

@@ -653,12 +653,7 @@ async fn a_switchover_moves_the_primary_without_losing_a_commit_or_rewinding() {
     // The longest time without an acknowledged commit around the switchover.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let acks = writer.acks();
-    let gap = acks
-        .windows(2)
-        .filter(|pair| pair[1].at > asked)
-        .map(|pair| pair[1].at - pair[0].at)
-        .max()
-        .unwrap();
+    let gap = writer.longest_gap_since(asked);
     eprintln!(
         "switchover: writes resumed on {target} {} ms after the request; longest write gap {} ms",
         (first.at - asked).as_millis(),
@@ -694,5 +689,148 @@ async fn a_switchover_moves_the_primary_without_losing_a_commit_or_rewinding() {
             .iter()
             .any(|a| matches!(a, Announcement::FailoverStarted { .. })),
         "{announced:?}"
+    );
+}
+
+/// A setting that needs a restart (`max_connections`): the standbys restart, then the
+/// primary asks the engine for a switchover instead of restarting in place; its clean
+/// stop is its restart, and it comes back as a standby on the new setting. The write
+/// gap is the switchover's, and nothing acknowledged is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_setting_that_needs_a_restart_reaches_the_primary_through_a_switchover() {
+    let mut cluster = HaCluster::start("prs", 3, QUORUM_ONE).await;
+    cluster.wait_quorum(0, 1, 2).await;
+    cluster.start_engine();
+    cluster.wait_engine_watching(1).await;
+    let writer = Writer::start(&cluster.ports()).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let old_primary = cluster.instances[0].pod.clone();
+
+    let changed = Instant::now();
+    cluster.set_parameter("max_connections", "150");
+    wait_until(
+        "every instance runs max_connections = 150, the primary elsewhere",
+        120,
+        || async {
+            // The spec file's record names no primary until one changes (LocalWorld).
+            if cluster
+                .status()
+                .current_primary
+                .is_none_or(|p| p == old_primary)
+            {
+                return false;
+            }
+            for instance in &cluster.instances {
+                let Ok(client) = instance
+                    .connect_as("postgres", &instance.superuser, "postgres")
+                    .await
+                else {
+                    return false;
+                };
+                let Ok(row) = client.query_one("SHOW max_connections", &[]).await else {
+                    return false;
+                };
+                if row.get::<_, String>(0) != "150" {
+                    return false;
+                }
+            }
+            true
+        },
+    )
+    .await;
+    let new_primary = cluster.status().current_primary.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let acks = writer.acks();
+    let gap = writer.longest_gap_since(changed);
+    eprintln!(
+        "max_connections reached every instance {} ms after the change; the primary moved to {new_primary}; longest write gap {} ms",
+        changed.elapsed().as_millis(),
+        gap.as_millis()
+    );
+    let port = cluster.instances[cluster.index(&new_primary)].port;
+    let lost = missing_on(port, &acks).await;
+    assert!(lost.is_empty(), "acknowledged commits lost: {lost:?}");
+    let log = cluster.instances[0].log();
+    assert!(
+        log.contains("asking the HA engine for a switchover instead"),
+        "{log}"
+    );
+    assert!(log.contains("switchover: stopped cleanly"), "{log}");
+    assert!(!log.contains("restarting in place"), "{log}");
+    // A switchover's gap, not a restart's.
+    assert!(gap < Duration::from_secs(2), "write gap {gap:?}");
+    let announced = cluster.announcements();
+    assert!(
+        announced
+            .iter()
+            .any(|a| matches!(a, Announcement::SwitchoverCompleted { .. })),
+        "{announced:?}"
+    );
+}
+
+/// A standby restarted on data of another system (its primary's volume was replaced and
+/// initialised again) clones the primary anew instead of starting on data that can
+/// never stream from it; the standby's own data is of no use to this cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_finding_data_of_another_system_clones_the_primary_again() {
+    let mut cluster = HaCluster::start(
+        "sys",
+        2,
+        "  replicas: 2\n  quorum: {minSyncReplicas: 0, maxSyncReplicas: 1}\n",
+    )
+    .await;
+    let primary = cluster.instances[0].pod.clone();
+    wait_until("the standby streams", 60, || async {
+        cluster.streams_from(1, &primary).await
+    })
+    .await;
+    assert!(
+        cluster.instances[1]
+            .terminate(Duration::from_secs(30))
+            .is_some()
+    );
+    assert!(
+        cluster.instances[0]
+            .terminate(Duration::from_secs(30))
+            .is_some()
+    );
+
+    // The primary's volume replaced: a new initdb, a new system.
+    std::fs::remove_dir_all(&cluster.instances[0].data_dir).unwrap();
+    cluster.instances[0].restart_with_env(&[]);
+    cluster.instances[0].wait_ready().await;
+    cluster.instances[0]
+        .admin("postgres")
+        .await
+        .batch_execute("CREATE TABLE after_the_new_initdb AS SELECT 1 AS one")
+        .await
+        .unwrap();
+
+    cluster.instances[1].restart_with_env(&[]);
+    wait_until(
+        "the standby streams from the new system and has its data",
+        90,
+        || async {
+            if !cluster.streams_from(1, &primary).await {
+                return false;
+            }
+            let standby = &cluster.instances[1];
+            let Ok(client) = standby
+                .connect_as("postgres", &standby.superuser, "postgres")
+                .await
+            else {
+                return false;
+            };
+            client
+                .query_one("SELECT one FROM after_the_new_initdb", &[])
+                .await
+                .is_ok()
+        },
+    )
+    .await;
+    let log = cluster.instances[1].log();
+    assert!(
+        log.contains("the data comes from another system than the primary's"),
+        "{log}"
     );
 }

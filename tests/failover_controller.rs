@@ -66,7 +66,7 @@ async fn the_controller_fails_over_instances_that_read_the_api() {
 
     // No kubelet: the Pods, then their containers.
     for pod in &pods {
-        server.put("/pods", NS, pod_object(CLUSTER, pod));
+        server.put("/pods", NS, pod_object(&server, CLUSTER, pod));
     }
     let pg_ports = ports(pods.len());
     let env = api.env();

@@ -67,16 +67,21 @@ fn non_default_values() -> Value {
         "logFormat": "text",
         "defaultStorageClass": "replicated",
         "resources": {"requests": {"cpu": "100m", "memory": "96Mi"}, "limits": {"memory": "256Mi"}},
-        "metrics": {"serviceMonitor": {"enabled": true, "labels": {"release": "prometheus"}}},
+        "metrics": {
+            "serviceMonitor": {"enabled": true, "labels": {"release": "prometheus"}},
+            "podMonitor": {"enabled": true},
+            "prometheusRule": {"enabled": true, "runbookBaseUrl": "https://runbooks.example/pg.md"}
+        },
         "serviceAccount": {"name": "custom-sa"},
-        "nodeSelector": {"kubernetes.io/os": "linux"}
+        "nodeSelector": {"kubernetes.io/os": "linux"},
+        "grafana": {"dashboards": {"enabled": true}}
     })
 }
 
 fn validate_builtin_kinds(docs: &[Value]) {
     let builtin: Vec<&Value> = docs
         .iter()
-        .filter(|d| d["kind"] != "ServiceMonitor")
+        .filter(|d| d["kind"] != "ServiceMonitor" && d["kind"] != "PrometheusRule")
         .collect();
     let yaml: String = builtin
         .iter()
@@ -95,6 +100,8 @@ fn default_values_render_valid_objects() {
         kinds(&docs),
         [
             "ClusterRole/",
+            "ClusterRole/",
+            "ClusterRoleBinding/",
             "ClusterRoleBinding/",
             "Deployment/postgres-operator",
             "Role/postgres-operator",
@@ -136,15 +143,37 @@ fn default_values_render_valid_objects() {
     ] {
         assert!(env.contains(&name), "{name} missing from {env:?}");
     }
+    // No PodMonitors unless asked: neither the setting nor the permission.
+    let pod_monitors = container["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "POD_MONITORS")
+        .unwrap();
+    assert_eq!(pod_monitors["value"], "false");
+    assert!(
+        !serde_json::to_string(&docs)
+            .unwrap()
+            .contains("podmonitors")
+    );
 }
 
 #[test]
-fn non_default_values_render_namespaced_rbac_and_a_service_monitor() {
+fn non_default_values_render_namespaced_rbac_a_service_monitor_and_the_alerts() {
     let docs = documents(&render(&non_default_values()).unwrap());
     assert_eq!(
         kinds(&docs),
         [
+            // The nodes' ClusterRole: cluster-scoped, whatever the namespaces watched.
+            "ClusterRole/",
+            "ClusterRoleBinding/",
+            // The Grafana dashboards, one per file of files/dashboards.
+            "ConfigMap/postgres-operator",
+            "ConfigMap/postgres-operator",
+            "ConfigMap/postgres-operator",
+            "ConfigMap/postgres-operator",
             "Deployment/postgres-operator",
+            "PrometheusRule/postgres-operator",
             "Role/team-a",
             "Role/team-b",
             "RoleBinding/team-a",
@@ -177,9 +206,114 @@ fn non_default_values_render_namespaced_rbac_and_a_service_monitor() {
         deployment["spec"]["template"]["spec"]["serviceAccountName"],
         "custom-sa"
     );
+    // The alerts as files/alerts.yaml holds them, runbooks at the given address.
+    let rule = docs.iter().find(|d| d["kind"] == "PrometheusRule").unwrap();
+    let alerts: Value = serde_yaml::from_str(
+        &std::fs::read_to_string(format!("{CHART}/files/alerts.yaml"))
+            .unwrap()
+            .replace("RUNBOOK_BASE", "https://runbooks.example/pg.md"),
+    )
+    .unwrap();
+    assert_eq!(rule["spec"], alerts);
+    assert_eq!(
+        rule["spec"]["groups"][0]["rules"][0]["annotations"]["runbook_url"],
+        "https://runbooks.example/pg.md#postgresinstancedown"
+    );
     let monitor = docs.iter().find(|d| d["kind"] == "ServiceMonitor").unwrap();
     assert_eq!(monitor["metadata"]["labels"]["release"], "prometheus");
+    for dashboard in docs.iter().filter(|d| d["kind"] == "ConfigMap") {
+        assert_eq!(dashboard["metadata"]["labels"]["grafana_dashboard"], "1");
+    }
     assert_eq!(monitor["spec"]["endpoints"][0]["path"], "/metrics");
+    // The operator's metrics keep the namespace of each cluster they describe.
+    assert_eq!(monitor["spec"]["endpoints"][0]["honorLabels"], true);
+    // PodMonitors: the operator is told to make them, and may.
+    assert_eq!(env("POD_MONITORS"), "true");
+    let role = docs
+        .iter()
+        .find(|d| d["kind"] == "Role" && d["metadata"]["name"] == "postgres-operator")
+        .unwrap();
+    assert!(
+        role["rules"].as_array().unwrap().iter().any(|rule| {
+            rule["apiGroups"] == json!(["monitoring.coreos.com"])
+                && rule["resources"] == json!(["podmonitors"])
+        }),
+        "{role}"
+    );
+    let nodes = docs.iter().find(|d| d["kind"] == "ClusterRole").unwrap();
+    assert_eq!(nodes["metadata"]["name"], "postgres-operator-nodes");
+    assert_eq!(
+        nodes["rules"],
+        json!([{"apiGroups": [""], "resources": ["nodes"], "verbs": ["list", "watch"]}])
+    );
+}
+
+/// The Grafana dashboards' ConfigMaps: one per file of `files/dashboards`, its content
+/// byte for byte under the file's name, labelled for the Grafana sidecar; none by default.
+#[test]
+fn grafana_dashboards_render_one_config_map_per_file() {
+    let config_maps = |values: &Value| -> Vec<Value> {
+        let docs = documents(&render(values).unwrap());
+        validate_builtin_kinds(&docs);
+        docs.into_iter()
+            .filter(|d| d["kind"] == "ConfigMap")
+            .collect()
+    };
+    assert!(config_maps(&json!({})).is_empty());
+    assert!(config_maps(&json!({"grafana": {"dashboards": {"enabled": false}}})).is_empty());
+
+    let mut files: Vec<(String, String)> = std::fs::read_dir(format!("{CHART}/files/dashboards"))
+        .unwrap()
+        .map(|entry| {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_str().unwrap().to_string();
+            (name, std::fs::read_to_string(&path).unwrap())
+        })
+        .collect();
+    files.sort();
+    assert_eq!(files.len(), 4);
+
+    let rendered = config_maps(&json!({"grafana": {"dashboards": {
+        "enabled": true,
+        "namespace": "monitoring",
+        "annotations": {"grafana_folder": "PostgreSQL"}
+    }}}));
+    assert_eq!(rendered.len(), files.len());
+    for (name, text) in &files {
+        let stem = name.strip_suffix(".json").unwrap();
+        let map = rendered
+            .iter()
+            .find(|m| m["metadata"]["name"] == format!("postgres-operator-dashboard-{stem}"))
+            .unwrap_or_else(|| panic!("no ConfigMap for {name}"));
+        let meta = &map["metadata"];
+        assert_eq!(meta["namespace"], "monitoring");
+        assert_eq!(meta["labels"]["grafana_dashboard"], "1");
+        assert_eq!(
+            meta["labels"]["app.kubernetes.io/name"],
+            "postgres-operator"
+        );
+        assert_eq!(meta["annotations"], json!({"grafana_folder": "PostgreSQL"}));
+        let data = map["data"].as_object().unwrap();
+        assert_eq!(data.len(), 1, "{name}");
+        assert!(
+            data[name.as_str()].as_str() == Some(text.as_str()),
+            "{name}: the ConfigMap does not hold the file byte for byte"
+        );
+    }
+
+    // Another sidecar label instead of the default; the release namespace by default.
+    let rendered = config_maps(&json!({"grafana": {"dashboards": {
+        "enabled": true,
+        "labels": {"grafana_dashboard": null, "dashboards": "postgres"}
+    }}}));
+    assert_eq!(rendered.len(), files.len());
+    for map in &rendered {
+        let meta = &map["metadata"];
+        assert_eq!(meta["namespace"], "postgres-operator");
+        assert_eq!(meta["labels"]["dashboards"], "postgres");
+        assert!(meta["labels"].get("grafana_dashboard").is_none(), "{meta}");
+        assert!(meta.get("annotations").is_none(), "{meta}");
+    }
 }
 
 #[test]
@@ -205,6 +339,14 @@ fn the_values_schema_refuses_bad_values() {
         (json!({"replicaCount": "two"}), "replicaCount"),
         (json!({"watchNamespaces": "team-a"}), "watchNamespaces"),
         (json!({"unknown": true}), "unknown"),
+        (
+            json!({"grafana": {"dashboards": {"enabled": "yes"}}}),
+            "enabled",
+        ),
+        (
+            json!({"grafana": {"dashboard": {"enabled": true}}}),
+            "dashboard",
+        ),
     ] {
         let error = render(&values).unwrap_err();
         assert!(error.contains(field), "{values}: {error}");

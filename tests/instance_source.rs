@@ -114,13 +114,27 @@ async fn the_kube_source_follows_its_postgres_and_secrets_by_name() {
     .await;
 
     // Only reads, and only by name: what the rendered Role grants.
-    let allowed = [
-        "metadata.name=demo",
-        "metadata.name=postgres-demo-credentials",
-        "metadata.name=postgres-demo",
-        "metadata.name=postgres-demo-superuser",
-        "metadata.name=postgres-demo-replication",
-    ];
+    let pg: postgres_operator::api::Postgres = serde_json::from_value(postgres(100)).unwrap();
+    let role = postgres_operator::manifests::rbac::desired_role(
+        &postgres_operator::manifests::Cluster::new(
+            &pg,
+            NS,
+            &postgres_operator::manifests::OperatorSettings::default(),
+        ),
+    );
+    let allowed: Vec<String> = role
+        .rules
+        .unwrap()
+        .iter()
+        .filter(|rule| {
+            rule.resources
+                .as_ref()
+                .is_some_and(|r| r.iter().any(|r| r == "secrets" || r == "postgreses"))
+        })
+        .flat_map(|rule| rule.resource_names.clone().unwrap_or_default())
+        .map(|name| format!("metadata.name={name}"))
+        .collect();
+    assert!(allowed.contains(&"metadata.name=postgres-demo-server".to_string()));
     let requests = server.requests();
     assert!(!requests.is_empty());
     for request in requests {
@@ -130,7 +144,7 @@ async fn the_kube_source_follows_its_postgres_and_secrets_by_name() {
                 || request
                     .field_selector
                     .as_deref()
-                    .is_some_and(|f| allowed.contains(&f)),
+                    .is_some_and(|f| allowed.iter().any(|a| a == f)),
             "a request not restricted to one of its names: {request:?}"
         );
     }
@@ -246,4 +260,71 @@ async fn the_instance_reports_a_refusal_on_its_own_pod_and_removes_it_when_it_cl
     assert!(missing.is_err());
     assert!(server.get("/pods", NS, "postgres-demo-7").is_none());
     task.abort();
+}
+
+/// The restore in progress goes on the Pod beside a refusal, each under its own field
+/// manager: setting or clearing one never removes the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_report_and_a_refusal_share_the_pod_without_removing_each_other() {
+    use postgres_operator::api::instance_report::{ConfigRejected, Restoring};
+    use postgres_operator::instance::pod_report::{PodReporter, Reports};
+
+    const RESTORING: &str = "postgres.apps.cozystack.io/restoring";
+    let server = ApiServer::new();
+    server.put(
+        "/pods",
+        NS,
+        json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "postgres-demo-0", "namespace": NS}}),
+    );
+    let restoring = |server: &ApiServer| -> Option<Value> {
+        let pod = server.get("/pods", NS, "postgres-demo-0")?;
+        serde_json::from_str(pod["metadata"]["annotations"][RESTORING].as_str()?).ok()
+    };
+    let reports = Reports::default();
+    let reporter = || PodReporter::new(server.client(), NS, "postgres-demo-0");
+    let tasks = [
+        tokio::spawn(reporter().follow(reports.rejected.subscribe())),
+        tokio::spawn(reporter().follow(reports.restoring.subscribe())),
+    ];
+    reports.restoring.set(Some(Restoring {
+        message: "restoring backup run r1 of cluster \"old\" (0 databases done)".to_string(),
+        retrying: false,
+    }));
+    reports.rejected.set(Some(ConfigRejected {
+        setting: "work_mem".to_string(),
+        message: "bad".to_string(),
+        reverted: false,
+    }));
+    support::wait_for("both annotations", || {
+        restoring(&server).is_some() && pod_annotation(&server, "postgres-demo-0").is_some()
+    })
+    .await;
+    assert_eq!(
+        restoring(&server).unwrap(),
+        json!({"message": "restoring backup run r1 of cluster \"old\" (0 databases done)", "retrying": false})
+    );
+    reports.restoring.set(None);
+    support::wait_for("the restore annotation goes", || {
+        restoring(&server).is_none()
+    })
+    .await;
+    assert_eq!(
+        pod_annotation(&server, "postgres-demo-0").unwrap()["setting"],
+        "work_mem",
+        "the refusal stays"
+    );
+    reports.restoring.set(Some(Restoring {
+        message: "restore from backup failed, retrying: wrong restic password".to_string(),
+        retrying: true,
+    }));
+    reports.rejected.set(None);
+    support::wait_for("the refusal goes, the restore is back", || {
+        pod_annotation(&server, "postgres-demo-0").is_none()
+            && restoring(&server).is_some_and(|r| r["retrying"] == true)
+    })
+    .await;
+    for task in tasks {
+        task.abort();
+    }
 }

@@ -8,6 +8,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+use postgres_operator::controller::failover::InstanceAddresses;
 use postgres_operator::controller::leader::{self, LeaseLock, Timing};
 use postgres_operator::controller::{self, Settings};
 use postgres_operator::manifests::{Cluster, OperatorSettings, rbac};
@@ -30,13 +31,24 @@ fn used(server: &ApiServer) -> BTreeSet<Permission> {
         .collect()
 }
 
+/// The chart's rules: the operator's ClusterRole (or Roles) with PodMonitors on, and its
+/// nodes ClusterRole.
 fn chart_rules() -> BTreeSet<Permission> {
-    let text = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/charts/postgres-operator/files/rbac-rules.yaml"
-    ))
-    .unwrap();
-    permissions(&serde_yaml::from_str(&text).unwrap())
+    [
+        "rbac-rules.yaml",
+        "rbac-podmonitor-rules.yaml",
+        "rbac-node-rules.yaml",
+    ]
+    .iter()
+    .flat_map(|file| {
+        let path = format!(
+            "{}/charts/postgres-operator/files/{file}",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        let text = std::fs::read_to_string(path).unwrap();
+        permissions(&serde_yaml::from_str(&text).unwrap())
+    })
+    .collect()
 }
 
 /// The chart's leader-election Role.
@@ -82,6 +94,19 @@ async fn full_scenario(server: &ApiServer) {
     server.put("/pods", "ns", json!({"apiVersion": "v1", "kind": "Pod",
         "metadata": {"name": "postgres-all-0", "namespace": "ns", "labels": {"app.kubernetes.io/name": "postgres",
             "app.kubernetes.io/instance": "all", "postgres.apps.cozystack.io/cluster": "all"}}}));
+    // A one-instance cluster on an old pod template whose primary answers: the rolling
+    // update deletes its pod (nobody to hand over to).
+    server.put(
+        "apps.cozystack.io/postgreses",
+        "ns",
+        json!({"apiVersion": "apps.cozystack.io/v1alpha1", "kind": "Postgres",
+        "metadata": {"name": "solo", "namespace": "ns"}, "spec": {"replicas": 1},
+        "status": {"currentPrimary": "postgres-solo-0", "targetPrimary": "postgres-solo-0"}}),
+    );
+    server.put("/pods", "ns", json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "postgres-solo-0", "namespace": "ns", "labels": {"app.kubernetes.io/name": "postgres",
+            "app.kubernetes.io/instance": "solo", "postgres.apps.cozystack.io/cluster": "solo"}}}));
+    let solo = primary_report_server("postgres-solo-0").await;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let client = server.client();
     let lock = LeaseLock::new(
@@ -99,6 +124,16 @@ async fn full_scenario(server: &ApiServer) {
     let settings = Settings {
         resync: Duration::from_millis(200),
         retry_base: Duration::from_millis(100),
+        // The engine's writes (the status subresource, Events) are the reconcile's
+        // verbs too; without engines, `solo`'s primary needs to answer reports only.
+        failover: false,
+        operator: OperatorSettings {
+            pod_monitors: true,
+            ..OperatorSettings::default()
+        },
+        instance_addresses: InstanceAddresses::with(move |_, cluster, _| {
+            (cluster == "solo").then(|| solo.to_string())
+        }),
         ..Settings::default()
     };
     let task = tokio::spawn(leader::lead(
@@ -133,6 +168,12 @@ async fn full_scenario(server: &ApiServer) {
                 .is_some_and(|r| r["status"]["jobName"] == "now-backup")
     })
     .await;
+    wait_allowed(
+        server,
+        "the one-instance cluster's pod is restarted",
+        || server.get("/pods", "ns", "postgres-solo-0").is_none(),
+    )
+    .await;
     touch_every_owned_object(server).await;
     let mut pg = server
         .get("apps.cozystack.io/postgreses", "ns", "all")
@@ -151,6 +192,29 @@ async fn full_scenario(server: &ApiServer) {
     task.await.unwrap();
 }
 
+/// A status port whose instance always reports itself a running primary.
+async fn primary_report_server(pod: &str) -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let body = json!({"pod": pod, "role": "primary", "running": true, "timeline": 1}).to_string();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let body = body.clone();
+            tokio::spawn(async move {
+                let mut request = [0u8; 4096];
+                let _ = socket.read(&mut request).await;
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = socket.write_all(answer.as_bytes()).await;
+            });
+        }
+    });
+    address
+}
+
 /// Someone else annotates every object the operator owns: their versions are no longer
 /// ones the operator verified, so it reads each one back (`get`) to look for drift.
 async fn touch_every_owned_object(server: &ApiServer) {
@@ -165,6 +229,7 @@ async fn touch_every_owned_object(server: &ApiServer) {
         "/serviceaccounts",
         "rbac.authorization.k8s.io/roles",
         "rbac.authorization.k8s.io/rolebindings",
+        "monitoring.coreos.com/podmonitors",
     ];
     let already = server.requests().len();
     let mut touched = Vec::new();

@@ -11,23 +11,10 @@ use std::time::Instant;
 use postgres_operator::validate::settings::table::{
     GENERATED_MAJORS, HEADER, PG_SETTINGS_QUERY, committed_tsv,
 };
-use support::postgres::{DataDir, PostgresServer, column};
-
-/// The binaries of one major: Debian's system install, else the private prefix.
-fn binaries(major: u32) -> PathBuf {
-    let system = PathBuf::from(format!("/usr/lib/postgresql/{major}/bin"));
-    let private =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join(format!(".tools/postgresql/{major}/bin"));
-    [system, private]
-        .into_iter()
-        .find(|dir| dir.join("postgres").exists())
-        .unwrap_or_else(|| {
-            panic!("PostgreSQL {major} is not installed: run scripts/install-test-deps.sh")
-        })
-}
+use support::postgres::{DataDir, PostgresServer, bin_dir_of, column};
 
 async fn table_of_running_server(major: u32) -> String {
-    let server = PostgresServer::start_on(DataDir::init_with(&binaries(major)));
+    let server = PostgresServer::start_on(DataDir::init_with(&bin_dir_of(major)));
     let client = server.admin("postgres").await;
     let version = column(&client, "SHOW server_version_num").await;
     assert!(

@@ -39,7 +39,11 @@ struct Supervised {
 fn start() -> Supervised {
     let dir = DataDir::init();
     let (program, args) = dir.postmaster();
-    let command = PostmasterCommand { program, args };
+    let command = PostmasterCommand {
+        program,
+        args,
+        stderr: None,
+    };
     let (stop, stopping) = watch::channel(false);
     let (sender, events) = mpsc::unbounded_channel();
     let restart = Arc::new(Notify::new());

@@ -1,5 +1,5 @@
 //! What an instance tells the controller through its own Pod: the configuration
-//! PostgreSQL refused, as an annotation. The controller watches its pods' metadata
+//! PostgreSQL refused, and a restore from backup in progress, as annotations. The controller watches its pods' metadata
 //! anyway, so this costs no request to the instances and no write while nothing changes.
 
 use serde::{Deserialize, Serialize};
@@ -22,4 +22,22 @@ pub struct ConfigRejected {
     pub message: String,
     /// The postmaster failed to start with it and runs the last good configuration again.
     pub reverted: bool,
+}
+
+/// Annotation on an instance's Pod while it restores its data from a backup; absent
+/// otherwise.
+pub const RESTORING_ANNOTATION: &str = "postgres.apps.cozystack.io/restoring";
+
+/// The field manager of the restore annotation: its own, so that applying one
+/// annotation never removes the other.
+pub const INSTANCE_RESTORE_FIELD_MANAGER: &str = "postgres-operator-instance-restore";
+
+/// The restore annotation's value (compact JSON).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Restoring {
+    /// What the instance is doing, e.g. `restoring backup run … (2 databases done)`, or
+    /// why its last attempt failed.
+    pub message: String,
+    /// The last attempt failed; the instance tries again.
+    pub retrying: bool,
 }

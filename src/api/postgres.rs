@@ -41,11 +41,12 @@ pub const MAX_NAME_LENGTH: usize = 39;
     shortname = "pg",
     namespaced,
     status = "PostgresStatus",
-    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
-    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
-    printcolumn = r#"{"name":"Version","type":"string","jsonPath":".status.version"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.ready","description":"Instances ready to serve / instances the spec asks for"}"#,
+    printcolumn = r#"{"name":"Status","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason","description":"Why the cluster is or is not ready"}"#,
     printcolumn = r#"{"name":"Primary","type":"string","jsonPath":".status.currentPrimary"}"#,
-    printcolumn = r#"{"name":"Instances","type":"string","jsonPath":".status.readyInstances","description":"Instances ready to serve"}"#,
+    printcolumn = r#"{"name":"Version","type":"string","jsonPath":".status.version"}"#,
+    printcolumn = r#"{"name":"Last Backup","type":"date","jsonPath":".status.lastBackup","description":"Completion of the last successful backup"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
     validation = Rule::new("self.metadata.name.size() <= 39 && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')").message("metadata.name must start with a lowercase letter, contain only lowercase letters, digits and '-', and be at most 39 characters (object names such as postgres-<name>-external-write must fit in 63)")
 )]
 #[x_kube(
@@ -507,18 +508,25 @@ pub struct PostgresStatus {
     /// The generation of the spec this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// `Ready`, `Progressing`, `Degraded`, `BackupSucceeded`.
+    /// `Ready`, `Progressing`, `Degraded`, `ConfigurationApplied`, `BackupSucceeded`,
+    /// and `Restoring` for a cluster bootstrapped from a backup.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
     /// Running PostgreSQL version.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<String>,
+    /// Pods running the current pod template; the others wait for the rolling update.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub updated_instances: Vec<String>,
     /// Instances that exist.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub instances: Option<i32>,
     /// Instances ready to serve.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ready_instances: Option<i32>,
+    /// `readyInstances/replicas` as `kubectl get` shows it, e.g. `2/3`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready: Option<String>,
     /// Pod name of the current primary.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub current_primary: Option<String>,

@@ -1,12 +1,14 @@
 //! `postgres-operator controller`: the reconcile loop over `Postgres` objects.
 
 pub mod backup_records;
+pub mod cordons;
 pub mod drift;
 pub mod failover;
 pub mod leader;
 pub mod pod_roles;
 pub mod reconcile;
 pub mod records;
+pub mod rollout;
 pub mod startup;
 pub mod status;
 pub mod versions;
@@ -18,7 +20,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::batch::v1::CronJob;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Secret, Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
@@ -29,8 +31,9 @@ use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 
-use crate::api::instance_report::CONFIG_REJECTED_ANNOTATION;
+use crate::api::instance_report::{CONFIG_REJECTED_ANNOTATION, RESTORING_ANNOTATION};
 use crate::api::{Postgres, PostgresBackup};
+use crate::manifests::monitoring::PodMonitor;
 use crate::manifests::{OperatorSettings, labels};
 use crate::metrics::Metrics;
 use records::BackupRecords;
@@ -86,6 +89,8 @@ pub struct Context {
     pub versions: Arc<Versions>,
     /// Backup records by cluster.
     pub records: Arc<BackupRecords>,
+    /// Cordoned nodes, from the one Nodes watch.
+    pub cordons: Arc<cordons::Cordons>,
 }
 
 impl Context {
@@ -127,6 +132,8 @@ pub enum Error {
     },
     #[error("cannot serialize an object: {0}")]
     Serialize(String),
+    #[error("{0}")]
+    Certificates(String),
 }
 
 impl Error {
@@ -205,14 +212,14 @@ fn wakes_up(postgres: &Postgres) -> Option<u64> {
     Some(hasher.finish())
 }
 
-/// What of a cluster pod wakes its Postgres up: only the configuration refusal its
-/// instance reports there. Pods change often (status, the role label this operator
+/// What of a cluster pod wakes its Postgres up: only what its instance reports there (a
+/// configuration refusal, a restore in progress). Pods change often (status, the role label this operator
 /// applies), and every reconcile lists them anyway.
 fn pod_report(pod: &PartialObjectMeta<Pod>) -> Option<u64> {
     let mut hasher = DefaultHasher::new();
-    pod.annotations()
-        .get(CONFIG_REJECTED_ANNOTATION)
-        .hash(&mut hasher);
+    for annotation in [CONFIG_REJECTED_ANNOTATION, RESTORING_ANNOTATION] {
+        pod.annotations().get(annotation).hash(&mut hasher);
+    }
     Some(hasher.finish())
 }
 
@@ -242,14 +249,47 @@ fn owned_config() -> watcher::Config {
     ))
 }
 
+/// Whether the API serves PodMonitors (the Prometheus Operator's CRD is installed). Asked
+/// once at start: without the CRD, every apply would fail and hold the clusters'
+/// reconciles back, so they are left out with a warning instead.
+async fn pod_monitors_served(client: &Client, namespace: Option<&String>) -> bool {
+    // Where the operator may list: a watched namespace when it has Roles only there.
+    let api = match namespace {
+        Some(namespace) => Api::<PodMonitor>::namespaced(client.clone(), namespace),
+        None => Api::<PodMonitor>::all(client.clone()),
+    };
+    match api
+        .list_metadata(&kube::api::ListParams::default().limit(1))
+        .await
+    {
+        Ok(_) => true,
+        Err(kube::Error::Api(status)) if status.code == 404 => {
+            tracing::warn!(
+                "PodMonitors were asked for but the API does not serve monitoring.coreos.com/v1 podmonitors (is the Prometheus Operator's CRD installed?): none are created; restart the operator once it is"
+            );
+            false
+        }
+        // Not a missing CRD (e.g. a transient error): the applies will tell.
+        Err(error) => {
+            tracing::warn!(%error, "could not check whether PodMonitors are served");
+            true
+        }
+    }
+}
+
 /// Runs the controllers (one per watched namespace, or one cluster-wide) until
 /// `shutdown` resolves.
 pub async fn run(
     client: Client,
-    settings: Settings,
+    mut settings: Settings,
     metrics: Arc<Metrics>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
+    if settings.operator.pod_monitors
+        && !pod_monitors_served(&client, settings.watch_namespaces.first()).await
+    {
+        settings.operator.pod_monitors = false;
+    }
     let recorder = Recorder::new(
         client.clone(),
         Reporter {
@@ -275,8 +315,19 @@ pub async fn run(
         failures: std::sync::Mutex::default(),
         versions: Arc::default(),
         records: Arc::default(),
+        cordons: Arc::default(),
     });
     let shutdown = futures::future::FutureExt::shared(Box::pin(shutdown));
+    // Only the nodes' specs matter (cordons); their status is the bulk of a Node.
+    let nodes = ctx.cordons.clone().follow(
+        watcher(Api::<Node>::all(client.clone()), watcher::Config::default())
+            .default_backoff()
+            .modify(|node| {
+                node.status = None;
+                node.managed_fields_mut().clear();
+            }),
+    );
+    let nodes = futures::future::select(Box::pin(nodes), shutdown.clone());
     let controllers = namespaces.into_iter().map(|namespace| {
         let ctx = ctx.clone();
         let shutdown = shutdown.clone();
@@ -331,6 +382,13 @@ pub async fn run(
                 .modify(|pod| pod.managed_fields_mut().clear())
                 .touched_objects()
                 .predicate_filter(pod_report, Default::default());
+            let pod_monitors = ctx.settings.operator.pod_monitors.then(|| {
+                ctx.versions.clone().track(
+                    "PodMonitor",
+                    namespace.clone(),
+                    watcher(api!(PartialObjectMeta<PodMonitor>), owned_config()).default_backoff(),
+                )
+            });
             let clusters = Controller::for_stream(postgres, postgres_store)
                 .with_config(controller::Config::default().concurrency(CONCURRENT_RECONCILES))
                 .owns_stream(owned!(StatefulSet))
@@ -343,6 +401,7 @@ pub async fn run(
                 .owns_stream(owned!(ServiceAccount))
                 .owns_stream(owned!(Role))
                 .owns_stream(owned!(RoleBinding))
+                .owns_stream(futures::stream::iter(pod_monitors).flatten())
                 // A finished backup changes the cluster's BackupSucceeded and lastBackup.
                 .watches_stream(records, |record: PostgresBackup| {
                     let namespace = record.metadata.namespace.clone().unwrap_or_default();
@@ -350,6 +409,8 @@ pub async fn run(
                 })
                 // An instance's configuration refusal becomes ConfigurationApplied.
                 .watches_stream(pods, pod_cluster)
+                // A primary on a newly cordoned node must move before the drain.
+                .reconcile_all_on(ctx.cordons.newly_cordoned())
                 .graceful_shutdown_on(shutdown.clone())
                 .run(reconcile::reconcile, error_policy, ctx.clone())
                 .for_each(log_outcome);
@@ -360,7 +421,7 @@ pub async fn run(
             futures::join!(clusters, backups, engines);
         }
     });
-    futures::future::join_all(controllers).await;
+    futures::join!(futures::future::join_all(controllers), nodes);
 }
 
 #[cfg(test)]

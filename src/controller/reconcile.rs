@@ -19,10 +19,13 @@ use serde_json::json;
 
 use super::status::{self, Observed};
 use super::versions::{self, ObjectKey};
-use super::{Context, Error, FIELD_MANAGER, pod_roles};
+use super::{Context, Error, FIELD_MANAGER, pod_roles, rollout};
 use crate::api::{Postgres, PostgresBackup};
+use crate::ha::plan::Step;
 use crate::manifests::cronjob::backup_credentials_secret;
 use crate::manifests::secrets::{ExistingSecrets, RandomPasswords};
+use crate::manifests::statefulset::template_hash_of;
+use crate::manifests::tls::RcgenIssuer;
 use crate::manifests::{Cluster, ManagedObject, desired_objects, labels, names, pod};
 use crate::quantity::Quantity;
 use crate::validate;
@@ -106,40 +109,42 @@ async fn reconcile_inner(postgres: &Postgres, ctx: &Context) -> Result<Action, E
     if postgres.metadata.deletion_timestamp.is_some() {
         // Owned objects go with the Postgres (owner references); data volumes stay.
         ctx.metrics.set_cluster_ready(&key, None);
+        ctx.metrics.set_backup_freshness(&namespace, &name, None);
         return Ok(Action::await_change());
     }
     let cluster = Cluster::new(postgres, &namespace, &ctx.settings.operator);
 
     if let Err(errors) = validate::validate_spec(&postgres.spec) {
-        let message = errors.to_string();
-        let observed = Observed {
-            statefulset: None,
-            pods: &[],
-            invalid: Some(message.clone()),
-            backups: None,
-        };
-        if write_status(postgres, ctx, &observed).await? {
-            event(
-                ctx,
-                postgres,
-                EventType::Warning,
-                "InvalidSpec",
-                "Validate",
-                &message,
-            )
-            .await;
-        }
-        ctx.metrics.set_cluster_ready(&key, Some(false));
-        return Ok(Action::requeue(ctx.settings.resync));
+        return refuse(postgres, ctx, &key, errors.to_string()).await;
     }
-
-    let existing = existing_secrets(ctx, &namespace, &name).await?;
     let live_statefulset = Api::<StatefulSet>::namespaced(ctx.client.clone(), &namespace)
         .get_opt(&names::prefix(&name))
         .await
         .map_err(Error::kube("get", "StatefulSet", &name))?;
-    let mut desired = desired_objects(&cluster, &existing, &mut RandomPasswords);
+    if let Some(message) = rollout::major_change(postgres, live_statefulset.as_ref()) {
+        return refuse(postgres, ctx, &key, message).await;
+    }
+
+    let existing = existing_secrets(ctx, &namespace, &name).await?;
+    let mut desired = desired_objects(&cluster, &existing, &mut RandomPasswords, &mut RcgenIssuer)
+        .map_err(|e| Error::Certificates(e.to_string()))?;
     keep_immutable_claim_templates(&mut desired, live_statefulset.as_ref());
+    // The pods as they are before this pass: the plan of a rolling update, a drain or
+    // a scale-down decides the StatefulSet's replicas and at most one step.
+    let selector = selector_string(&labels::selector(&name));
+    let mut pods = Api::<Pod>::namespaced(ctx.client.clone(), &namespace)
+        .list(&ListParams::default().labels(&selector))
+        .await
+        .map_err(Error::kube("list", "Pod", &name))?;
+    let plan = rollout::plan_for(
+        ctx,
+        postgres,
+        &pods.items,
+        live_statefulset.as_ref(),
+        desired_template_hash(&desired).as_deref(),
+    )
+    .await;
+    set_replicas(&mut desired, plan.replicas);
 
     let mut created = Vec::new();
     for object in &desired {
@@ -167,29 +172,29 @@ async fn reconcile_inner(postgres: &Postgres, ctx: &Context) -> Result<Action, E
             .as_ref()
             .and_then(|s| s.replicas)
             .unwrap_or_default();
-        if before != postgres.spec.replicas {
-            let note = format!(
-                "scaled from {before} to {} instances",
-                postgres.spec.replicas
-            );
+        if before != plan.replicas {
+            let note = format!("scaled from {before} to {} instances", plan.replicas);
             event(ctx, postgres, EventType::Normal, "Scaled", "Scale", &note).await;
         }
     }
 
     // The StatefulSet's counts as read before this pass's apply: applying changes its
     // spec, not its status, and the StatefulSet watch brings the next change here.
-    let selector = selector_string(&labels::selector(&name));
-    let mut pods = Api::<Pod>::namespaced(ctx.client.clone(), &namespace)
-        .list(&ListParams::default().labels(&selector))
-        .await
-        .map_err(Error::kube("list", "Pod", &name))?;
     let primary = names::labelled_primary(postgres);
     pod_roles::apply_roles(ctx, &namespace, &mut pods.items, &primary).await?;
+    // After the apply: a pod deleted now comes back on the template just applied.
+    if let Some((reason, note)) = rollout::carry_out(ctx, postgres, &pods.items, &plan).await? {
+        event(ctx, postgres, EventType::Normal, reason, "Rollout", &note).await;
+    }
     let (records, missing_credentials) = observe_backups(ctx, &cluster, &desired).await?;
     let observed = Observed {
         statefulset: live_statefulset.as_ref(),
         pods: &pods.items,
         invalid: None,
+        rollout: Some(status::RolloutObserved {
+            updated: plan.updated.clone(),
+            progress: rollout::progress(&plan, postgres.spec.replicas),
+        }),
         backups: postgres
             .spec
             .backup
@@ -200,13 +205,90 @@ async fn reconcile_inner(postgres: &Postgres, ctx: &Context) -> Result<Action, E
             }),
     };
     write_status(postgres, ctx, &observed).await?;
+    ctx.metrics.set_backup_freshness(
+        &namespace,
+        &name,
+        observed
+            .backups
+            .as_ref()
+            .and_then(|backups| backup_freshness(postgres, backups)),
+    );
     let ready = postgres
         .status
         .as_ref()
         .and_then(|s| status::condition_of(s, status::READY))
         .is_some_and(|c| c.status == "True");
     ctx.metrics.set_cluster_ready(&key, Some(ready));
+    Ok(Action::requeue(if plan.step == Step::Settled {
+        ctx.settings.resync
+    } else {
+        rollout::STEP_INTERVAL.min(ctx.settings.resync)
+    }))
+}
+
+/// When the last successful backup ended (or, with none yet, when the cluster was
+/// created) and the longest interval of the schedule, for the backup age alert.
+fn backup_freshness(
+    postgres: &Postgres,
+    backups: &status::BackupsObserved<'_>,
+) -> Option<(f64, i64)> {
+    let interval = crate::validate::cron::longest_interval_seconds(&postgres.spec.backup.schedule)?;
+    let (_, last) = status::backup_condition(backups, postgres.metadata.generation);
+    let last = last
+        .and_then(|at| at.parse::<Timestamp>().ok())
+        .or_else(|| postgres.metadata.creation_timestamp.as_ref().map(|t| t.0))?;
+    Some((last.as_second() as f64, i64::try_from(interval).ok()?))
+}
+
+/// Records why the spec is refused, and touches nothing else.
+async fn refuse(
+    postgres: &Postgres,
+    ctx: &Context,
+    key: &str,
+    message: String,
+) -> Result<Action, Error> {
+    let observed = Observed {
+        statefulset: None,
+        pods: &[],
+        invalid: Some(message.clone()),
+        backups: None,
+        rollout: None,
+    };
+    if write_status(postgres, ctx, &observed).await? {
+        event(
+            ctx,
+            postgres,
+            EventType::Warning,
+            "InvalidSpec",
+            "Validate",
+            &message,
+        )
+        .await;
+    }
+    ctx.metrics.set_cluster_ready(key, Some(false));
     Ok(Action::requeue(ctx.settings.resync))
+}
+
+/// The digest on the pod template this pass applies.
+fn desired_template_hash(desired: &[ManagedObject]) -> Option<String> {
+    desired.iter().find_map(|object| match object {
+        ManagedObject::StatefulSet(statefulset) => {
+            template_hash_of(statefulset.spec.as_ref()?.template.metadata.as_ref()?)
+                .map(str::to_string)
+        }
+        _ => None,
+    })
+}
+
+/// The StatefulSet's replicas as planned: a scale-down waits for the primary to move.
+fn set_replicas(desired: &mut [ManagedObject], replicas: i32) {
+    for object in desired.iter_mut() {
+        if let ManagedObject::StatefulSet(statefulset) = object
+            && let Some(spec) = statefulset.spec.as_mut()
+        {
+            spec.replicas = Some(replicas);
+        }
+    }
 }
 
 fn selector_string(selector: &BTreeMap<String, String>) -> String {
@@ -431,11 +513,6 @@ async fn write_status(
     if postgres.status.as_ref() == Some(&desired) {
         return Ok(false);
     }
-    let name = postgres.name_any();
-    let api = Api::<Postgres>::namespaced(
-        ctx.client.clone(),
-        &postgres.namespace().unwrap_or_default(),
-    );
     // A merge patch of the reconcile's own fields only: the primary, the target and
     // the synchronous set belong to the HA engine (`failover.rs`), which writes them
     // between a reconcile's read and its write; an apply of the whole status would
@@ -453,6 +530,21 @@ async fn write_status(
             fields.remove(owned_by_the_engine);
         }
     }
+    merge_status(ctx, postgres, &fields).await?;
+    Ok(true)
+}
+
+/// Merge-patches `fields` into the status of `postgres`, as the reconcile's field manager.
+pub(crate) async fn merge_status(
+    ctx: &Context,
+    postgres: &Postgres,
+    fields: &serde_json::Value,
+) -> Result<(), Error> {
+    let name = postgres.name_any();
+    let api = Api::<Postgres>::namespaced(
+        ctx.client.clone(),
+        &postgres.namespace().unwrap_or_default(),
+    );
     let patch = json!({ "status": fields });
     api.patch_status(
         &name,
@@ -465,7 +557,7 @@ async fn write_status(
     .await
     .map_err(Error::kube("patch status", "Postgres", &name))?;
     ctx.metrics.count_write("patch status", "Postgres");
-    Ok(true)
+    Ok(())
 }
 
 /// Publishes an event; a failure to record one never fails the reconcile.

@@ -8,7 +8,9 @@ use k8s_openapi::jiff::Timestamp;
 
 use kube::ResourceExt;
 
-use crate::api::instance_report::{CONFIG_REJECTED_ANNOTATION, ConfigRejected};
+use crate::api::instance_report::{
+    CONFIG_REJECTED_ANNOTATION, ConfigRejected, RESTORING_ANNOTATION, Restoring,
+};
 use crate::api::{BackupPhase, Postgres, PostgresBackup, PostgresStatus};
 use crate::manifests::labels;
 
@@ -17,6 +19,7 @@ pub const PROGRESSING: &str = "Progressing";
 pub const DEGRADED: &str = "Degraded";
 pub const BACKUP_SUCCEEDED: &str = "BackupSucceeded";
 pub const CONFIGURATION_APPLIED: &str = "ConfigurationApplied";
+pub const RESTORING: &str = "Restoring";
 
 /// Kubernetes refuses longer condition messages.
 const MAX_MESSAGE: usize = 32768;
@@ -30,6 +33,16 @@ pub struct Observed<'a> {
     /// Backup records of the cluster and the state of its credentials; `None` when the
     /// spec has no backups.
     pub backups: Option<BackupsObserved<'a>>,
+    /// Where the rolling update, drain or scale-down stands; `None` when not looked at.
+    pub rollout: Option<RolloutObserved>,
+}
+
+/// The planned-changes part of the status.
+pub struct RolloutObserved {
+    /// Pods on the current pod template.
+    pub updated: Vec<String>,
+    /// The `Progressing` reason and message while a change is under way.
+    pub progress: Option<(&'static str, String)>,
 }
 
 /// What the backup condition is computed from.
@@ -178,6 +191,64 @@ pub fn configuration_condition(pods: &[Pod], generation: Option<i64>) -> Conditi
     )
 }
 
+/// `Restoring`, for a cluster bootstrapped from a backup or any of whose instances
+/// reports a restore: True while an instance restores (with what it says it is doing, or
+/// why its last attempt failed), or before any has started; False once the primary
+/// serves. `None` for other clusters.
+pub fn restore_condition(
+    pods: &[Pod],
+    from_backup: bool,
+    primary_ready: bool,
+    generation: Option<i64>,
+) -> Option<Condition> {
+    let mut reports: Vec<(String, Restoring)> = pods
+        .iter()
+        .filter_map(|pod| {
+            let value = pod.annotations().get(RESTORING_ANNOTATION)?;
+            Some((pod.name_any(), serde_json::from_str(value).ok()?))
+        })
+        .collect();
+    reports.sort_by(|a, b| a.0.cmp(&b.0));
+    if reports.is_empty() {
+        return from_backup.then(|| {
+            if primary_ready {
+                condition(
+                    RESTORING,
+                    false,
+                    "RestoreComplete",
+                    "the data was restored from backup and the primary serves".to_string(),
+                    generation,
+                )
+            } else {
+                condition(
+                    RESTORING,
+                    true,
+                    "RestorePending",
+                    "waiting for the primary to start restoring from backup".to_string(),
+                    generation,
+                )
+            }
+        });
+    }
+    let retrying = reports.iter().any(|(_, report)| report.retrying);
+    let message = reports
+        .iter()
+        .map(|(pod, report)| format!("pod {pod}: {}", report.message))
+        .collect::<Vec<_>>()
+        .join("; ");
+    Some(condition(
+        RESTORING,
+        true,
+        if retrying {
+            "RestoreRetrying"
+        } else {
+            "RestoreInProgress"
+        },
+        message.chars().take(MAX_MESSAGE).collect(),
+        generation,
+    ))
+}
+
 fn condition(
     type_: &str,
     ok: bool,
@@ -212,6 +283,7 @@ pub fn desired_status(postgres: &Postgres, observed: &Observed, now: Timestamp) 
         instances_status: current.instances_status.clone(),
         last_failover: current.last_failover.clone(),
         last_backup: current.last_backup.clone(),
+        updated_instances: current.updated_instances.clone(),
         ..PostgresStatus::default()
     };
 
@@ -239,6 +311,7 @@ pub fn desired_status(postgres: &Postgres, observed: &Observed, now: Timestamp) 
         });
         status.instances = Some(instances);
         status.ready_instances = Some(ready);
+        status.ready = Some(format!("{ready}/{desired}"));
         let all_ready = ready >= desired && instances == desired;
         let rolled_out = observed
             .statefulset
@@ -269,9 +342,13 @@ pub fn desired_status(postgres: &Postgres, observed: &Observed, now: Timestamp) 
             ),
         };
         let progressing = !(all_ready && rolled_out);
-        vec![
-            ready_condition,
-            condition(
+        let planned = observed.rollout.as_ref().and_then(|r| r.progress.clone());
+        if let Some(rollout) = &observed.rollout {
+            status.updated_instances = rollout.updated.clone();
+        }
+        let progressing_condition = match planned {
+            Some((reason, message)) => condition(PROGRESSING, true, reason, message, generation),
+            None => condition(
                 PROGRESSING,
                 progressing,
                 if progressing {
@@ -286,6 +363,10 @@ pub fn desired_status(postgres: &Postgres, observed: &Observed, now: Timestamp) 
                 },
                 generation,
             ),
+        };
+        vec![
+            ready_condition,
+            progressing_condition,
             condition(
                 DEGRADED,
                 primary.is_some() && ready < desired && rolled_out,
@@ -303,6 +384,16 @@ pub fn desired_status(postgres: &Postgres, observed: &Observed, now: Timestamp) 
     // With an invalid spec the pods are not read: the condition stays as it was.
     if observed.invalid.is_none() {
         conditions.push(configuration_condition(observed.pods, generation));
+        let primary_ready = conditions
+            .iter()
+            .any(|c| c.type_ == READY && c.reason != "NoPrimary")
+            && status.ready_instances.unwrap_or(0) > 0;
+        conditions.extend(restore_condition(
+            observed.pods,
+            postgres.spec.restore_source().is_some(),
+            primary_ready,
+            generation,
+        ));
     }
     if let Some(backups) = &observed.backups {
         let (backup, last_backup) = backup_condition(backups, generation);
@@ -316,7 +407,8 @@ pub fn desired_status(postgres: &Postgres, observed: &Observed, now: Timestamp) 
                 .conditions
                 .iter()
                 .filter(|c| {
-                    let kept_as_is = c.type_ == CONFIGURATION_APPLIED && observed.invalid.is_some();
+                    let kept_as_is = [CONFIGURATION_APPLIED, RESTORING].contains(&c.type_.as_str())
+                        && observed.invalid.is_some();
                     kept_as_is
                         || ![
                             READY,
@@ -324,6 +416,7 @@ pub fn desired_status(postgres: &Postgres, observed: &Observed, now: Timestamp) 
                             DEGRADED,
                             BACKUP_SUCCEEDED,
                             CONFIGURATION_APPLIED,
+                            RESTORING,
                         ]
                         .contains(&c.type_.as_str())
                 })
@@ -388,6 +481,7 @@ mod tests {
             pods,
             invalid: None,
             backups: None,
+            rollout: None,
         };
         desired_status(pg, &observed, now())
     }
@@ -409,6 +503,103 @@ mod tests {
             ..Default::default()
         });
         record
+    }
+
+    fn restoring(mut pod: Pod, message: &str, retrying: bool) -> Pod {
+        let report = Restoring {
+            message: message.to_string(),
+            retrying,
+        };
+        pod.metadata.annotations = Some(BTreeMap::from([(
+            RESTORING_ANNOTATION.to_string(),
+            serde_json::to_string(&report).unwrap(),
+        )]));
+        pod
+    }
+
+    fn restored(replicas: i32) -> Postgres {
+        let mut pg = postgres(replicas);
+        pg.spec = serde_yaml::from_str(&format!(
+            "replicas: {replicas}\nbootstrap: {{enabled: true, oldName: old}}\n"
+        ))
+        .unwrap();
+        pg
+    }
+
+    #[test]
+    fn a_restore_in_progress_shows_what_the_instance_says_until_the_primary_serves() {
+        let pg = restored(2);
+        let pending = status_of(&pg, Some(&sts(0, 0)), &[]);
+        let condition = condition_of(&pending, RESTORING).unwrap();
+        assert_eq!(
+            (condition.status.as_str(), condition.reason.as_str()),
+            ("True", "RestorePending")
+        );
+        let busy = restoring(
+            pod("postgres-demo-0", "primary"),
+            "restoring backup run 2026-11-30T03:00:00Z of cluster \"old\" (1 databases done)",
+            false,
+        );
+        let status = status_of(&pg, Some(&sts(1, 0)), &[busy]);
+        let condition = condition_of(&status, RESTORING).unwrap();
+        assert_eq!(
+            (condition.status.as_str(), condition.reason.as_str()),
+            ("True", "RestoreInProgress")
+        );
+        assert_eq!(
+            condition.message,
+            "pod postgres-demo-0: restoring backup run 2026-11-30T03:00:00Z of cluster \"old\" (1 databases done)"
+        );
+        let failing = restoring(
+            pod("postgres-demo-0", "primary"),
+            "restore from backup failed, retrying: no backup run of cluster \"old\"",
+            true,
+        );
+        let status = status_of(&pg, Some(&sts(1, 0)), &[failing]);
+        let condition = condition_of(&status, RESTORING).unwrap();
+        assert_eq!(condition.reason, "RestoreRetrying");
+        assert!(
+            condition.message.contains("no backup run"),
+            "{}",
+            condition.message
+        );
+        let done = status_of(
+            &pg,
+            Some(&sts(2, 2)),
+            &[
+                pod("postgres-demo-0", "primary"),
+                pod("postgres-demo-1", "replica"),
+            ],
+        );
+        let condition = condition_of(&done, RESTORING).unwrap();
+        assert_eq!(
+            (condition.status.as_str(), condition.reason.as_str()),
+            ("False", "RestoreComplete")
+        );
+    }
+
+    #[test]
+    fn a_cluster_not_restored_has_no_restoring_condition_and_a_stale_one_goes() {
+        let pg = postgres(2);
+        let mut with_stale = pg.clone();
+        let stale = status_of(&restored(2), Some(&sts(0, 0)), &[]);
+        with_stale.status = Some(stale);
+        let status = status_of(
+            &with_stale,
+            Some(&sts(2, 2)),
+            &[pod("postgres-demo-0", "primary")],
+        );
+        assert!(condition_of(&status, RESTORING).is_none());
+    }
+
+    #[test]
+    fn ready_reads_ready_over_desired_instances() {
+        let status = status_of(
+            &postgres(3),
+            Some(&sts(3, 2)),
+            &[pod("postgres-demo-0", "primary")],
+        );
+        assert_eq!(status.ready.as_deref(), Some("2/3"));
     }
 
     #[test]
@@ -524,6 +715,7 @@ mod tests {
             pods: &[],
             invalid: Some("spec.replicas: must be at least 1".to_string()),
             backups: None,
+            rollout: None,
         };
         let status = desired_status(&postgres(1), &observed, now());
         let ready = condition_of(&status, READY).unwrap();
@@ -651,6 +843,7 @@ mod tests {
             pods: &[],
             invalid: Some("spec.replicas: must be at least 1".to_string()),
             backups: None,
+            rollout: None,
         };
         let status = desired_status(&pg, &observed, now());
         assert_eq!(
@@ -669,6 +862,7 @@ mod tests {
             pods: &pods,
             invalid: None,
             backups: None,
+            rollout: None,
         };
         let first = desired_status(&pg, &observed, now());
         pg.status = Some(first.clone());
@@ -683,6 +877,7 @@ mod tests {
                 pods: &pods,
                 invalid: None,
                 backups: None,
+                rollout: None,
             },
             later,
         );
@@ -690,5 +885,31 @@ mod tests {
             condition_of(&third, READY).unwrap().last_transition_time,
             Time(later)
         );
+    }
+    #[test]
+    fn a_rolling_update_shows_as_progressing_with_the_updated_instances() {
+        let pg = postgres(3);
+        let statefulset = sts(3, 3);
+        let pods = [pod("postgres-demo-0", labels::ROLE_PRIMARY)];
+        let observed = Observed {
+            statefulset: Some(&statefulset),
+            pods: &pods,
+            invalid: None,
+            backups: None,
+            rollout: Some(RolloutObserved {
+                updated: vec!["postgres-demo-2".to_string()],
+                progress: Some((
+                    "RollingUpdate",
+                    "1/3 instances updated; restarting postgres-demo-1".to_string(),
+                )),
+            }),
+        };
+        let status = desired_status(&pg, &observed, now());
+        let progressing = condition_of(&status, PROGRESSING).unwrap();
+        assert_eq!(progressing.status, "True");
+        assert_eq!(progressing.reason, "RollingUpdate");
+        assert!(progressing.message.contains("restarting postgres-demo-1"));
+        assert_eq!(status.updated_instances, vec!["postgres-demo-2"]);
+        assert_eq!(condition_of(&status, READY).unwrap().status, "True");
     }
 }

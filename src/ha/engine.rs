@@ -12,6 +12,7 @@ use std::time::{Duration, Instant, SystemTime};
 use super::client::{self, Watch};
 use super::decide::{Blocked, FailoverDecision, Promotion, decide};
 use super::input::{Cluster, Instance, Role};
+use super::plan;
 use super::wire::{InstanceReport, Instruction};
 use crate::api::{FailoverRecord, InstanceState};
 use crate::instance::quorum::Bounds;
@@ -344,6 +345,17 @@ impl<W: World> Engine<W> {
                 return WatchEnd::Suspect(format!("it reports {}", describe(&report)));
             }
             self.primary_lsn = report.report.received_lsn;
+            // The primary would rather hand over than restart for its settings: the
+            // target is recorded, and the next step carries the switchover out.
+            if report.restart_wanted
+                && let Some(to) = self.restart_switchover_target(&report, members).await
+            {
+                tracing::info!(from = primary, %to, "switchover for settings that need a restart");
+                match self.world.record_target(&to).await {
+                    Ok(()) => return WatchEnd::Refresh,
+                    Err(error) => tracing::warn!(%error, "cannot record the switchover target"),
+                }
+            }
             let sync = SyncSet {
                 quorum: report.sync_quorum,
                 standbys: report.sync_standbys.clone(),
@@ -365,6 +377,23 @@ impl<W: World> Engine<W> {
             }
         }
         WatchEnd::Refresh
+    }
+
+    /// The standby to hand a primary that asks to be restarted over to, from what the
+    /// standbys it names say now.
+    async fn restart_switchover_target(
+        &self,
+        primary: &InstanceReport,
+        members: &[Member],
+    ) -> Option<String> {
+        let standbys: Vec<Member> = members
+            .iter()
+            .filter(|m| primary.streaming_standbys.contains(&m.pod))
+            .cloned()
+            .collect();
+        let reports = self.reports(&standbys).await;
+        let reports: Vec<&InstanceReport> = reports.values().collect();
+        plan::restart_switchover_target(primary, &reports)
     }
 
     /// Every member's report, gathered at once; silent members are absent.

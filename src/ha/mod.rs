@@ -7,6 +7,7 @@ mod decide;
 pub mod engine;
 mod input;
 pub mod local;
+pub mod plan;
 pub mod wire;
 
 pub use decide::{Blocked, FailoverDecision, Promotion, RESTART_GRACE, UNREACHABLE_GRACE, decide};

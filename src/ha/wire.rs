@@ -30,6 +30,17 @@ pub struct InstanceReport {
     /// Primary: the standbys streaming from it now.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub streaming_standbys: Vec<String>,
+    /// Primary: settings wait for a restart, the standbys have restarted, and it asks
+    /// for a switchover instead (a shorter write gap than a restart in place).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub restart_wanted: bool,
+    /// Settings wait for a restart of this server.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pending_restart: bool,
+    /// A digest of the postgresql.conf the instance last installed: equal on two
+    /// instances that have taken the same spec.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_digest: Option<String>,
 }
 
 /// What the engine tells an instance.
@@ -150,6 +161,9 @@ mod tests {
             fenced: false,
             stopped_at_lsn: None,
             streaming_standbys: Vec::new(),
+            restart_wanted: false,
+            pending_restart: false,
+            config_digest: Some("1f".to_string()),
         };
         let json = serde_json::to_value(&report).unwrap();
         assert_eq!(json["role"], "primary");

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use super::files::{replication_conninfo, slot_name};
+use super::files::{Endpoint, replication_conninfo, slot_name};
 use super::provision::Connection;
 use crate::manifests::secrets::{REPLICATION_USER, SUPERUSER};
 use crate::sql::quote::{ident, literal};
@@ -195,17 +195,11 @@ pub async fn ensure_builtin_role(
 pub fn clone_from_primary(
     tools: &Tools,
     data_dir: &Path,
-    primary_host: &str,
-    primary_port: u16,
+    primary: &Endpoint,
     replication_password: &str,
     application_name: &str,
 ) -> Result<(), BootstrapError> {
-    let conninfo = replication_conninfo(
-        primary_host,
-        primary_port,
-        replication_password,
-        application_name,
-    );
+    let conninfo = replication_conninfo(primary, replication_password, application_name);
     // The slot of an earlier clone of this pod (its volume lost, or a clone cut short)
     // would make `-C` fail on every attempt. A new base backup needs none of the WAL it
     // holds; dropping fails harmlessly when there is no slot, or while the old standby's

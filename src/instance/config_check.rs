@@ -119,11 +119,18 @@ impl Checker {
         let run_dir = self.dir.join("probe-run");
         write_conf_dir(&run_dir, files)?;
         let program = self.bin_dir.join("postgres");
-        // Command-line settings win over the files: no TCP, its own socket directory.
+        // Command-line settings win over the files: no TCP, its own socket directory,
+        // and its messages on its stderr (read below), not in the instance's log pipes.
         let mut child = Command::new(&program)
             .arg("-D")
             .arg(&cluster)
-            .args(["-c", "listen_addresses=", "-c"])
+            .args([
+                "-c",
+                "listen_addresses=",
+                "-c",
+                "logging_collector=off",
+                "-c",
+            ])
             .arg(format!(
                 "config_file={}",
                 run_dir.join(POSTGRESQL_CONF).display()

@@ -13,46 +13,24 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use tokio::sync::watch;
-
 use super::config_check::{CheckError, Checker, Rejection};
 use super::events::EventSink;
 use super::files::ConfigFiles;
 use super::metrics::InstanceMetrics;
+use super::pod_report::Report;
 use crate::api::Postgres;
 use crate::api::instance_report::ConfigRejected;
 
 /// The refusal in force, shared with `/status` and with whoever reports it on the Pod
-/// (`pod_report`), which is woken only when it changes.
-#[derive(Clone, Debug)]
-pub struct RejectionReport(Arc<watch::Sender<Option<ConfigRejected>>>);
+/// (`pod_report`).
+pub type RejectionReport = Report<ConfigRejected>;
 
-impl Default for RejectionReport {
-    fn default() -> Self {
-        RejectionReport(Arc::new(watch::Sender::new(None)))
-    }
-}
-
-impl RejectionReport {
+impl Report<ConfigRejected> {
     pub fn get(&self) -> Option<Rejection> {
-        self.0.borrow().as_ref().map(|report| Rejection {
-            setting: report.setting.clone(),
-            message: report.message.clone(),
+        self.current().map(|report| Rejection {
+            setting: report.setting,
+            message: report.message,
         })
-    }
-
-    /// The refusal in force now and at every change.
-    pub fn subscribe(&self) -> watch::Receiver<Option<ConfigRejected>> {
-        self.0.subscribe()
-    }
-
-    /// Sets the refusal in force; subscribers hear of it only when it differs.
-    pub fn set(&self, report: Option<ConfigRejected>) {
-        self.0.send_if_modified(|current| {
-            let changed = *current != report;
-            *current = report;
-            changed
-        });
     }
 }
 
@@ -209,6 +187,13 @@ impl ConfigGuard {
     /// refused and the last good one goes back (true: rewrite the files); otherwise the
     /// cause is elsewhere, and the files are only rewritten in case someone edited them.
     pub fn start_failed(&mut self, status: &str, postgres: &Postgres) -> bool {
+        let on_disk = std::fs::read_to_string(self.checker.data_dir.join("postgresql.conf")).ok();
+        if self.current.is_some() && on_disk != self.current {
+            // Not the installed file that failed (a hand edit, or an older operator's
+            // file): no evidence against the installed one, which goes back as it is.
+            tracing::warn!(%status, "the postmaster failed to start with a file this manager did not write; writing the installed configuration again");
+            return false;
+        }
         if self.current.is_none() || self.current == self.last_good {
             tracing::warn!(%status, "the postmaster failed to start with the last good configuration");
             return false;

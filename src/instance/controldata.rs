@@ -1,5 +1,6 @@
 //! What `pg_controldata` says of a stopped server: whether it was shut down cleanly,
-//! and where its last checkpoint is (a switchover's target must have received past it).
+//! where its last checkpoint is (a switchover's target must have received past it), and
+//! the primary's settings a standby may not go below.
 
 use std::path::Path;
 
@@ -11,6 +12,61 @@ pub struct ControlData {
     pub state: String,
     /// `Latest checkpoint location`.
     pub checkpoint_lsn: u64,
+    /// The settings a hot standby needs at least as high as its primary's, with the
+    /// primary's values as this data directory last saw them (from its base backup or
+    /// the last parameter change it replayed).
+    pub primary_settings: Vec<(&'static str, i64)>,
+    /// `Database system identifier`: which initdb the data comes from.
+    pub system_identifier: Option<String>,
+    /// `Latest checkpoint's TimeLineID` (a standby's last restartpoint).
+    pub timeline: Option<u32>,
+}
+
+/// `pg_controldata` label → setting, for every setting PostgreSQL checks on a standby.
+const STANDBY_MINIMUMS: &[(&str, &str)] = &[
+    ("max_connections setting", "max_connections"),
+    ("max_worker_processes setting", "max_worker_processes"),
+    ("max_wal_senders setting", "max_wal_senders"),
+    ("max_prepared_xacts setting", "max_prepared_transactions"),
+    ("max_locks_per_xact setting", "max_locks_per_transaction"),
+];
+
+/// PostgreSQL's defaults for [`STANDBY_MINIMUMS`], for a file that does not set one.
+const DEFAULTS: &[(&str, i64)] = &[
+    ("max_connections", 100),
+    ("max_worker_processes", 8),
+    ("max_wal_senders", 10),
+    ("max_prepared_transactions", 0),
+    ("max_locks_per_transaction", 64),
+];
+
+/// The lines that raise `conf`'s settings to the primary's where they are lower: a
+/// standby started below them stops at once ("recovery aborted because of insufficient
+/// parameter settings"). That happens when the spec lowers one (a scale-down lowers
+/// max_wal_senders): the standbys restart before the primary does, and a standby cloned
+/// from the primary before its restart carries the old values.
+pub fn standby_floor_lines(conf: &str, control: &ControlData) -> String {
+    let value_in = |name: &str| {
+        conf.lines().rev().find_map(|line| {
+            let (key, value) = line.split_once('=')?;
+            (key.trim() == name)
+                .then(|| value.trim().trim_matches('\'').parse::<i64>().ok())
+                .flatten()
+        })
+    };
+    control
+        .primary_settings
+        .iter()
+        .filter_map(|(name, primary)| {
+            let own = value_in(name).or_else(|| {
+                DEFAULTS
+                    .iter()
+                    .find(|(default, _)| default == name)
+                    .map(|(_, v)| *v)
+            })?;
+            (own < *primary).then(|| format!("{name} = {primary}\n"))
+        })
+        .collect()
 }
 
 impl ControlData {
@@ -39,6 +95,12 @@ pub fn parse(output: &str) -> Option<ControlData> {
     Some(ControlData {
         state: field("Database cluster state")?,
         checkpoint_lsn: parse_lsn(&field("Latest checkpoint location")?)?,
+        primary_settings: STANDBY_MINIMUMS
+            .iter()
+            .filter_map(|(label, name)| Some((*name, field(label)?.parse().ok()?)))
+            .collect(),
+        system_identifier: field("Database system identifier"),
+        timeline: field("Latest checkpoint's TimeLineID").and_then(|t| t.parse().ok()),
     })
 }
 
@@ -69,10 +131,42 @@ mod tests {
         let data = parse(output).unwrap();
         assert!(data.shut_down_cleanly());
         assert_eq!(data.checkpoint_lsn, 0x1_0300_0060);
+        assert_eq!(data.system_identifier, None);
+        let identified = parse(&format!(
+            "{output}Database system identifier:           7441234567890123456\n\
+             Latest checkpoint's TimeLineID:       3\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            identified.system_identifier.as_deref(),
+            Some("7441234567890123456")
+        );
+        assert_eq!(identified.timeline, Some(3));
         let running = parse(&output.replace("shut down", "in production")).unwrap();
         assert!(!running.shut_down_cleanly());
         assert_eq!(parse("nothing useful"), None);
         assert_eq!(parse_lsn("0/0"), Some(0));
         assert_eq!(parse_lsn("x"), None);
+    }
+
+    #[test]
+    fn a_standby_never_goes_below_the_primarys_settings_it_recorded() {
+        let output = "Database cluster state:               in archive recovery\n\
+                      Latest checkpoint location:           0/9000108\n\
+                      max_connections setting:              100\n\
+                      max_worker_processes setting:         8\n\
+                      max_wal_senders setting:              12\n\
+                      max_prepared_xacts setting:           5\n\
+                      max_locks_per_xact setting:           64\n";
+        let control = parse(output).unwrap();
+        assert_eq!(control.primary_settings.len(), 5);
+        // The spec lowered max_wal_senders to 10 and left the others alone.
+        let conf = "max_wal_senders = 10\nmax_connections = '200'\n";
+        assert_eq!(
+            standby_floor_lines(conf, &control),
+            "max_wal_senders = 12\nmax_prepared_transactions = 5\n"
+        );
+        let raised = "max_wal_senders = 16\nmax_prepared_transactions = 5\n";
+        assert_eq!(standby_floor_lines(raised, &control), "");
     }
 }

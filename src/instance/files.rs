@@ -5,6 +5,8 @@
 
 use std::path::{Path, PathBuf};
 
+use super::postgres_logs::log_directory;
+use super::tls_files::TlsPaths;
 use crate::manifests::Cluster;
 use crate::manifests::config::{RUNTIME_CONF, pg_hba_conf, postgresql_conf, quote_literal};
 use crate::manifests::secrets::REPLICATION_USER;
@@ -18,10 +20,9 @@ pub const STANDBY_SIGNAL: &str = "standby.signal";
 pub enum RuntimeRole {
     /// `synchronous_standby_names` (empty: asynchronous).
     Primary { sync_standby_names: String },
-    /// Streams from `host:port` as `application_name`, through its own slot.
+    /// Streams from `primary` as `application_name`, through its own slot.
     Standby {
-        host: String,
-        port: u16,
+        primary: Endpoint,
         password: String,
         application_name: String,
     },
@@ -60,16 +61,58 @@ pub struct Listen {
     pub addresses: String,
 }
 
+/// Another instance's PostgreSQL as this one reaches it: by the name its certificate
+/// holds, over TLS verified against the cluster's CA (`sslmode=verify-full`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Endpoint {
+    /// The pod's name under the headless Service, which the server certificate holds.
+    pub host: String,
+    /// The address to connect to instead of resolving `host` (tests, where every
+    /// instance is on loopback or in a network namespace).
+    pub hostaddr: Option<String>,
+    pub port: u16,
+    /// The cluster's CA certificate, to verify the server with.
+    pub ca_file: String,
+}
+
+impl Endpoint {
+    /// The libpq connection parameters that reach it (no user, password or database).
+    pub fn conninfo(&self) -> String {
+        let mut conninfo = format!("host={}", conninfo_value(&self.host));
+        if let Some(address) = &self.hostaddr {
+            conninfo.push_str(&format!(" hostaddr={}", conninfo_value(address)));
+        }
+        conninfo.push_str(&format!(
+            " port={} sslmode=verify-full sslrootcert={}",
+            self.port,
+            conninfo_value(&self.ca_file)
+        ));
+        // No client certificate: named beside the CA (where none is), or libpq would
+        // look in $HOME/.postgresql, which may not be readable (a root-owned HOME).
+        let dir = Path::new(&self.ca_file).parent().unwrap_or(Path::new("/"));
+        conninfo.push_str(&format!(
+            " sslcert={} sslkey={}",
+            conninfo_value(&dir.join("client.crt").to_string_lossy()),
+            conninfo_value(&dir.join("client.key").to_string_lossy())
+        ));
+        conninfo
+    }
+}
+
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.hostaddr {
+            Some(address) => write!(f, "{} ({address}):{}", self.host, self.port),
+            None => write!(f, "{}:{}", self.host, self.port),
+        }
+    }
+}
+
 /// How a standby (or its clone) connects to the primary as the replication user.
-pub fn replication_conninfo(
-    host: &str,
-    port: u16,
-    password: &str,
-    application_name: &str,
-) -> String {
+pub fn replication_conninfo(primary: &Endpoint, password: &str, application_name: &str) -> String {
     format!(
-        "host={} port={port} user={REPLICATION_USER} password={} application_name={}",
-        conninfo_value(host),
+        "{} user={REPLICATION_USER} password={} application_name={}",
+        primary.conninfo(),
         conninfo_value(password),
         conninfo_value(application_name)
     )
@@ -78,11 +121,20 @@ pub fn replication_conninfo(
 /// The run-time include for `role`.
 pub fn runtime_conf(role: &RuntimeRole, listen: &Listen) -> String {
     let mut conf = format!(
-        "# Written by the instance manager at run time; do not edit.\nport = {}\nunix_socket_directories = {}\nlisten_addresses = {}\n",
+        "# Written by the instance manager at run time; do not edit.\nport = {}\nunix_socket_directories = {}\nlisten_addresses = {}\nlog_directory = {}\n",
         listen.port,
         quote_literal(&listen.socket_dir),
-        quote_literal(&listen.addresses)
+        quote_literal(&listen.addresses),
+        quote_literal(&log_directory(Path::new(&listen.socket_dir)).to_string_lossy())
     );
+    // The server certificate the manager keeps in the run-time directory (`tls_files`):
+    // every remote connection is TLS (pg_hba.conf has only `hostssl` rules for them).
+    let tls = TlsPaths::under(Path::new(&listen.socket_dir));
+    conf.push_str(&format!(
+        "ssl = on\nssl_cert_file = {}\nssl_key_file = {}\nssl_min_protocol_version = 'TLSv1.2'\n",
+        quote_literal(&tls.cert.to_string_lossy()),
+        quote_literal(&tls.key.to_string_lossy()),
+    ));
     match role {
         RuntimeRole::Primary { sync_standby_names } => {
             conf.push_str(&format!(
@@ -91,12 +143,11 @@ pub fn runtime_conf(role: &RuntimeRole, listen: &Listen) -> String {
             ));
         }
         RuntimeRole::Standby {
-            host,
-            port,
+            primary,
             password,
             application_name,
         } => {
-            let conninfo = replication_conninfo(host, *port, password, application_name);
+            let conninfo = replication_conninfo(primary, password, application_name);
             conf.push_str(&format!(
                 "primary_conninfo = {}\nprimary_slot_name = {}\nsynchronous_standby_names = ''\n",
                 quote_literal(&conninfo),
@@ -225,8 +276,12 @@ mod tests {
 
     fn standby() -> RuntimeRole {
         RuntimeRole::Standby {
-            host: "postgres-demo-0.postgres-demo-headless".to_string(),
-            port: 5432,
+            primary: Endpoint {
+                host: "postgres-demo-0.postgres-demo-headless".to_string(),
+                hostaddr: None,
+                port: 5432,
+                ca_file: "/var/run/postgresql/tls/ca.crt".to_string(),
+            },
             password: "it's a \\ secret".to_string(),
             application_name: "postgres-demo-1".to_string(),
         }
@@ -235,12 +290,34 @@ mod tests {
     #[test]
     fn a_standby_streams_from_the_primary_through_its_own_slot() {
         let conf = runtime_conf(&standby(), &listen());
-        assert!(conf.contains("\nport = 5432\nunix_socket_directories = '/var/run/postgresql'\nlisten_addresses = '*'\n"));
+        assert!(conf.contains("\nport = 5432\nunix_socket_directories = '/var/run/postgresql'\nlisten_addresses = '*'\nlog_directory = '/var/run/postgresql/log'\n"));
         assert!(conf.contains(
-            "primary_conninfo = 'host=''postgres-demo-0.postgres-demo-headless'' port=5432 user=streaming_replica password=''it\\\\''s a \\\\\\\\ secret'' application_name=''postgres-demo-1'''\n"
+            "primary_conninfo = 'host=''postgres-demo-0.postgres-demo-headless'' port=5432 sslmode=verify-full sslrootcert=''/var/run/postgresql/tls/ca.crt'' sslcert=''/var/run/postgresql/tls/client.crt'' sslkey=''/var/run/postgresql/tls/client.key'' user=streaming_replica password=''it\\\\''s a \\\\\\\\ secret'' application_name=''postgres-demo-1'''\n"
+        ), "{conf}");
+        // The server certificate the manager keeps beside the socket.
+        assert!(conf.contains(
+            "ssl = on\nssl_cert_file = '/var/run/postgresql/tls/server.crt'\nssl_key_file = '/var/run/postgresql/tls/server.key'\nssl_min_protocol_version = 'TLSv1.2'\n"
         ), "{conf}");
         assert!(conf.contains("primary_slot_name = 'postgres_demo_1'\n"));
         assert!(conf.contains("synchronous_standby_names = ''\n"));
+    }
+
+    #[test]
+    fn an_endpoint_with_an_address_verifies_the_name_and_connects_to_the_address() {
+        let endpoint = Endpoint {
+            host: "postgres-demo-0.postgres-demo-headless.tenant.svc".to_string(),
+            hostaddr: Some("10.0.0.7".to_string()),
+            port: 6000,
+            ca_file: "/run/tls/ca.crt".to_string(),
+        };
+        assert_eq!(
+            endpoint.conninfo(),
+            "host='postgres-demo-0.postgres-demo-headless.tenant.svc' hostaddr='10.0.0.7' port=6000 sslmode=verify-full sslrootcert='/run/tls/ca.crt' sslcert='/run/tls/client.crt' sslkey='/run/tls/client.key'"
+        );
+        assert_eq!(
+            endpoint.to_string(),
+            "postgres-demo-0.postgres-demo-headless.tenant.svc (10.0.0.7):6000"
+        );
     }
 
     #[test]

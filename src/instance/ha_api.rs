@@ -48,6 +48,13 @@ pub struct HaView {
     pub fenced: bool,
     /// Handed over in a switchover: its final checkpoint.
     pub stopped_at_lsn: Option<u64>,
+    /// A primary that would rather hand over than restart for its settings.
+    pub restart_wanted: bool,
+    /// When the manager last changed the configuration files (ms since the epoch):
+    /// a server that loaded them earlier has not taken the change yet.
+    pub config_written_at: Option<i64>,
+    /// A digest of the postgresql.conf installed last.
+    pub config_digest: Option<String>,
 }
 
 /// An instruction with the channel its outcome goes back on.
@@ -106,6 +113,10 @@ pub struct ServerState {
     /// Primary: the standbys streaming from it (not a clone's WAL stream, which
     /// replays nothing).
     pub streaming_standbys: Vec<String>,
+    /// Settings wait for a restart.
+    pub pending_restart: bool,
+    /// `pg_conf_load_time()`, ms since the epoch.
+    pub config_loaded_at: i64,
 }
 
 const REPORT_SQL: &str = "SELECT pg_is_in_recovery(), \
@@ -119,7 +130,9 @@ const REPORT_SQL: &str = "SELECT pg_is_in_recovery(), \
      coalesce((SELECT status = 'streaming' FROM pg_stat_wal_receiver), false), \
      current_setting('synchronous_standby_names'), \
      ARRAY(SELECT application_name::text FROM pg_stat_replication \
-           WHERE state = 'streaming' AND replay_lsn IS NOT NULL ORDER BY 1)";
+           WHERE state = 'streaming' AND replay_lsn IS NOT NULL ORDER BY 1), \
+     EXISTS (SELECT 1 FROM pg_settings WHERE pending_restart), \
+     (extract(epoch FROM pg_conf_load_time()) * 1000)::bigint";
 
 pub async fn read_report(client: &Client) -> Result<ServerState, tokio_postgres::Error> {
     let row = client.query_one(REPORT_SQL, &[]).await?;
@@ -135,6 +148,8 @@ pub async fn read_report(client: &Client) -> Result<ServerState, tokio_postgres:
         streaming: row.get(4),
         sync_standby_names: row.get(5),
         streaming_standbys: row.get(6),
+        pending_restart: row.get(7),
+        config_loaded_at: row.get(8),
     })
 }
 
@@ -156,6 +171,9 @@ pub fn compose(pod: &str, view: &HaView, server: Option<ServerState>) -> Instanc
             fenced: view.fenced,
             stopped_at_lsn: view.stopped_at_lsn,
             streaming_standbys: Vec::new(),
+            restart_wanted: false,
+            pending_restart: false,
+            config_digest: view.config_digest.clone(),
         };
     };
     let role = if server.in_recovery {
@@ -187,6 +205,14 @@ pub fn compose(pod: &str, view: &HaView, server: Option<ServerState>) -> Instanc
         } else {
             Vec::new()
         },
+        restart_wanted: role == Role::Primary && view.restart_wanted,
+        config_digest: view.config_digest.clone(),
+        // Files written but not loaded yet wait as much as settings loaded but not
+        // applied: either way the server does not run what the spec says.
+        pending_restart: server.pending_restart
+            || view
+                .config_written_at
+                .is_some_and(|written| written > server.config_loaded_at),
     }
 }
 
@@ -270,6 +296,9 @@ mod tests {
             following: following.map(str::to_string),
             fenced: false,
             stopped_at_lsn: None,
+            restart_wanted: false,
+            config_written_at: None,
+            config_digest: None,
         }
     }
 
@@ -291,6 +320,8 @@ mod tests {
             streaming: false,
             sync_standby_names: "ANY 1 (\"p-1\", \"p-2\")".to_string(),
             streaming_standbys: vec!["p-1".to_string()],
+            pending_restart: false,
+            config_loaded_at: 100_000,
         };
         let primary = compose("p-0", &view(Role::Primary, None), Some(server.clone()));
         assert_eq!((primary.sync_quorum, primary.sync_standbys.len()), (1, 2));
@@ -312,9 +343,20 @@ mod tests {
             &view(Role::Standby, Some("p-0")),
             Some(ServerState {
                 in_recovery: true,
-                ..server
+                ..server.clone()
             }),
         );
         assert_eq!(cut_off.report.streaming_from, None);
+        // Files written after the server last loaded them: not running the spec yet.
+        let mut written = view(Role::Standby, Some("p-0"));
+        written.config_written_at = Some(100_001);
+        let state = ServerState {
+            in_recovery: true,
+            streaming: true,
+            ..server
+        };
+        assert!(compose("p-1", &written, Some(state.clone())).pending_restart);
+        written.config_written_at = Some(99_999);
+        assert!(!compose("p-1", &written, Some(state)).pending_restart);
     }
 }

@@ -57,7 +57,7 @@ impl Contact {
     }
 
     /// Whether a stream is open now, or was within `within`.
-    fn engine_within(&self, within: Duration) -> bool {
+    pub(crate) fn engine_within(&self, within: Duration) -> bool {
         if self.watchers.load(Ordering::SeqCst) > 0 {
             return true;
         }

@@ -13,23 +13,30 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Notify, mpsc, watch};
 
 use super::bootstrap::{self, Bootstrap, Tools};
-use super::config_guard::{ConfigGuard, RejectionReport};
+use super::config_guard::ConfigGuard;
+use super::controldata;
 use super::events::EventSink;
-use super::files::{ConfigFiles, Listen, RuntimeRole};
+use super::files::{ConfigFiles, Endpoint, Listen, RuntimeRole};
 use super::from_backup::{self, BackupEnvironment, Progress};
 use super::ha_api::{self, HaEndpoints, HaView};
 use super::metrics::InstanceMetrics;
+use super::pod_report::{Reports, RestoreReport};
+use super::postgres_logs;
 use super::postmaster_events::PostmasterWatch;
 use super::provision::{Connection, MAINTENANCE_DB, Provisioner, Scope};
 use super::quorum_keeper::{self, Applied, Keeper};
+use super::server_metrics::ServerMetrics;
 use super::source::{Snapshot, SpecSource};
 use super::status::Hold;
 use super::supervise::{self, Event, HoldDown, PostmasterCommand};
+use super::tls_files::{self, TlsPaths};
+use crate::api::instance_report::Restoring;
 use crate::manifests::config::postgresql_conf;
 use crate::manifests::pod::POSTGRES_PORT;
 use crate::manifests::secrets::{REPLICATION_USER, SUPERUSER};
 use crate::manifests::{Cluster, OperatorSettings, names};
 use crate::sql::DesiredState;
+use crate::telemetry::{Labels, LogFormat};
 
 /// How other instances are reached: `<pod>.<headless Service>.<namespace>.svc:5432`,
 /// unless an override names an address (tests, where every instance is on loopback).
@@ -39,13 +46,22 @@ pub struct Peers {
 }
 
 impl Peers {
-    pub fn address(&self, cluster: &str, namespace: &str, pod: &str) -> (String, u16) {
-        self.overrides.get(pod).cloned().unwrap_or_else(|| {
-            (
-                format!("{pod}.{}.{namespace}.svc", names::service_headless(cluster)),
-                u16::try_from(POSTGRES_PORT).unwrap_or(5432),
-            )
-        })
+    /// The pod's name (the one its certificate holds), the address to connect to
+    /// instead of resolving it (an override's IP address), and the port.
+    pub fn address(
+        &self,
+        cluster: &str,
+        namespace: &str,
+        pod: &str,
+    ) -> (String, Option<String>, u16) {
+        let name = format!("{pod}.{}.{namespace}.svc", names::service_headless(cluster));
+        match self.overrides.get(pod) {
+            Some((host, port)) if host.parse::<std::net::IpAddr>().is_ok() => {
+                (name, Some(host.clone()), *port)
+            }
+            Some((host, port)) => (host.clone(), None, *port),
+            None => (name, None, u16::try_from(POSTGRES_PORT).unwrap_or(5432)),
+        }
     }
 }
 
@@ -67,6 +83,8 @@ pub struct InstanceSettings {
     pub peers: Peers,
     pub status_address: SocketAddr,
     pub metrics_address: SocketAddr,
+    /// PostgreSQL's metrics gathered for one scrape are served again this long.
+    pub metrics_cache: Duration,
     /// Declarative SQL: a full pass on every change and at least this often ...
     pub sql_full_period: Duration,
     /// ... and a pass over roles, passwords, memberships and databases this often.
@@ -84,6 +102,8 @@ pub struct InstanceSettings {
     /// Where the backups of a bootstrap from backup are.
     pub backup: BackupEnvironment,
     pub timing: supervise::Timing,
+    /// PostgreSQL's records leave in the manager's own format (`postgres_logs`).
+    pub log_format: LogFormat,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -104,6 +124,10 @@ pub enum InstanceError {
     FromBackup(#[from] from_backup::FromBackupError),
     #[error("a blocking task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
+    #[error("PostgreSQL's log: {0}")]
+    Logs(#[from] postgres_logs::LogPipeError),
+    #[error("TLS files: {0}")]
+    Tls(#[from] tls_files::TlsFileError),
 }
 
 /// Failures of a step that is logged and tried again on the next tick.
@@ -134,6 +158,8 @@ struct Manager {
     /// the maintenance database is kept between ticks and passes.
     provisioner: Provisioner,
     metrics: Arc<InstanceMetrics>,
+    /// A restore from backup in progress, reported on the Pod.
+    restoring: RestoreReport,
     restart: Arc<Notify>,
     /// Keeps `/readyz` failing until the server is what the spec says.
     hold: Hold,
@@ -166,22 +192,32 @@ struct Manager {
     stopped_at_lsn: Option<u64>,
     /// Since when the record names another primary while this one runs as the primary.
     named_elsewhere: Option<Instant>,
+    /// Since when this primary asks the HA engine for a switchover rather than restart
+    /// for its settings (see `restart_by_switchover`).
+    restart_wanted_since: Option<Instant>,
+    /// The switchover asked for did not come: the primary restarts in place.
+    switchover_given_up: bool,
 }
+
+/// How long a primary waits for the switchover it asked for before it restarts in place.
+const SWITCHOVER_WAIT: Duration = Duration::from_secs(30);
+/// The HA engine counts as watching when its stream is open or was this recently.
+const ENGINE_CONTACT: Duration = Duration::from_secs(2);
 
 /// Runs the instance until `shutdown` turns true; the postmaster is then shut down
 /// (smart, fast, immediate) before this returns. `events` records what the user must
-/// know on the Postgres (a configuration PostgreSQL refused); `rejected` holds that
-/// refusal while it is in force.
+/// know on the Postgres (a configuration PostgreSQL refused); `reports` hold that
+/// refusal while it is in force, and a restore from backup while it runs.
 pub async fn run<S: SpecSource>(
     settings: InstanceSettings,
     source: S,
     events: EventSink,
-    rejected: RejectionReport,
+    reports: Reports,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), InstanceError> {
     let (updates, mut snapshots) = watch::channel(None);
     let source_task = tokio::spawn(source.run(updates));
-    let result = run_with(settings, events, rejected, &mut snapshots, &mut shutdown).await;
+    let result = run_with(settings, events, reports, &mut snapshots, &mut shutdown).await;
     source_task.abort();
     result
 }
@@ -214,15 +250,19 @@ async fn wait_snapshot(
 async fn run_with(
     settings: InstanceSettings,
     events: EventSink,
-    rejected: RejectionReport,
+    reports: Reports,
     snapshots: &mut watch::Receiver<Option<Arc<Snapshot>>>,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<(), InstanceError> {
     let Some(mut snapshot) = wait_snapshot(
         snapshots,
         shutdown,
-        "the Postgres object and its superuser and replication Secrets",
-        |s| s.superuser_password().is_some() && s.replication_password().is_some(),
+        "the Postgres object, its superuser and replication Secrets and its server certificate",
+        |s| {
+            s.superuser_password().is_some()
+                && s.replication_password().is_some()
+                && s.server_tls().is_some()
+        },
     )
     .await
     else {
@@ -260,8 +300,9 @@ async fn run_with(
             settings.data_dir.clone(),
             metrics.clone(),
             events,
-            rejected,
+            reports.rejected,
         ),
+        restoring: reports.restoring,
         postmaster: PostmasterWatch::new(metrics.clone()),
         metrics,
         restart: Arc::new(Notify::new()),
@@ -275,6 +316,8 @@ async fn run_with(
         self_fenced: false,
         stopped_at_lsn: None,
         named_elsewhere: None,
+        restart_wanted_since: None,
+        switchover_given_up: false,
         contact: Arc::default(),
         replicas: watch::channel(snapshot.postgres.spec.replicas).0,
         held_down: watch::channel(HoldDown::Released).0,
@@ -283,14 +326,24 @@ async fn run_with(
             following: None,
             fenced: false,
             stopped_at_lsn: None,
+            restart_wanted: false,
+            config_written_at: None,
+            config_digest: None,
         })),
         settings,
     };
     manager.publish_view();
+    // A clone verifies the primary against the CA before any configuration is written.
+    manager.install_tls(&snapshot)?;
     if !manager.bootstrap(&snapshot, shutdown).await? {
         return Ok(());
     }
     manager.write_files(&snapshot)?;
+    let log_sink = manager.log_sink();
+    postgres_logs::start(
+        &postgres_logs::log_directory(&manager.settings.socket_dir),
+        log_sink,
+    )?;
 
     let (events_tx, mut events) = mpsc::unbounded_channel();
     let mut supervisor = {
@@ -433,7 +486,7 @@ impl Manager {
     ) -> Result<bool, InstanceError> {
         let primary = match &self.role {
             Role::Primary => None,
-            Role::Standby { primary } => Some(self.peer(primary).0),
+            Role::Standby { primary } => Some(self.peer(primary).host),
         };
         let data_dir = self.settings.data_dir.clone();
         match bootstrap::decide(&data_dir, primary.as_deref()) {
@@ -445,6 +498,10 @@ impl Manager {
                     tracing::info!(%primary, "this instance was a primary and another is the target: rejoining its history");
                     let primary = primary.clone();
                     return self.rejoin(snapshot, &primary, shutdown).await;
+                }
+                if let Role::Standby { primary } = &self.role {
+                    let primary = primary.clone();
+                    self.realign(snapshot, &primary).await?;
                 }
             }
             Bootstrap::InitDb => {
@@ -468,13 +525,13 @@ impl Manager {
                 let Role::Standby { primary } = &self.role else {
                     return Ok(true);
                 };
-                let (host, port) = self.peer(primary);
+                let endpoint = self.peer(primary);
                 loop {
-                    tracing::info!(%host, port, "cloning the primary");
+                    tracing::info!(primary = %endpoint, "cloning the primary");
                     let tools = self.tools();
-                    let (dir, host, password, name) = (
+                    let (dir, endpoint, password, name) = (
                         data_dir.clone(),
-                        host.clone(),
+                        endpoint.clone(),
                         snapshot
                             .replication_password()
                             .unwrap_or_default()
@@ -482,7 +539,7 @@ impl Manager {
                         self.settings.pod_name.clone(),
                     );
                     let cloned = tokio::task::spawn_blocking(move || {
-                        bootstrap::clone_from_primary(&tools, &dir, &host, port, &password, &name)
+                        bootstrap::clone_from_primary(&tools, &dir, &endpoint, &password, &name)
                     })
                     .await?;
                     match cloned {
@@ -515,6 +572,10 @@ impl Manager {
                 let Some(mut progress) = Progress::load(data_dir)? else {
                     return Ok(None);
                 };
+                self.restoring.set(Some(Restoring {
+                    message: progress.describe(),
+                    retrying: false,
+                }));
                 let settings = self.settings.backup.restore_settings(
                     &snapshot.postgres.spec,
                     &progress,
@@ -528,9 +589,13 @@ impl Manager {
             };
             let failed = tokio::select! {
                 result = attempt => match result {
-                    Ok(None) => return true,
+                    Ok(None) => {
+                        self.restoring.set(None);
+                        return true;
+                    }
                     Ok(Some((run, databases))) => {
                         tracing::info!(%run, databases, "restore from backup complete");
+                        self.restoring.set(None);
                         return true;
                     }
                     Err(error) => error,
@@ -539,8 +604,12 @@ impl Manager {
             };
             self.metrics.restore_failures.inc();
             tracing::error!(error = %failed, retry_s = self.settings.restore_retry.as_secs(), "restore from backup failed; retrying");
-            self.hold
-                .set(format!("restore from backup failed, retrying: {failed}"));
+            let message = format!("restore from backup failed, retrying: {failed}");
+            self.restoring.set(Some(Restoring {
+                message: message.clone(),
+                retrying: true,
+            }));
+            self.hold.set(message);
             tokio::select! {
                 () = tokio::time::sleep(self.settings.restore_retry) => {}
                 _ = shutdown.wait_for(|stop| *stop) => return false,
@@ -548,10 +617,29 @@ impl Manager {
         }
     }
 
-    fn peer(&self, pod: &str) -> (String, u16) {
-        self.settings
-            .peers
-            .address(&self.settings.cluster, &self.settings.namespace, pod)
+    fn peer(&self, pod: &str) -> Endpoint {
+        let (host, hostaddr, port) =
+            self.settings
+                .peers
+                .address(&self.settings.cluster, &self.settings.namespace, pod);
+        Endpoint {
+            host,
+            hostaddr,
+            port,
+            ca_file: self.tls_paths().ca.to_string_lossy().into_owned(),
+        }
+    }
+
+    fn tls_paths(&self) -> TlsPaths {
+        TlsPaths::under(&self.settings.socket_dir)
+    }
+
+    /// The Secret's certificate, key and CA as files; true when any changed.
+    fn install_tls(&self, snapshot: &Snapshot) -> Result<bool, InstanceError> {
+        Ok(match snapshot.server_tls() {
+            Some(material) => tls_files::install(&self.tls_paths(), &material)?,
+            None => false,
+        })
     }
 
     fn postmaster_command(&self) -> PostmasterCommand {
@@ -559,7 +647,20 @@ impl Manager {
         PostmasterCommand {
             program: s.bin_dir.join("postgres"),
             args: vec!["-D".to_string(), s.data_dir.to_string_lossy().into_owned()],
+            stderr: Some(self.log_sink()),
         }
+    }
+
+    fn log_sink(&self) -> postgres_logs::Sink {
+        let s = &self.settings;
+        postgres_logs::Sink::stdout(
+            Labels {
+                cluster: s.cluster.clone(),
+                namespace: s.namespace.clone(),
+                pod: s.pod_name.clone(),
+            },
+            s.log_format,
+        )
     }
 
     fn runtime_role(&self, snapshot: &Snapshot) -> RuntimeRole {
@@ -568,18 +669,14 @@ impl Manager {
                 sync_standby_names: self.quorum.get(),
             },
             Role::Standby { .. } if self.fenced_at.is_some() => RuntimeRole::Detached,
-            Role::Standby { primary } => {
-                let (host, port) = self.peer(primary);
-                RuntimeRole::Standby {
-                    host,
-                    port,
-                    password: snapshot
-                        .replication_password()
-                        .unwrap_or_default()
-                        .to_string(),
-                    application_name: self.settings.pod_name.clone(),
-                }
-            }
+            Role::Standby { primary } => RuntimeRole::Standby {
+                primary: self.peer(primary),
+                password: snapshot
+                    .replication_password()
+                    .unwrap_or_default()
+                    .to_string(),
+                application_name: self.settings.pod_name.clone(),
+            },
         }
     }
 
@@ -608,6 +705,8 @@ impl Manager {
     /// Writes the configuration files (postgresql.conf only as PostgreSQL takes it, see
     /// `config_guard`); true when any changed.
     fn write_files(&mut self, snapshot: &Snapshot) -> Result<bool, InstanceError> {
+        // First: the configuration names these files, and its check starts a server.
+        let tls_changed = self.install_tls(snapshot)?;
         let cluster = Cluster::new(&snapshot.postgres, &self.settings.namespace, &self.operator);
         let listen = self.listen();
         let candidate = ConfigFiles::render(&cluster, &self.runtime_role(snapshot), &listen);
@@ -621,10 +720,37 @@ impl Manager {
             ))
         };
         let running = self.postmaster.answering();
-        let files = self
+        let mut files = self
             .guard
             .admit(candidate, baseline, &snapshot.postgres, running);
-        Ok(files.write(&self.settings.data_dir)?)
+        if files.standby
+            && let Ok(control) = controldata::read(&self.tools(), &self.settings.data_dir)
+        {
+            files
+                .runtime_conf
+                .push_str(&controldata::standby_floor_lines(
+                    &files.postgresql_conf,
+                    &control,
+                ));
+        }
+        // Stamped before the write: a server that loads the files after it has a later
+        // load time.
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+            .unwrap_or_default();
+        let changed = files.write(&self.settings.data_dir)?;
+        let digest = config_digest(&files.postgresql_conf);
+        if let Ok(mut view) = self.ha_view.write() {
+            if changed {
+                view.config_written_at = Some(stamp);
+            }
+            view.config_digest = Some(digest);
+        }
+        if tls_changed {
+            tracing::info!("server certificate installed");
+        }
+        Ok(changed || tls_changed)
     }
 
     /// Until the server accepts connections (start-up, crash recovery) or shutdown.
@@ -874,9 +1000,14 @@ impl Manager {
         }
         if pending.is_empty() {
             self.pending_since = None;
+            self.switchover_given_up = false;
+            self.stop_wanting_a_switchover();
             return Ok(());
         }
         let since = *self.pending_since.get_or_insert_with(Instant::now);
+        if self.role == Role::Primary && self.restart_by_switchover(client).await? {
+            return Ok(());
+        }
         if self.role == Role::Primary && !self.standbys_restarted(client, since).await? {
             return Ok(());
         }
@@ -893,9 +1024,66 @@ impl Manager {
         Ok(())
     }
 
+    /// A primary hands over rather than restart in place when it can: a switchover
+    /// stops writes for a fraction of a second (its clean stop is the restart, and it
+    /// comes back as a standby on the new settings), a restart in place for the whole
+    /// shutdown and start. It can when the HA engine watches it and a standby streams;
+    /// it asks through its report, and the engine hands over to a standby once one runs
+    /// the new settings (standbys restart first). After [`SWITCHOVER_WAIT`] without a
+    /// switchover it gives up and restarts in place, as without an engine. True while
+    /// it waits.
+    async fn restart_by_switchover(
+        &mut self,
+        client: &tokio_postgres::Client,
+    ) -> Result<bool, tokio_postgres::Error> {
+        if self.switchover_given_up {
+            return Ok(false);
+        }
+        if self
+            .restart_wanted_since
+            .is_some_and(|since| since.elapsed() >= SWITCHOVER_WAIT)
+        {
+            tracing::warn!("no switchover came; restarting in place once the standbys have");
+            self.switchover_given_up = true;
+            self.stop_wanting_a_switchover();
+            return Ok(false);
+        }
+        if !self.contact.engine_within(ENGINE_CONTACT) {
+            return Ok(false);
+        }
+        let streaming: i64 = client
+            .query_one(
+                "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'",
+                &[],
+            )
+            .await?
+            .get(0);
+        // Asked once, it keeps waiting while the standbys restart (none streams for a
+        // moment): the engine hands over when one runs the new settings.
+        if streaming == 0 && self.restart_wanted_since.is_none() {
+            return Ok(false);
+        }
+        if self.restart_wanted_since.is_none() {
+            tracing::info!(
+                "settings need a restart: asking the HA engine for a switchover instead"
+            );
+            self.restart_wanted_since = Some(Instant::now());
+            self.publish_view();
+        }
+        Ok(true)
+    }
+
+    fn stop_wanting_a_switchover(&mut self) {
+        if self.restart_wanted_since.take().is_some() {
+            self.publish_view();
+        }
+    }
+
     /// Standbys restart first: the primary waits until every streaming standby has
     /// reconnected since the change was seen (a standby's restart reconnects its WAL
-    /// receiver), or until the wait runs out.
+    /// receiver) and at least one streams again, or until the wait runs out. Standbys
+    /// that are all restarting at once (none streams) have not restarted yet; one still
+    /// cloning (a scale-up) is not waited for.
     async fn standbys_restarted(
         &self,
         client: &tokio_postgres::Client,
@@ -909,15 +1097,16 @@ impl Manager {
             );
             return Ok(true);
         }
-        let stale: i64 = client
+        let row = client
             .query_one(
-                "SELECT count(*) FROM pg_stat_replication \
-                 WHERE backend_start < now() - make_interval(secs => $1)",
+                "SELECT count(*) FILTER (WHERE backend_start < now() - make_interval(secs => $1)), \
+                 count(*) FILTER (WHERE state = 'streaming') FROM pg_stat_replication",
                 &[&waited.as_secs_f64()],
             )
-            .await?
-            .get(0);
-        Ok(stale == 0)
+            .await?;
+        let (stale, streaming): (i64, i64) = (row.get(0), row.get(1));
+        let expected = i64::from(*self.replicas.borrow() > 1);
+        Ok(stale == 0 && streaming >= expected)
     }
 
     /// `/healthz`, `/readyz`, `/status`, `/ha/...` and `/metrics`, until shutdown.
@@ -945,7 +1134,14 @@ impl Manager {
             ),
             (
                 self.settings.metrics_address,
-                super::metrics::router(self.metrics.clone()),
+                super::metrics::router(
+                    self.metrics.clone(),
+                    Arc::new(ServerMetrics::new(
+                        self.provisioner.connection().clone(),
+                        self.settings.data_dir.clone(),
+                        self.settings.metrics_cache,
+                    )),
+                ),
             ),
         ] {
             let listener = tokio::net::TcpListener::bind(address)
@@ -971,6 +1167,17 @@ impl Manager {
     }
 }
 
+/// What two instances compare to know they run the same settings (`config_digest` of
+/// the HA report): the first bytes of postgresql.conf's SHA-256, in hex.
+fn config_digest(postgresql_conf: &str) -> String {
+    ring::digest::digest(&ring::digest::SHA256, postgresql_conf.as_bytes())
+        .as_ref()
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -982,6 +1189,7 @@ mod tests {
             peers.address("demo", "tenant", "postgres-demo-0"),
             (
                 "postgres-demo-0.postgres-demo-headless.tenant.svc".to_string(),
+                None,
                 5432
             )
         );
@@ -991,9 +1199,14 @@ mod tests {
                 ("127.0.0.1".to_string(), 6000),
             )]),
         };
+        // An address connects there; the certificate is still checked for the name.
         assert_eq!(
             peers.address("demo", "tenant", "postgres-demo-0"),
-            ("127.0.0.1".to_string(), 6000)
+            (
+                "postgres-demo-0.postgres-demo-headless.tenant.svc".to_string(),
+                Some("127.0.0.1".to_string()),
+                6000
+            )
         );
     }
 }

@@ -64,6 +64,11 @@ pub const MAINTENANCE_DB: &str = "postgres";
 impl Connection {
     /// A client of `database`; its connection task runs in the background.
     pub async fn client(&self, database: &str) -> Result<Client, tokio_postgres::Error> {
+        Self::connect(&self.config(database)).await
+    }
+
+    /// How to reach `database`, for a caller that adds its own options.
+    pub fn config(&self, database: &str) -> Config {
         let mut config = Config::new();
         config
             .host(&self.host)
@@ -74,6 +79,11 @@ impl Connection {
         if let Some(password) = &self.password {
             config.password(password);
         }
+        config
+    }
+
+    /// A client for `config`; its connection task runs in the background.
+    pub async fn connect(config: &Config) -> Result<Client, tokio_postgres::Error> {
         let (client, connection) = config.connect(NoTls).await?;
         tokio::spawn(async move {
             if let Err(error) = connection.await {

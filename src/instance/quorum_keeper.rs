@@ -202,6 +202,7 @@ impl Keeper {
         self.metrics
             .sync_standbys
             .set(i64::try_from(decision.counted.len()).unwrap_or(0));
+        self.metrics.min_sync_replicas.set(i64::from(bounds.min));
         let previous = self.applied.get();
         if wanted != previous {
             tracing::info!(from = %previous, to = %wanted, counted = ?decision.counted, "synchronous quorum changed");

@@ -17,9 +17,11 @@ use kube::runtime::{WatchStreamExt, watcher};
 use serde::Deserialize;
 use tokio::sync::watch;
 
+use super::tls_files::TlsMaterial;
 use crate::api::Postgres;
 use crate::manifests::names;
 use crate::manifests::secrets::{REPLICATION_USER, SUPERUSER};
+use crate::manifests::tls;
 
 /// The cluster as one instance sees it at one moment.
 #[derive(Clone, Debug)]
@@ -30,13 +32,14 @@ pub struct Snapshot {
 }
 
 /// The Secrets an instance reads: the user passwords (under both names in use), the
-/// superuser's and the replication user's.
+/// superuser's and the replication user's, and the server certificate.
 pub fn instance_secret_names(cluster: &str) -> Vec<String> {
     vec![
         names::secret_credentials(cluster),
         names::secret_users(cluster),
         names::secret_superuser(cluster),
         names::secret_replication(cluster),
+        names::secret_server(cluster),
     ]
 }
 
@@ -52,6 +55,22 @@ impl Snapshot {
     /// The superuser's password (`None` until the controller has written the Secret).
     pub fn superuser_password(&self) -> Option<&str> {
         self.value(&names::secret_superuser(&self.cluster()), "password")
+    }
+
+    /// The server certificate, its key and the CA (`None` until the controller has
+    /// written the Secret, or while a key is missing).
+    pub fn server_tls(&self) -> Option<TlsMaterial> {
+        let secret = names::secret_server(&self.cluster());
+        let value = |key| {
+            self.value(&secret, key)
+                .filter(|v| !v.trim().is_empty())
+                .map(str::to_string)
+        };
+        Some(TlsMaterial {
+            cert: value(tls::TLS_CERT)?,
+            key: value(tls::TLS_KEY)?,
+            ca: value(tls::CA_CERT)?,
+        })
     }
 
     pub fn replication_password(&self) -> Option<&str> {

@@ -18,6 +18,9 @@ use tokio::sync::{Notify, mpsc, watch};
 pub struct PostmasterCommand {
     pub program: PathBuf,
     pub args: Vec<String>,
+    /// Where the postmaster's own stderr goes as records (what it prints before its
+    /// logging collector runs, e.g. why it cannot start); inherited when `None`.
+    pub stderr: Option<super::postgres_logs::Sink>,
 }
 
 /// Timings of restarts and of the shutdown ladder.
@@ -186,6 +189,11 @@ pub async fn supervise(
         let mut child = Command::new(&command.program)
             .args(&command.args)
             .stdin(Stdio::null())
+            .stderr(if command.stderr.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::inherit()
+            })
             // Dropping the supervisor (a panic, an abort) must not leave a postmaster running.
             .kill_on_drop(true)
             .spawn()
@@ -193,6 +201,13 @@ pub async fn supervise(
                 program: command.program.display().to_string(),
                 source,
             })?;
+        if let (Some(sink), Some(stderr)) = (&command.stderr, child.stderr.take()) {
+            tokio::spawn(super::postgres_logs::forward(
+                stderr,
+                super::postgres_logs::Source::Plain,
+                sink.clone(),
+            ));
+        }
         let _ = events.send(Event::Started {
             pid: child.id().unwrap_or_default(),
         });

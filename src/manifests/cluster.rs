@@ -22,6 +22,8 @@ pub struct OperatorSettings {
     pub default_storage_class: Option<String>,
     /// Namespace the operator runs in (NetworkPolicy lets it reach the instances).
     pub operator_namespace: String,
+    /// A Prometheus Operator `PodMonitor` per cluster (the CRD must exist).
+    pub pod_monitors: bool,
 }
 
 /// Image of the operator built from this source tree.
@@ -41,6 +43,7 @@ impl Default for OperatorSettings {
             postgres_image_repository: DEFAULT_POSTGRES_IMAGE_REPOSITORY.to_string(),
             default_storage_class: None,
             operator_namespace: DEFAULT_OPERATOR_NAMESPACE.to_string(),
+            pod_monitors: false,
         }
     }
 }

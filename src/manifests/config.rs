@@ -53,6 +53,15 @@ pub fn preload_libraries(cluster: &Cluster) -> Vec<String> {
     wanted.into_iter().map(str::to_string).collect()
 }
 
+/// `jsonlog` from PostgreSQL 15; `csvlog` (read into the same records) before.
+fn log_destination(cluster: &Cluster) -> &'static str {
+    if cluster.spec().version().major() >= 15 {
+        "jsonlog"
+    } else {
+        "csvlog"
+    }
+}
+
 /// The full postgresql.conf.
 pub fn postgresql_conf(cluster: &Cluster) -> String {
     let replicas = cluster.spec().replicas.max(1);
@@ -71,8 +80,18 @@ pub fn postgresql_conf(cluster: &Cluster) -> String {
         // pg_rewind needs it to bring a failed primary back as a standby.
         ("wal_log_hints", quote_literal("on")),
         ("password_encryption", quote_literal("scram-sha-256")),
-        ("logging_collector", quote_literal("off")),
-        ("log_destination", quote_literal("stderr")),
+        // PostgreSQL's records leave the pod as JSON through the instance manager
+        // (`instance::postgres_logs`): the collector writes into the manager's pipes,
+        // never rotating (a rotation would open a new file, not a pipe).
+        ("logging_collector", quote_literal("on")),
+        ("log_destination", quote_literal(log_destination(cluster))),
+        (
+            "log_filename",
+            quote_literal(crate::instance::postgres_logs::LOG_FILE_STEM),
+        ),
+        ("log_rotation_age", "0".to_string()),
+        ("log_rotation_size", "0".to_string()),
+        ("log_truncate_on_rotation", quote_literal("off")),
     ];
     let libraries = preload_libraries(cluster);
     if !libraries.is_empty() {

@@ -25,6 +25,13 @@ pub const ROLE_REPLICA: &str = "replica";
 /// Pod ordinal of an instance (also set by the StatefulSet controller as
 /// `apps.kubernetes.io/pod-index`; ours is available on every supported version).
 pub const INSTANCE_NAME: &str = "postgres.apps.cozystack.io/instance";
+/// On the pod template, so on every pod: a digest of the template it was made from.
+/// A pod whose value differs from the StatefulSet's runs an old template and is
+/// restarted by the operator's rolling update.
+pub const TEMPLATE_HASH: &str = "postgres.apps.cozystack.io/template-hash";
+/// On the StatefulSet: the PostgreSQL major version its data directories hold, so that
+/// a change of `spec.version` is recognised as a major upgrade and refused.
+pub const MAJOR_VERSION: &str = "postgres.apps.cozystack.io/major-version";
 
 /// On `PostgresBackup` records the operator creates: `schedule` for the CronJob's runs,
 /// which already run when their record appears (no Job is started for them).

@@ -5,6 +5,7 @@ pub mod cluster;
 pub mod config;
 pub mod cronjob;
 pub mod labels;
+pub mod monitoring;
 pub mod names;
 pub mod objects;
 pub mod pod;
@@ -14,6 +15,7 @@ pub mod resources;
 pub mod secrets;
 pub mod services;
 pub mod statefulset;
+pub mod tls;
 
 pub use cluster::{Cluster, OperatorSettings};
 pub use objects::{ManagedObject, desired_objects};

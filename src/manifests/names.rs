@@ -78,6 +78,16 @@ pub fn secret_replication(cluster: &str) -> String {
     format!("postgres-{cluster}-replication")
 }
 
+/// Secret with the cluster's certificate authority (`ca.crt`, `ca.key`).
+pub fn secret_ca(cluster: &str) -> String {
+    format!("postgres-{cluster}-ca")
+}
+
+/// Secret with the server certificate (`tls.crt`, `tls.key`, `ca.crt`).
+pub fn secret_server(cluster: &str) -> String {
+    format!("postgres-{cluster}-server")
+}
+
 /// Secret with S3 keys and the restic password.
 pub fn secret_backup(cluster: &str) -> String {
     format!("postgres-{cluster}-backup")

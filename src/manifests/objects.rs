@@ -10,8 +10,10 @@ use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::core::ApiResource;
 
+use super::monitoring::PodMonitor;
 use super::secrets::{ExistingSecrets, PasswordGenerator};
-use super::{Cluster, config, cronjob, policy, rbac, secrets, services, statefulset};
+use super::tls::{self, CertificateIssuer, TlsError};
+use super::{Cluster, config, cronjob, monitoring, policy, rbac, secrets, services, statefulset};
 
 /// Declares [`ManagedObject`] with one variant per kind, and its accessors.
 macro_rules! managed_objects {
@@ -68,6 +70,7 @@ managed_objects!(
     NetworkPolicy,
     StatefulSet,
     CronJob,
+    PodMonitor,
 );
 
 impl ManagedObject {
@@ -85,7 +88,8 @@ pub fn desired_objects(
     cluster: &Cluster,
     existing: &ExistingSecrets,
     passwords: &mut dyn PasswordGenerator,
-) -> Vec<ManagedObject> {
+    certificates: &mut dyn CertificateIssuer,
+) -> Result<Vec<ManagedObject>, TlsError> {
     let mut objects = vec![
         ManagedObject::ServiceAccount(rbac::desired_service_account(cluster)),
         ManagedObject::Role(rbac::desired_role(cluster)),
@@ -93,6 +97,11 @@ pub fn desired_objects(
     ];
     objects.extend(
         secrets::desired_secrets(cluster, existing, passwords)
+            .into_iter()
+            .map(ManagedObject::Secret),
+    );
+    objects.extend(
+        tls::desired_tls_secrets(cluster, existing, certificates)?
             .into_iter()
             .map(ManagedObject::Secret),
     );
@@ -116,7 +125,8 @@ pub fn desired_objects(
         statefulset::desired_statefulset(cluster),
     ));
     objects.extend(cronjob::desired_backup_cronjob(cluster).map(ManagedObject::CronJob));
-    objects
+    objects.extend(monitoring::desired_pod_monitor(cluster).map(ManagedObject::PodMonitor));
+    Ok(objects)
 }
 
 #[cfg(test)]
@@ -124,6 +134,7 @@ mod tests {
     use super::*;
     use crate::manifests::secrets::SeededPasswords;
     use crate::manifests::test_support::cluster_from_yaml;
+    use crate::manifests::tls::PlaceholderIssuer;
     use crate::manifests::{labels, names};
 
     fn objects(yaml: &str) -> Vec<ManagedObject> {
@@ -132,7 +143,9 @@ mod tests {
             &Cluster::new(&pg, "ns", &settings),
             &ExistingSecrets::new(),
             &mut SeededPasswords::default(),
+            &mut PlaceholderIssuer::default(),
         )
+        .unwrap()
     }
 
     fn kinds_and_names(objects: &[ManagedObject]) -> Vec<String> {
@@ -200,7 +213,9 @@ mod tests {
             &Cluster::new(&pg, "ns", &settings),
             &ExistingSecrets::new(),
             &mut SeededPasswords::default(),
-        );
+            &mut PlaceholderIssuer::default(),
+        )
+        .unwrap();
         let all = kinds_and_names(&list);
         let unique: std::collections::BTreeSet<&String> = all.iter().collect();
         assert_eq!(unique.len(), all.len());

@@ -47,6 +47,7 @@ fn readable_secrets(cluster: &Cluster) -> Vec<String> {
         names::secret_credentials(name),
         names::secret_superuser(name),
         names::secret_replication(name),
+        names::secret_server(name),
         names::secret_backup(name),
     ];
     if let Some(reference) = &cluster.spec().backup.credentials_secret_ref
@@ -158,6 +159,23 @@ mod tests {
     }
 
     #[test]
+    fn the_role_lets_an_instance_read_every_secret_it_watches() {
+        let rules = role_rules("{}");
+        let secrets = rule_for(&rules, "secrets");
+        let readable = secrets.resource_names.unwrap();
+        for wanted in crate::instance::source::instance_secret_names("demo") {
+            assert!(
+                readable.contains(&wanted),
+                "{wanted} is not readable: {readable:?}"
+            );
+        }
+        assert!(
+            !readable.contains(&names::secret_ca("demo")),
+            "the CA's key stays with the operator"
+        );
+    }
+
+    #[test]
     fn identity_objects_share_the_cluster_prefix_and_owner() {
         let (postgres, settings) = cluster_from_yaml("{}");
         let cluster = Cluster::new(&postgres, "tenant", &settings);
@@ -203,6 +221,7 @@ mod tests {
                 "postgres-demo-credentials",
                 "postgres-demo-superuser",
                 "postgres-demo-replication",
+                "postgres-demo-server",
                 "postgres-demo-backup",
             ]))
         );

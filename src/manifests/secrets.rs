@@ -159,7 +159,7 @@ fn inline_backup_credentials(cluster: &Cluster) -> Option<BTreeMap<String, Strin
 
 /// `data`, never `stringData`: the API server folds stringData into data, so applying it
 /// again would show a difference on every reconcile.
-fn secret(
+pub(super) fn secret(
     cluster: &Cluster,
     name: String,
     type_: &str,

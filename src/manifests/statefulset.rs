@@ -45,8 +45,13 @@ const SHM_MOUNT: &str = "/dev/shm";
 
 /// The StatefulSet `postgres-<name>`.
 pub fn desired_statefulset(cluster: &Cluster) -> StatefulSet {
+    let mut metadata = cluster.meta(names::prefix(&cluster.name), labels::COMPONENT_DATABASE);
+    metadata.annotations.get_or_insert_default().insert(
+        labels::MAJOR_VERSION.to_string(),
+        cluster.spec().version().major().to_string(),
+    );
     StatefulSet {
-        metadata: cluster.meta(names::prefix(&cluster.name), labels::COMPONENT_DATABASE),
+        metadata,
         spec: Some(StatefulSetSpec {
             replicas: Some(cluster.spec().replicas),
             service_name: Some(names::service_headless(&cluster.name)),
@@ -59,11 +64,13 @@ pub fn desired_statefulset(cluster: &Cluster) -> StatefulSet {
                 ..StatefulSetUpdateStrategy::default()
             }),
             selector: labels::match_labels(cluster.selector()),
-            // Deleting the Postgres or scaling it down keeps the data.
+            // Deleting the Postgres keeps the data; a scale-down deletes the removed
+            // instances' claims, so a later scale-up clones afresh instead of starting
+            // from data the cluster has moved on from.
             persistent_volume_claim_retention_policy: Some(
                 StatefulSetPersistentVolumeClaimRetentionPolicy {
                     when_deleted: Some("Retain".to_string()),
-                    when_scaled: Some("Retain".to_string()),
+                    when_scaled: Some("Delete".to_string()),
                 },
             ),
             template: pod_template(cluster),
@@ -83,12 +90,13 @@ fn pod_template(cluster: &Cluster) -> PodTemplateSpec {
     if cluster.spec().restore_source().is_some() {
         volumes.extend(cronjob::backup_access_volumes(cluster));
     }
-    PodTemplateSpec {
+    let mut template = PodTemplateSpec {
         // No role label: the operator sets it on each pod as roles change. No config
         // checksum annotation either: the instance manager reloads configuration itself,
         // so the template changes only when pods really need replacing.
         metadata: Some(ObjectMeta {
             labels: Some(cluster.labels(labels::COMPONENT_DATABASE)),
+            annotations: Some(super::monitoring::scrape_annotations()),
             ..ObjectMeta::default()
         }),
         spec: Some(PodSpec {
@@ -106,7 +114,39 @@ fn pod_template(cluster: &Cluster) -> PodTemplateSpec {
             volumes: Some(volumes),
             ..PodSpec::default()
         }),
+    };
+    let hash = template_hash(&template);
+    if let Some(metadata) = template.metadata.as_mut() {
+        metadata
+            .annotations
+            .get_or_insert_default()
+            .insert(labels::TEMPLATE_HASH.to_string(), hash);
     }
+    template
+}
+
+/// A digest of everything in the template (before the digest is added): any change
+/// that needs new pods changes it.
+fn template_hash(template: &PodTemplateSpec) -> String {
+    // Serialising plain data with string keys cannot fail; an empty input would
+    // still give a stable digest.
+    let bytes = serde_json::to_vec(template).unwrap_or_default();
+    let digest = ring::digest::digest(&ring::digest::SHA256, &bytes);
+    digest
+        .as_ref()
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The template digest a pod or template carries, if any.
+pub fn template_hash_of(metadata: &ObjectMeta) -> Option<&str> {
+    metadata
+        .annotations
+        .as_ref()?
+        .get(labels::TEMPLATE_HASH)
+        .map(String::as_str)
 }
 
 /// Preferred, not required: a cluster with more instances than schedulable nodes still
@@ -310,7 +350,19 @@ mod tests {
         );
         assert_eq!(template_labels[labels::APP], labels::APP_VALUE);
         assert!(!template_labels.contains_key(labels::ROLE));
-        assert_eq!(template.annotations, None);
+        // The digest that tells a pod on an old template from one on this one, and
+        // where annotation-based Prometheus setups find the metrics.
+        let annotations = template.annotations.as_ref().unwrap();
+        assert_eq!(
+            annotations.keys().collect::<Vec<_>>(),
+            vec![
+                labels::TEMPLATE_HASH,
+                "prometheus.io/path",
+                "prometheus.io/port",
+                "prometheus.io/scrape"
+            ]
+        );
+        assert_eq!(annotations["prometheus.io/port"], "9187");
     }
 
     #[test]
@@ -512,7 +564,7 @@ mod tests {
             .as_ref()
             .unwrap();
         assert_eq!(retention.when_deleted.as_deref(), Some("Retain"));
-        assert_eq!(retention.when_scaled.as_deref(), Some("Retain"));
+        assert_eq!(retention.when_scaled.as_deref(), Some("Delete"));
     }
 
     #[test]
@@ -575,6 +627,31 @@ mod tests {
             assert_eq!(security.read_only_root_filesystem, Some(true));
             assert_eq!(security.allow_privilege_escalation, Some(false));
         }
+    }
+
+    #[test]
+    fn the_template_digest_changes_with_what_needs_new_pods_only() {
+        let hash = |yaml: &str| {
+            let s = statefulset(yaml);
+            template_hash_of(spec(&s).template.metadata.as_ref().unwrap())
+                .unwrap()
+                .to_string()
+        };
+        let base = hash("replicas: 3\n");
+        assert_eq!(base.len(), 16);
+        assert_eq!(base, hash("replicas: 3\n"));
+        // Scaling and the major recorded on the StatefulSet are not the pods' business.
+        assert_eq!(base, hash("replicas: 5\n"));
+        assert_ne!(base, hash("replicas: 3\nresourcesPreset: large\n"));
+        assert_ne!(
+            base,
+            hash("replicas: 3\nimage: example.org/postgres:18.2\n")
+        );
+        let s = statefulset("version: v17\n");
+        assert_eq!(
+            s.metadata.annotations.as_ref().unwrap()[labels::MAJOR_VERSION],
+            "17"
+        );
     }
 
     #[test]

@@ -12,6 +12,7 @@ use serde_json::Value;
 
 use crate::api::{API_VERSION, Postgres};
 use crate::manifests::secrets::{ExistingSecrets, PasswordGenerator};
+use crate::manifests::tls::CertificateIssuer;
 use crate::manifests::{Cluster, ManagedObject, OperatorSettings, desired_objects};
 use crate::validate::{self, FieldError};
 
@@ -51,6 +52,12 @@ pub enum RenderError {
         origin: Source,
         name: String,
         errors: Vec<FieldError>,
+    },
+    #[error("{origin}: {source}")]
+    Certificates {
+        origin: Source,
+        #[source]
+        source: crate::manifests::tls::TlsError,
     },
     #[error("{origin}: cannot serialize {kind} {object}: {message}")]
     Serialize {
@@ -208,15 +215,17 @@ fn short(value: &Value) -> String {
 }
 
 /// Renders every object for one valid Postgres. Secrets get fresh passwords from
-/// `passwords` where the spec gives none (there is no cluster to read existing ones from).
+/// `passwords` where the spec gives none, and fresh certificates from `certificates`
+/// (there is no cluster to read existing ones from).
 pub fn render_postgres(
     postgres: &Postgres,
     namespace: &str,
     settings: &OperatorSettings,
     passwords: &mut dyn PasswordGenerator,
-) -> Vec<ManagedObject> {
+    certificates: &mut dyn CertificateIssuer,
+) -> Result<Vec<ManagedObject>, crate::manifests::tls::TlsError> {
     let cluster = Cluster::new(postgres, namespace, settings);
-    desired_objects(&cluster, &ExistingSecrets::new(), passwords)
+    desired_objects(&cluster, &ExistingSecrets::new(), passwords, certificates)
 }
 
 /// Parses, checks and renders every manifest of every input, in input order. All inputs
@@ -226,6 +235,7 @@ pub fn render_inputs(
     namespace: &str,
     settings: &OperatorSettings,
     passwords: &mut dyn PasswordGenerator,
+    certificates: &mut dyn CertificateIssuer,
 ) -> Result<Vec<RenderedCluster>, Vec<RenderError>> {
     let mut rendered = Vec::new();
     let mut errors = Vec::new();
@@ -243,11 +253,16 @@ pub fn render_inputs(
                     if postgres.metadata.namespace.is_none() {
                         postgres.metadata.namespace = Some(namespace.to_string());
                     }
-                    let objects = render_postgres(&postgres, namespace, settings, passwords);
-                    rendered.push(RenderedCluster {
-                        origin: source,
-                        objects,
-                    });
+                    match render_postgres(&postgres, namespace, settings, passwords, certificates) {
+                        Ok(objects) => rendered.push(RenderedCluster {
+                            origin: source,
+                            objects,
+                        }),
+                        Err(e) => errors.push(RenderError::Certificates {
+                            origin: source,
+                            source: e,
+                        }),
+                    }
                 }
                 Err(e) => errors.push(e),
             }

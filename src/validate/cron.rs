@@ -190,9 +190,128 @@ fn value(text: &str, spec: &FieldSpec) -> Result<u32, String> {
     Ok(number)
 }
 
+/// The values a valid field matches, and whether it was restricted (not `*` or `?`),
+/// which decides how the two day fields combine.
+fn expand_field(field: &str, spec: &FieldSpec) -> Option<(Vec<bool>, bool)> {
+    let mut matches = vec![false; spec.max as usize + 1];
+    let restricted = !(field == "*" || (field == "?" && spec.question_mark));
+    for part in field.split(',') {
+        let (range, step) = match part.split_once('/') {
+            Some((range, step)) => (range, step.parse::<u32>().ok()?),
+            None => (part, 1),
+        };
+        let (low, high) = if range == "*" || (range == "?" && spec.question_mark) {
+            (spec.min, spec.max)
+        } else {
+            match range.split_once('-') {
+                Some((low, high)) => (value(low, spec).ok()?, value(high, spec).ok()?),
+                // `a/step` runs from a to the end of the range.
+                None if part != range => (value(range, spec).ok()?, spec.max),
+                None => {
+                    let v = value(range, spec).ok()?;
+                    (v, v)
+                }
+            }
+        };
+        let mut v = low;
+        while v <= high {
+            matches[v as usize] = true;
+            v += step.max(1);
+        }
+    }
+    Some((matches, restricted))
+}
+
+/// The longest time between two runs of a valid `schedule`, in seconds: how old the
+/// last backup may be when runs succeed. None for an invalid schedule, or one that
+/// never runs in four years (e.g. the 30th of February).
+pub fn longest_interval_seconds(schedule: &str) -> Option<u64> {
+    validate_schedule(schedule).ok()?;
+    let trimmed = schedule.trim().to_ascii_lowercase();
+    let expanded = match trimmed.as_str() {
+        "@hourly" => "0 * * * *",
+        "@daily" | "@midnight" => "0 0 * * *",
+        "@weekly" => "0 0 * * 0",
+        "@monthly" => "0 0 1 * *",
+        "@yearly" | "@annually" => "0 0 1 1 *",
+        other => other,
+    };
+    let fields: Vec<&str> = expanded.split_whitespace().collect();
+    let mut sets = Vec::new();
+    for (field, spec) in fields.iter().zip(FIELDS.iter()) {
+        sets.push(expand_field(field, spec)?);
+    }
+    let (minutes, hours, dom, months, dow) = (&sets[0], &sets[1], &sets[2], &sets[3], &sets[4]);
+    let minutes_of_day: Vec<u64> = (0..24u64)
+        .filter(|h| hours.0[*h as usize])
+        .flat_map(|h| {
+            (0..60u64)
+                .filter(|m| minutes.0[*m as usize])
+                .map(move |m| h * 60 + m)
+        })
+        .collect();
+    let (first, last) = (*minutes_of_day.first()?, *minutes_of_day.last()?);
+    let within_a_day = minutes_of_day
+        .windows(2)
+        .map(|w| w[1] - w[0])
+        .max()
+        .unwrap_or(0);
+    // Four years of calendar, a leap year among them.
+    let mut run_days = Vec::new();
+    let mut date = k8s_openapi::jiff::civil::date(2027, 1, 1);
+    for day in 0..(4 * 366u64) {
+        let in_month = months.0[date.month() as usize];
+        let on_dom = dom.0[date.day() as usize];
+        let on_dow = dow.0[date.weekday().to_sunday_zero_offset() as usize];
+        // Both day fields restricted: either matches (the standard parser's rule).
+        let on_day = if dom.1 && dow.1 {
+            on_dom || on_dow
+        } else {
+            on_dom && on_dow
+        };
+        if in_month && on_day {
+            run_days.push(day);
+        }
+        date = date.tomorrow().ok()?;
+    }
+    let across_days = run_days
+        .windows(2)
+        .map(|w| (w[1] - w[0]) * 1440 + first - last)
+        .max();
+    let minutes = match across_days {
+        Some(across) => across.max(within_a_day),
+        None => return None,
+    };
+    Some(minutes * 60)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_longest_interval_between_runs_is_computed_from_the_schedule() {
+        let hour = 3600;
+        let day = 24 * hour;
+        for (schedule, want) in [
+            ("0 2 * * *", day),
+            ("@daily", day),
+            ("@hourly", hour),
+            ("*/15 * * * *", 900),
+            ("0 2,14 * * *", 12 * hour),
+            ("0 1,2 * * *", 23 * hour),
+            ("30 3 * * 1-5", 3 * day),
+            ("0 0 * * 0", 7 * day),
+            ("@weekly", 7 * day),
+            ("0 0 1 * *", 31 * day),
+            ("0 0 1 1 *", 366 * day),
+            ("0 0 1,15 * mon", 7 * day),
+        ] {
+            assert_eq!(longest_interval_seconds(schedule), Some(want), "{schedule}");
+        }
+        assert_eq!(longest_interval_seconds("0 0 30 2 *"), None);
+        assert_eq!(longest_interval_seconds("not a schedule"), None);
+    }
 
     #[test]
     fn schedules_kubernetes_accepts_are_valid() {

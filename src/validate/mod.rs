@@ -50,6 +50,14 @@ const OWNED_PARAMETERS: &[&str] = &[
     "primary_conninfo",
     "data_directory",
     "hba_file",
+    // The log pipe to the instance manager (`instance::postgres_logs`).
+    "logging_collector",
+    "log_destination",
+    "log_directory",
+    "log_filename",
+    "log_rotation_age",
+    "log_rotation_size",
+    "log_truncate_on_rotation",
 ];
 const OWNED_PREFIXES: &[&str] = &["archive_", "ssl"];
 

@@ -225,6 +225,7 @@ fn kind_of(resource: &str) -> &'static str {
         "persistentvolumeclaims" => "PersistentVolumeClaim",
         "events" => "Event",
         "leases" => "Lease",
+        "nodes" => "Node",
         _ => "Unknown",
     }
 }
@@ -337,6 +338,17 @@ fn remove_dropped(target: &mut Value, previous: &Value, current: &Value) {
     };
     for (key, old) in previous {
         match current.get(key) {
+            // A map this manager stops applying loses only the fields it had applied:
+            // another manager's keys in it (e.g. another annotation) stay, as on a real
+            // API server, where map fields are owned one by one.
+            None if old.is_object() => {
+                if let Some(child) = target.get_mut(key) {
+                    remove_dropped(child, old, &Value::Object(Default::default()));
+                    if child.as_object().is_some_and(|map| map.is_empty()) {
+                        target.remove(key);
+                    }
+                }
+            }
             None => {
                 target.remove(key);
             }

@@ -172,9 +172,18 @@ pub fn postgres(name: &str, spec: Value) -> Value {
 
 /// The Pod of an instance as the StatefulSet controller would create it: its name and
 /// the cluster's selector labels (what the reconcile lists it by).
-pub fn pod_object(cluster: &str, pod: &str) -> Value {
+/// Pod `pod` of `cluster` as the StatefulSet controller creates it from the template the
+/// controller applied: with the template's labels and annotations (its digest among them), so
+/// the controller sees an up-to-date instance and does not roll it.
+pub fn pod_object(server: &ApiServer, cluster: &str, pod: &str) -> Value {
+    let template = server
+        .get("apps/statefulsets", NS, &names::prefix(cluster))
+        .map(|sts| sts["spec"]["template"]["metadata"].clone())
+        .unwrap_or_else(|| json!({"labels": labels::selector(cluster)}));
     json!({"apiVersion": "v1", "kind": "Pod",
-           "metadata": {"name": pod, "namespace": NS, "labels": labels::selector(cluster)}})
+           "metadata": {"name": pod, "namespace": NS,
+                        "labels": template["labels"].clone(),
+                        "annotations": template["annotations"].clone()}})
 }
 
 /// `key` of Secret `name` in [`NS`], as text (`data` decoded, or `stringData`).

@@ -156,6 +156,38 @@ impl HaCluster {
         .await;
     }
 
+    /// Sets `spec.postgresql.parameters.<name>` in the spec file, keeping the status
+    /// the engine recorded there.
+    pub fn set_parameter(&self, name: &str, value: &str) {
+        let text = std::fs::read_to_string(&self.spec.path).unwrap();
+        let mut documents: Vec<serde_yaml::Value> = serde_yaml::Deserializer::from_str(&text)
+            .map(|d| serde::Deserialize::deserialize(d).unwrap())
+            .filter(|d: &serde_yaml::Value| !d.is_null())
+            .collect();
+        let postgres = documents
+            .iter_mut()
+            .find(|d| d["kind"] == "Postgres")
+            .unwrap();
+        let spec = postgres["spec"].as_mapping_mut().unwrap();
+        let postgresql = spec
+            .entry("postgresql".into())
+            .or_insert_with(|| serde_yaml::Value::Mapping(Default::default()));
+        let parameters = postgresql
+            .as_mapping_mut()
+            .unwrap()
+            .entry("parameters".into())
+            .or_insert_with(|| serde_yaml::Value::Mapping(Default::default()));
+        parameters
+            .as_mapping_mut()
+            .unwrap()
+            .insert(name.into(), value.into());
+        let text: String = documents
+            .iter()
+            .map(|d| format!("---\n{}", serde_yaml::to_string(d).unwrap()))
+            .collect();
+        self.spec.write(&text);
+    }
+
     pub fn ports(&self) -> Vec<u16> {
         self.instances.iter().map(|i| i.port).collect()
     }
@@ -274,6 +306,19 @@ impl Writer {
         self.acks.lock().unwrap().clone()
     }
 
+    /// The longest time without an acknowledged commit that ended after `from` (the gap
+    /// that spans `from` included).
+    pub fn longest_gap_since(&self, from: Instant) -> Duration {
+        let mut times: Vec<Instant> = self.acks().iter().map(|a| a.at).collect();
+        times.sort();
+        times
+            .windows(2)
+            .filter(|pair| pair[1] > from)
+            .map(|pair| pair[1] - pair[0])
+            .max()
+            .unwrap_or_default()
+    }
+
     /// Until a commit is acknowledged by a server on another port than `old` after
     /// `after`; that commit.
     pub async fn wait_ack_elsewhere(&self, old: u16, after: Instant, seconds: u64) -> Ack {
@@ -306,11 +351,21 @@ pub async fn missing_on(port: u16, acks: &[Ack]) -> Vec<i64> {
     missing_on_as(port, SUPERUSER_PASSWORD, acks).await
 }
 
-/// As [`missing_on`], the superuser logging in with `password`.
+/// As [`missing_on`], the superuser logging in with `password`. A server restarting
+/// (for settings, a switchover) is waited for: what is checked is its data, not that it
+/// answers at this very moment.
 pub async fn missing_on_as(port: u16, password: &str, acks: &[Ack]) -> Vec<i64> {
-    let client = super::postgres::login(port, "postgres", password, "postgres")
-        .await
-        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let client = loop {
+        match super::postgres::login(port, "postgres", password, "postgres").await {
+            Ok(client) => break client,
+            Err(error) if std::time::Instant::now() < deadline => {
+                eprintln!("the server on {port} does not answer yet ({error}); asking again");
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+            Err(error) => panic!("the server on {port} does not answer: {error}"),
+        }
+    };
     let present: std::collections::BTreeSet<i64> = client
         .query("SELECT id FROM ticks", &[])
         .await

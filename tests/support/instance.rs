@@ -70,7 +70,15 @@ pub fn secrets_yaml(
     for (user, password) in users {
         yaml.push_str(&format!("  {}: {}\n", quote(user), quote(password)));
     }
+    yaml.push_str(&server_tls_yaml(name));
     yaml
+}
+
+/// The server certificate Secret of cluster `name` in namespace `tenant`, as the
+/// controller issues it (a new CA each call), as a YAML document.
+pub fn server_tls_yaml(name: &str) -> String {
+    let secret = super::postgres::cluster_tls_secret(name);
+    format!("---\n{}", serde_yaml::to_string(&secret).unwrap())
 }
 
 /// Where an instance runs and listens. The default is every instance's but those of the
@@ -263,7 +271,10 @@ impl Instance {
             &"tenant",
         ]);
         push(&[&"--pod-name", &pod, &"--data-dir", &data_dir]);
-        push(&[&"--bin-dir", &bin_dir(), &"--port", &port.to_string()]);
+        if !extra.iter().any(|arg| arg.starts_with("--bin-dir")) {
+            push(&[&"--bin-dir", &bin_dir()]);
+        }
+        push(&[&"--port", &port.to_string()]);
         push(&[
             &"--listen-addresses",
             &placement.listen,
@@ -278,7 +289,10 @@ impl Instance {
             push(&[&"--spec-file", &spec_file]);
         }
         push(&[&"--maintenance-period-ms", &"200"]);
-        push(&[&"--reaper", &"--log-format", &"text"]);
+        push(&[&"--reaper"]);
+        if !extra.iter().any(|arg| arg.starts_with("--log-format")) {
+            push(&[&"--log-format", &"text"]);
+        }
         for (peer, peer_port) in peers {
             let host = placement.peer_host(peer);
             push(&[&"--peer", &format!("{peer}={host}:{peer_port}")]);
@@ -365,6 +379,16 @@ impl Instance {
     /// The reaper's pid (the process a kubelet would signal).
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map(Child::id).unwrap_or_default()
+    }
+
+    /// The instance's socket directory (an `emptyDir` in a pod).
+    pub fn socket_dir(&self) -> PathBuf {
+        self.root.path().join("run")
+    }
+
+    /// The file the instance logs to.
+    pub fn log_path(&self) -> &Path {
+        &self.log
     }
 
     pub fn log(&self) -> String {

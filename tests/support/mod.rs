@@ -5,6 +5,7 @@ pub mod validators;
 
 use postgres_operator::manifests::OperatorSettings;
 use postgres_operator::manifests::secrets::SeededPasswords;
+use postgres_operator::manifests::tls::PlaceholderIssuer;
 use postgres_operator::render::{RenderError, RenderedCluster, render_inputs};
 
 /// Renders `(file name, text)` inputs with default settings and predictable passwords.
@@ -22,6 +23,7 @@ pub fn render(
         namespace,
         settings,
         &mut SeededPasswords::default(),
+        &mut PlaceholderIssuer::default(),
     )
 }
 
@@ -52,11 +54,13 @@ pub mod controller_failover;
 pub mod crd_rule_cases;
 pub mod failover;
 pub mod instance;
+pub mod metric_names;
 pub mod netns;
 pub mod postgres;
 pub use postgres::succeed;
 pub mod real_apiserver;
 pub mod s3;
+pub mod statefulset;
 pub mod terraform;
 
 /// Polls the asynchronous `check` every 100 ms until it holds, failing the test after

@@ -7,6 +7,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use postgres_operator::instance::files::Endpoint;
+use postgres_operator::instance::tls_files::{self, TlsMaterial, TlsPaths};
+
 /// The newest installed PostgreSQL binaries.
 pub fn bin_dir() -> PathBuf {
     let mut dirs: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
@@ -21,6 +24,20 @@ pub fn bin_dir() -> PathBuf {
     });
     dirs.pop()
         .expect("no PostgreSQL server binaries under /usr/lib/postgresql")
+}
+
+/// The binaries of one major: Debian's system install, else the private prefix of
+/// scripts/install-postgres-majors.sh.
+pub fn bin_dir_of(major: u32) -> PathBuf {
+    let system = PathBuf::from(format!("/usr/lib/postgresql/{major}/bin"));
+    let private = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join(format!(".tools/postgresql/{major}/bin"));
+    [system, private]
+        .into_iter()
+        .find(|dir| dir.join("postgres").exists())
+        .unwrap_or_else(|| {
+            panic!("PostgreSQL {major} is not installed: run scripts/install-test-deps.sh")
+        })
 }
 
 fn is_root() -> bool {
@@ -119,12 +136,27 @@ pub async fn column(client: &tokio_postgres::Client, sql: &str) -> Vec<String> {
         .collect()
 }
 
+/// A port nothing listens on, for a server a test starts later. Taken below the
+/// kernel's ephemeral range (32768 and up): a port the kernel hands out (`bind` to 0)
+/// may meanwhile become the local end of one of the many outgoing connections the
+/// tests make, and the server that wanted it fails with "address already in use". A
+/// port is never handed out twice in one test process.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use rand::RngExt;
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        let port: u16 = rand::rng().random_range(20_000..32_000);
+        if given.contains(&port) {
+            continue;
+        }
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+            && std::net::TcpListener::bind(("0.0.0.0", port)).is_ok()
+        {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// An initialised data directory with its own port and socket directory.
@@ -212,6 +244,16 @@ impl DataDir {
             "-c".to_string(),
             "shared_preload_libraries=pg_stat_statements".to_string(),
         ];
+        let tls = TlsPaths::under(&self.socket_dir);
+        if tls.cert.exists() {
+            for setting in [
+                "ssl=on".to_string(),
+                format!("ssl_cert_file={}", tls.cert.display()),
+                format!("ssl_key_file={}", tls.key.display()),
+            ] {
+                args.extend(["-c".to_string(), setting]);
+            }
+        }
         let mut command = as_postgres();
         command.push(postgres);
         command.append(&mut args);
@@ -231,6 +273,63 @@ impl DataDir {
 
     pub fn root(&self) -> &Path {
         self.root.path()
+    }
+
+    /// Serves TLS with `material` (the files where the instance manager puts them,
+    /// beside the socket): the server and any standby cloned into this directory.
+    pub fn with_tls(self, material: &TlsMaterial) -> Self {
+        let paths = TlsPaths::under(&self.socket_dir);
+        tls_files::install(&paths, material).unwrap();
+        chown_to_postgres(&paths.dir);
+        for file in [&paths.cert, &paths.key, &paths.ca] {
+            chown_to_postgres(file);
+        }
+        self
+    }
+}
+
+/// The server certificate Secret of cluster `name` in namespace `tenant`, as the
+/// controller issues it (a new CA each call).
+pub fn cluster_tls_secret(name: &str) -> k8s_openapi::api::core::v1::Secret {
+    use postgres_operator::manifests::secrets::ExistingSecrets;
+    use postgres_operator::manifests::tls::{RcgenIssuer, desired_tls_secrets};
+    use postgres_operator::manifests::{Cluster, OperatorSettings, names};
+    let spec = serde_yaml::from_str("{}").unwrap();
+    let postgres = postgres_operator::api::Postgres::new(name, spec);
+    let settings = OperatorSettings::default();
+    desired_tls_secrets(
+        &Cluster::new(&postgres, "tenant", &settings),
+        &ExistingSecrets::new(),
+        &mut RcgenIssuer,
+    )
+    .unwrap()
+    .into_iter()
+    .find(|s| s.metadata.name.as_deref() == Some(names::secret_server(name).as_str()))
+    .unwrap()
+}
+
+/// The certificate, key and CA of a server certificate Secret.
+pub fn tls_material(secret: &k8s_openapi::api::core::v1::Secret) -> TlsMaterial {
+    let value =
+        |key: &str| String::from_utf8(secret.data.as_ref().unwrap()[key].0.clone()).unwrap();
+    TlsMaterial {
+        cert: value("tls.crt"),
+        key: value("tls.key"),
+        ca: value("ca.crt"),
+    }
+}
+
+/// How an instance of cluster `cluster` reaches pod `pod` listening on loopback `port`,
+/// with the CA installed in `socket_dir`.
+pub fn endpoint(cluster: &str, pod: &str, port: u16, socket_dir: &Path) -> Endpoint {
+    Endpoint {
+        host: format!("{pod}.postgres-{cluster}-headless.tenant.svc"),
+        hostaddr: Some("127.0.0.1".to_string()),
+        port,
+        ca_file: TlsPaths::under(socket_dir)
+            .ca
+            .to_string_lossy()
+            .into_owned(),
     }
 }
 

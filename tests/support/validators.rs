@@ -3,7 +3,7 @@
 //! Kubernetes structural-schema rules. The tools come from `scripts/install-test-deps.sh`;
 //! a missing tool fails the test rather than skipping it.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use serde_json::Value;
@@ -194,5 +194,75 @@ fn structural(node: &Value, path: &str, in_junction: bool, problems: &mut Vec<St
     }
     if let Some(child) = map.get("not") {
         structural(child, &format!("{path}.not"), true, problems);
+    }
+}
+
+/// One sample of a parsed scrape.
+#[derive(Clone, Debug, serde::Deserialize)]
+pub struct ParsedSample {
+    pub name: String,
+    pub labels: std::collections::BTreeMap<String, String>,
+    pub value: f64,
+}
+
+/// One metric family of a parsed scrape.
+#[derive(Clone, Debug, serde::Deserialize)]
+pub struct ParsedFamily {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub samples: Vec<ParsedSample>,
+}
+
+/// `text` parsed by the Prometheus Python client's OpenMetrics parser (strict: a
+/// malformed line, a counter without `_total`, a missing `# EOF` are errors).
+pub fn parse_openmetrics(text: &str) -> Result<Vec<ParsedFamily>, String> {
+    use std::io::Write;
+    let mut child = Command::new(tools_bin("python"))
+        .args([
+            "-c",
+            "import json, sys\n\
+             from prometheus_client.openmetrics.parser import text_string_to_metric_families\n\
+             families = [{'name': f.name, 'type': f.type, 'samples': [\n\
+                 {'name': s.name, 'labels': s.labels, 'value': s.value} for s in f.samples]}\n\
+                 for f in text_string_to_metric_families(sys.stdin.read())]\n\
+             print(json.dumps(families))",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())
+}
+
+/// Runs Debian's `promtool` with `args` in `dir`: what it printed, `Err` when it failed.
+pub fn promtool(args: &[&str], dir: &Path) -> Result<String, String> {
+    let out = std::process::Command::new("promtool")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("promtool: {e} (Debian's prometheus package: run scripts/install-test-deps.sh)")
+        });
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if out.status.success() {
+        Ok(text)
+    } else {
+        Err(text)
     }
 }

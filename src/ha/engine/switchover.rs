@@ -19,11 +19,17 @@ const TARGET_READY: Duration = Duration::from_secs(30);
 /// How long the target may take to receive the primary's final checkpoint.
 const CATCH_UP: Duration = Duration::from_secs(10);
 
+/// How many times a primary is asked whether it runs before a recorded target is
+/// taken for a failover under way.
+const RUNNING_ASKS: u32 = 3;
+
 /// How often the target is asked meanwhile.
 const POLL: Duration = Duration::from_millis(20);
 
 impl<W: World> Engine<W> {
-    /// Whether `pod` answers as a running primary that is not fenced.
+    /// Whether `pod` answers as a running primary that is not fenced. A manager that
+    /// answers "not running" is asked a few times: one slow report (a primary just
+    /// promoted, a loaded machine) must not turn a switchover into a failover.
     pub(super) async fn runs_as_primary(&self, pod: &str) -> bool {
         let Ok(members) = self.world.members().await else {
             return false;
@@ -31,9 +37,27 @@ impl<W: World> Engine<W> {
         let Some(address) = address_of(&members, pod) else {
             return false;
         };
-        client::report(&address, self.timing.report_deadline)
-            .await
-            .is_ok_and(|r| r.report.role == Role::Primary && r.report.running && !r.fenced)
+        for attempt in 0..RUNNING_ASKS {
+            if attempt > 0 {
+                tokio::time::sleep(self.timing.retry).await;
+            }
+            match client::report(&address, self.timing.report_deadline).await {
+                Ok(r) if r.report.role == Role::Primary && r.report.running && !r.fenced => {
+                    return true;
+                }
+                // Its manager answers: ask again.
+                Ok(r) => tracing::info!(
+                    primary = pod,
+                    role = ?r.report.role,
+                    running = r.report.running,
+                    fenced = r.fenced,
+                    "the primary answers but does not run as one"
+                ),
+                // Unreachable: a failover must not wait.
+                Err(_) => return false,
+            }
+        }
+        false
     }
 
     pub(super) async fn switch_over(&mut self, from: &str, to: &str) -> Result<(), WorldError> {

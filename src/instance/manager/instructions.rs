@@ -4,12 +4,14 @@
 //! that they can stream from whichever is promoted, and lifting a fence the engine
 //! never came back to.
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
 use super::{BoxError, InstanceError, Instructed, Manager, Role, role_of};
 use crate::ha::wire::Instruction;
+use crate::instance::bootstrap::Tools;
 use crate::instance::controldata;
 use crate::instance::files::slot_name;
 use crate::instance::ha_api::HaView;
@@ -51,9 +53,25 @@ const DROP_STALE_STANDBY_SLOTS_SQL: &str = "SELECT count(pg_drop_replication_slo
        AND restart_lsn IS NOT NULL \
        AND pg_wal_lsn_diff(pg_last_wal_replay_lsn(), restart_lsn) > $1::bigint";
 
+/// Slots of this cluster's pods beyond `replicas` (a scale-down removed them): named as
+/// [`slot_name`] names a pod of the cluster, `$1` being that name without its ordinal.
+/// Inactive only: a pod still shutting down keeps its slot until it has gone.
+const DROP_REMOVED_SLOTS_SQL: &str = "SELECT count(pg_drop_replication_slot(slot_name)) \
+     FROM pg_replication_slots \
+     WHERE slot_type = 'physical' AND NOT active \
+       AND starts_with(slot_name::text, $1) \
+       AND substr(slot_name::text, length($1) + 1) ~ '^[0-9]+$' \
+       AND substr(slot_name::text, length($1) + 1)::numeric >= $2::int";
+
 impl Manager {
     /// Publishes what the HA endpoints report.
     pub(super) fn publish_view(&self) {
+        // Kept from what write_files recorded: one read of the published view.
+        let (config_written_at, config_digest) = self
+            .ha_view
+            .read()
+            .map(|view| (view.config_written_at, view.config_digest.clone()))
+            .unwrap_or_default();
         let view = HaView {
             role: match self.role {
                 Role::Primary => crate::ha::Role::Primary,
@@ -65,6 +83,9 @@ impl Manager {
             },
             fenced: self.fenced_at.is_some(),
             stopped_at_lsn: self.stopped_at_lsn,
+            restart_wanted: self.restart_wanted_since.is_some() && self.role == Role::Primary,
+            config_written_at,
+            config_digest,
         };
         if let Ok(mut published) = self.ha_view.write() {
             *published = view;
@@ -312,7 +333,20 @@ impl Manager {
         snapshot: &Snapshot,
         primary: &str,
     ) -> Result<Rejoined, InstanceError> {
-        let (host, port) = self.peer(primary);
+        Ok(self
+            .against_primary(snapshot, primary, rejoin::rejoin)
+            .await??)
+    }
+
+    /// Runs `work` (blocking: PostgreSQL's tools) on this instance's data directory
+    /// against `primary`, logged in as the snapshot's Secrets allow.
+    async fn against_primary<T: Send + 'static>(
+        &self,
+        snapshot: &Snapshot,
+        primary: &str,
+        work: fn(&Tools, &Path, &rejoin::Source) -> T,
+    ) -> Result<T, tokio::task::JoinError> {
+        let endpoint = self.peer(primary);
         let tools = self.tools();
         let data_dir = self.settings.data_dir.clone();
         let superuser = snapshot
@@ -324,21 +358,42 @@ impl Manager {
             .unwrap_or_default()
             .to_string();
         let pod = self.settings.pod_name.clone();
-        let outcome = tokio::task::spawn_blocking(move || {
-            rejoin::rejoin(
+        tokio::task::spawn_blocking(move || {
+            work(
                 &tools,
                 &data_dir,
                 &rejoin::Source {
-                    host: &host,
-                    port,
+                    primary: &endpoint,
                     superuser_password: &superuser,
                     replication_password: &replication,
                     application_name: &pod,
                 },
             )
         })
-        .await??;
-        Ok(outcome)
+        .await
+    }
+
+    /// At start-up, a standby's existing directory is checked against its primary's
+    /// system and timeline (see [`rejoin::realign`]). A primary that does not answer
+    /// leaves it as it is: the standby starts on it and checks again at its next start.
+    pub(super) async fn realign(
+        &self,
+        snapshot: &Snapshot,
+        primary: &str,
+    ) -> Result<(), InstanceError> {
+        let outcome = self
+            .against_primary(snapshot, primary, rejoin::realign)
+            .await?;
+        match outcome {
+            Ok(None) => {}
+            Ok(Some(how)) => {
+                tracing::info!(?how, %primary, "the data now follows the primary's history")
+            }
+            Err(error) => {
+                tracing::warn!(%error, %primary, "cannot check the data against the primary; starting on it as it is")
+            }
+        }
+        Ok(())
     }
 
     /// At start-up, a former primary's directory joins the target's history before its
@@ -419,6 +474,17 @@ impl Manager {
             .collect();
         client
             .query_one(DROP_STALE_STANDBY_SLOTS_SQL, &[&STANDBY_SLOT_RETENTION])
+            .await?;
+        // A removed instance's slot would keep the primary's WAL forever.
+        let ordinal_prefix = slot_name(&names::pod(&cluster, 0))
+            .strip_suffix('0')
+            .map(str::to_string)
+            .unwrap_or_default();
+        client
+            .query_one(
+                DROP_REMOVED_SLOTS_SQL,
+                &[&ordinal_prefix, &snapshot.postgres.spec.replicas],
+            )
             .await?;
         client.query_one(CREATE_SLOTS_SQL, &[&slots]).await?;
         Ok(())

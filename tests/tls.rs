@@ -1,0 +1,210 @@
+//! TLS with the certificates the operator issues, on real PostgreSQL servers run by the
+//! instance binary: a client verifying the server (`sslmode=verify-full` against the
+//! cluster's CA) succeeds for every Service name and fails for a name the certificate
+//! does not hold; a standby streams over verified TLS; a renewed certificate is served
+//! after a reload, with no restart and no replication connection dropped.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::SystemTime;
+
+use k8s_openapi::api::core::v1::Secret;
+use postgres_operator::manifests::secrets::ExistingSecrets;
+use postgres_operator::manifests::tls::{self, RcgenIssuerAt, desired_tls_secrets};
+use postgres_operator::manifests::{Cluster, OperatorSettings};
+use support::instance::{Instance, SpecFile};
+use support::postgres::{bin_dir, column, free_port};
+use support::wait_until;
+
+const CLUSTER: &str = "secure";
+const PRIMARY: &str = "postgres-secure-0";
+const STANDBY: &str = "postgres-secure-1";
+const SUPERUSER_PASSWORD: &str = "su-pw";
+
+/// The CA and server Secrets the controller would hold at `now`, given `existing`.
+fn issue(existing: &ExistingSecrets, now: SystemTime) -> ExistingSecrets {
+    let postgres =
+        postgres_operator::api::Postgres::new(CLUSTER, serde_yaml::from_str("{}").unwrap());
+    let settings = OperatorSettings::default();
+    desired_tls_secrets(
+        &Cluster::new(&postgres, "tenant", &settings),
+        existing,
+        &mut RcgenIssuerAt(now),
+    )
+    .unwrap()
+    .into_iter()
+    .map(|s| (s.metadata.name.clone().unwrap(), s))
+    .collect()
+}
+
+fn value(secrets: &ExistingSecrets, secret: &str, key: &str) -> String {
+    String::from_utf8(secrets[secret].data.as_ref().unwrap()[key].0.clone()).unwrap()
+}
+
+fn spec_yaml(server: &Secret) -> String {
+    format!(
+        "apiVersion: apps.cozystack.io/v1alpha1\nkind: Postgres\nmetadata: {{name: {CLUSTER}, namespace: tenant}}\nspec:\n  replicas: 2\n---\napiVersion: v1\nkind: Secret\nmetadata: {{name: postgres-{CLUSTER}-superuser}}\nstringData: {{username: postgres, password: {SUPERUSER_PASSWORD}}}\n---\napiVersion: v1\nkind: Secret\nmetadata: {{name: postgres-{CLUSTER}-replication}}\nstringData: {{username: streaming_replica, password: repl}}\n---\n{}",
+        serde_yaml::to_string(server).unwrap()
+    )
+}
+
+/// psql as a client outside the pod: to `port` on loopback, verifying the server's
+/// certificate for `host` against `ca`. What it printed, or why it failed.
+fn psql_verify_full(host: &str, port: u16, ca: &Path) -> Result<String, String> {
+    let conninfo = format!(
+        "host={host} hostaddr=127.0.0.1 port={port} user=postgres dbname=postgres sslmode=verify-full sslrootcert={} sslcert=/nonexistent sslkey=/nonexistent",
+        ca.display()
+    );
+    let output = std::process::Command::new(bin_dir().join("psql"))
+        .args(["-X", "-A", "-t", "-d", &conninfo, "-c"])
+        .arg("SELECT ssl, version FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+        .env("PGPASSWORD", SUPERUSER_PASSWORD)
+        .output()
+        .unwrap();
+    if output.status.success() {
+        Ok(String::from_utf8_lossy(&output.stdout).trim().to_string())
+    } else {
+        Err(String::from_utf8_lossy(&output.stderr).trim().to_string())
+    }
+}
+
+/// The serial number of the certificate the server on `port` presents, by `openssl
+/// s_client` (PostgreSQL's own STARTTLS).
+fn served_serial(port: u16) -> String {
+    let shown = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "openssl s_client -starttls postgres -connect 127.0.0.1:{port} </dev/null 2>/dev/null | openssl x509 -noout -serial"
+        ))
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&shown.stdout).trim().to_string()
+}
+
+fn serial_of(pem: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cert.pem");
+    std::fs::write(&path, pem).unwrap();
+    let shown = std::process::Command::new("openssl")
+        .args(["x509", "-noout", "-serial", "-in"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&shown.stdout).trim().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_and_standbys_verify_the_server_and_a_renewed_certificate_needs_no_restart() {
+    let issued_at = SystemTime::now();
+    let first = issue(&BTreeMap::new(), issued_at);
+    let server_secret = format!("postgres-{CLUSTER}-server");
+    let spec = SpecFile::new(&spec_yaml(&first[&server_secret]));
+    let (primary_port, standby_port) = (free_port(), free_port());
+    let primary = Instance::spawn_on(
+        &spec,
+        CLUSTER,
+        PRIMARY,
+        primary_port,
+        &[(STANDBY, standby_port)],
+        &[],
+        &[],
+    );
+    primary.wait_ready().await;
+    let standby = Instance::spawn_on(
+        &spec,
+        CLUSTER,
+        STANDBY,
+        standby_port,
+        &[(PRIMARY, primary_port)],
+        &[],
+        &[],
+    );
+    standby.wait_ready().await;
+
+    let ca_dir = tempfile::tempdir().unwrap();
+    let ca = ca_dir.path().join("ca.crt");
+    std::fs::write(
+        &ca,
+        value(&first, &format!("postgres-{CLUSTER}-ca"), tls::CA_CERT),
+    )
+    .unwrap();
+
+    // Every name a client may use: each Service in each of its forms, each instance.
+    let mut names = Vec::new();
+    for service in ["rw", "ro", "r"] {
+        let short = format!("postgres-{CLUSTER}-{service}");
+        names.push(short.clone());
+        names.push(format!("{short}.tenant"));
+        names.push(format!("{short}.tenant.svc"));
+        names.push(format!("{short}.tenant.svc.cluster.local"));
+    }
+    names.push(format!("{PRIMARY}.postgres-{CLUSTER}-headless.tenant.svc"));
+    names.push(format!(
+        "{STANDBY}.postgres-{CLUSTER}-headless.tenant.svc.cluster.local"
+    ));
+    for name in &names {
+        let answer =
+            psql_verify_full(name, primary_port, &ca).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(answer.starts_with("t|TLSv1."), "{name}: {answer}");
+    }
+    // A name the certificate does not hold fails the verification.
+    let refused = psql_verify_full("postgres-other-rw.tenant.svc", primary_port, &ca).unwrap_err();
+    assert!(refused.contains("does not match host name"), "{refused}");
+    // So does another cluster's CA.
+    let other = issue(&BTreeMap::new(), issued_at);
+    let other_ca = ca_dir.path().join("other-ca.crt");
+    std::fs::write(
+        &other_ca,
+        value(&other, &format!("postgres-{CLUSTER}-ca"), tls::CA_CERT),
+    )
+    .unwrap();
+    let refused = psql_verify_full(&names[0], primary_port, &other_ca).unwrap_err();
+    assert!(refused.contains("certificate verify failed"), "{refused}");
+
+    // The standby streams over TLS.
+    let admin = primary.admin("postgres").await;
+    let streaming = "SELECT r.pid::text || ' ' || s.ssl::text FROM pg_stat_replication r JOIN pg_stat_ssl s USING (pid) WHERE r.application_name = 'postgres-secure-1'";
+    wait_until("the standby streams", 60, || async {
+        !column(&admin, streaming).await.is_empty()
+    })
+    .await;
+    let stream = column(&admin, streaming).await.remove(0);
+    assert!(
+        stream.ends_with(" true"),
+        "replication is not over TLS: {stream}"
+    );
+    let started = column(&admin, "SELECT pg_postmaster_start_time()::text").await;
+
+    // The controller issues a new server certificate from the same CA, as at a renewal
+    // (which the unit tests of `manifests::tls` time; here it must be valid now).
+    let mut without_server = first.clone();
+    without_server.remove(&server_secret);
+    let renewed = issue(&without_server, SystemTime::now());
+    assert_eq!(
+        renewed[&format!("postgres-{CLUSTER}-ca")],
+        first[&format!("postgres-{CLUSTER}-ca")]
+    );
+    let new_serial = serial_of(&value(&renewed, &server_secret, tls::TLS_CERT));
+    assert_ne!(
+        new_serial,
+        serial_of(&value(&first, &server_secret, tls::TLS_CERT))
+    );
+    assert_eq!(
+        served_serial(primary_port),
+        serial_of(&value(&first, &server_secret, tls::TLS_CERT))
+    );
+    spec.write(&spec_yaml(&renewed[&server_secret]));
+    wait_until("the renewed certificate is served", 30, || async {
+        served_serial(primary_port) == new_serial && served_serial(standby_port) == new_serial
+    })
+    .await;
+    assert!(psql_verify_full(&names[0], primary_port, &ca).is_ok());
+    // No restart, and the standby's stream was not interrupted.
+    assert_eq!(
+        column(&admin, "SELECT pg_postmaster_start_time()::text").await,
+        started
+    );
+    assert_eq!(column(&admin, streaming).await, [stream]);
+}
