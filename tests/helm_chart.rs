@@ -6,6 +6,7 @@ mod support;
 use std::process::Command;
 
 use serde_json::{Value, json};
+use support::pod_security::{pod_templates, restricted_violations};
 use support::validators::{kubernetes_validate, kubernetes_validate_versions, tools_bin};
 
 const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/postgres-operator");
@@ -115,6 +116,14 @@ fn default_values_render_valid_objects() {
     let spec = &deployment["spec"]["template"]["spec"];
     assert_eq!(deployment["spec"]["replicas"], 2);
     assert_eq!(spec["securityContext"]["runAsNonRoot"], true);
+    // The operator itself runs in a `restricted` namespace too.
+    for (at, template) in pod_templates(deployment) {
+        assert_eq!(
+            restricted_violations(&template),
+            Vec::<String>::new(),
+            "{at}"
+        );
+    }
     let container = &spec["containers"][0];
     assert_eq!(container["securityContext"]["readOnlyRootFilesystem"], true);
     assert_eq!(

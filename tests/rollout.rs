@@ -21,7 +21,7 @@ use support::controller_failover::{
 };
 use support::failover::{Writer, missing_on_as};
 use support::statefulset::{Action, StatefulSetDouble, node_of};
-use support::wait_until;
+use support::{wait_for_value, wait_until};
 
 /// A cluster run as on Kubernetes, its controller restartable.
 struct Running {
@@ -118,35 +118,44 @@ impl Running {
         })
     }
 
-    /// Whether the recorded primary is `primary` (any, when `None`), every other pod
+    /// The recorded primary when it is `primary` (any, when `None`), every other pod
     /// below `replicas` streams from it, and none waits for a restart (a primary that
-    /// does would hand over next).
-    async fn settled_on(&self, primary: Option<&str>, replicas: i32) -> Option<String> {
-        let recorded = self.primary()?;
+    /// does would hand over next); otherwise what is not there yet.
+    async fn settled_on(&self, primary: Option<&str>, replicas: i32) -> Result<String, String> {
+        let recorded = self.primary().ok_or("no primary recorded")?;
         if primary.is_some_and(|p| p != recorded) {
-            return None;
+            return Err(format!("{recorded} recorded as the primary"));
         }
+        let mut unsettled = Vec::new();
         for ordinal in 0..replicas {
             let pod = self.pod(ordinal);
-            let report = self.report(&pod).await?;
-            if report.pending_restart
-                || (pod != recorded
-                    && (report.report.role != Role::Standby
-                        || report.report.streaming_from.as_deref() != Some(recorded.as_str())))
-            {
-                return None;
+            let Some(report) = self.report(&pod).await else {
+                unsettled.push(format!("{pod}: no report"));
+                continue;
+            };
+            let streams = report.report.role == Role::Standby
+                && report.report.streaming_from.as_deref() == Some(recorded.as_str());
+            if report.pending_restart || (pod != recorded && !streams) {
+                unsettled.push(format!(
+                    "{pod}: {:?} streaming from {:?}, pending restart {}",
+                    report.report.role, report.report.streaming_from, report.pending_restart
+                ));
             }
         }
-        Some(recorded)
+        if unsettled.is_empty() {
+            Ok(recorded)
+        } else {
+            Err(format!("primary {recorded}; {}", unsettled.join("; ")))
+        }
     }
 
     /// Until `primary` is recorded, every other pod below `replicas` streams from it and
     /// none waits for a restart.
     async fn wait_settled(&self, primary: &str, replicas: i32, seconds: u64) {
-        wait_until(
+        wait_for_value(
             &format!("{primary} is primary, every standby streams from it, nothing pending"),
             seconds,
-            || async { self.settled_on(Some(primary), replicas).await.is_some() },
+            || self.settled_on(Some(primary), replicas),
         )
         .await;
     }
@@ -154,19 +163,12 @@ impl Running {
     /// As [`Self::wait_settled`] whichever the primary (a setting that needs a restart
     /// moves it); the primary.
     async fn wait_settled_anywhere(&self, replicas: i32, seconds: u64) -> String {
-        let primary = std::sync::Mutex::new(String::new());
-        wait_until(
+        wait_for_value(
             &format!("{replicas} instances settled on a primary, nothing pending"),
             seconds,
-            || async {
-                let settled = self.settled_on(None, replicas).await;
-                let found = settled.is_some();
-                *primary.lock().unwrap() = settled.unwrap_or_default();
-                found
-            },
+            || self.settled_on(None, replicas),
         )
-        .await;
-        primary.into_inner().unwrap()
+        .await
     }
 
     fn spec_edit(&self, edit: impl FnOnce(&mut Value)) {

@@ -15,8 +15,10 @@ use super::restic::{Restic, ResticError, TAG_RUN};
 use super::run::{describe_pg, pg_command};
 use super::s3::{self, S3Credentials};
 use super::stream;
+use crate::instance::audit;
 use crate::instance::provision::{Connection, MAINTENANCE_DB};
 use crate::sql::quote::ident;
+use crate::sql::redact::redact_password;
 
 /// SQLSTATE duplicate_object.
 const DUPLICATE_OBJECT: &str = "42710";
@@ -174,13 +176,13 @@ pub async fn restore_globals(
         .collect();
     let statements = globals_statements(&text, &existing);
     for statement in &statements {
-        if let Err(error) = client.batch_execute(statement).await {
+        if let Err(error) = audit::execute(&client, statement).await {
             let duplicate = error
                 .as_db_error()
                 .is_some_and(|db| db.code().code() == DUPLICATE_OBJECT);
             if !duplicate {
                 return Err(RestoreError::Globals {
-                    statement: redact(statement),
+                    statement: redact_password(statement),
                     message: describe_pg(&error),
                 });
             }
@@ -241,14 +243,6 @@ fn first_identifier(text: &str) -> Option<String> {
             .take_while(|c| !c.is_whitespace() && *c != ';')
             .collect();
         (!name.is_empty()).then(|| name.to_ascii_lowercase())
-    }
-}
-
-/// A statement for an error message, without any password in it.
-fn redact(statement: &str) -> String {
-    match statement.to_ascii_uppercase().find("PASSWORD") {
-        Some(at) => format!("{} PASSWORD …", statement[..at].trim_end()),
-        None => statement.to_string(),
     }
 }
 
@@ -436,14 +430,6 @@ GRANT admin TO "Odd ""one""" GRANTED BY postgres;
         assert_eq!(
             dbname_option("a='b' c\\"),
             "--dbname=dbname='a=\\'b\\' c\\\\'"
-        );
-    }
-
-    #[test]
-    fn passwords_never_reach_error_messages() {
-        assert_eq!(
-            redact("ALTER ROLE a WITH LOGIN PASSWORD 'SCRAM-SHA-256$x';"),
-            "ALTER ROLE a WITH LOGIN PASSWORD …"
         );
     }
 

@@ -178,13 +178,13 @@ pub async fn ensure_builtin_role(
     // replication role, so with `dataDurability: required` a fresh primary would wait
     // for standbys that cannot log in until it commits. Each pass writes these roles
     // again, so one lost in a failover is back on the next pass of the new primary.
-    client
-        .batch_execute(&format!(
-            "BEGIN; SET LOCAL synchronous_commit = local; \
-             {verb} ROLE {} {attributes} PASSWORD {verifier}; COMMIT",
-            ident(role)
-        ))
-        .await?;
+    let sql = format!(
+        "BEGIN; SET LOCAL synchronous_commit = local; \
+         {verb} ROLE {} {attributes} PASSWORD {verifier}; COMMIT",
+        ident(role)
+    );
+    super::audit::execute(client, &sql).await?;
+    super::audit::record("postgres", &sql, "built-in role");
     Ok(true)
 }
 

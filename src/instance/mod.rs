@@ -2,6 +2,7 @@
 //! writes the configuration, supervises the postmaster, serves its status and runs the
 //! declarative SQL on the primary.
 
+pub mod audit;
 pub mod bootstrap;
 pub mod config_check;
 pub mod config_guard;

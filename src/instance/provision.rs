@@ -10,6 +10,9 @@ use tokio_postgres::{Client, Config, NoTls, SimpleQueryMessage};
 use crate::sql::plan::{DesiredState, MANAGED_MARKER, ObservedRole, ObservedState, Plan, plan};
 use crate::sql::privileges::{Fact, ObjectClass, desired_facts, role_privileges};
 use crate::sql::quote::literal;
+use crate::sql::redact::redact_password;
+
+use super::audit;
 
 /// Where and as whom to connect.
 #[derive(Clone, Debug)]
@@ -302,14 +305,14 @@ impl Provisioner {
                 .clone()
                 .unwrap_or_else(|| MAINTENANCE_DB.to_string());
             let client = self.connect(&database).await?;
-            client
-                .batch_execute(&statement.sql)
+            audit::execute(&client, &statement.sql)
                 .await
                 .map_err(|source| ProvisionError::Execute {
                     database: database.clone(),
-                    sql: redact(&statement.sql),
+                    sql: redact_password(&statement.sql),
                     source,
                 })?;
+            audit::record(&database, &statement.sql, "spec");
         }
         Ok(plan.statements.len())
     }
@@ -504,26 +507,4 @@ fn all_objects_granted(
 
 fn random_salt() -> [u8; 16] {
     rand::random()
-}
-
-/// Password verifiers stay out of error messages and logs.
-fn redact(sql: &str) -> String {
-    match sql.find(" PASSWORD ") {
-        Some(index) => format!("{} PASSWORD <redacted>", &sql[..index]),
-        None => sql.to_string(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn verifiers_are_redacted_from_errors() {
-        assert_eq!(
-            redact("ALTER ROLE \"a\" PASSWORD 'SCRAM-SHA-256$x'"),
-            "ALTER ROLE \"a\" PASSWORD <redacted>"
-        );
-        assert_eq!(redact("DROP ROLE \"a\""), "DROP ROLE \"a\"");
-    }
 }

@@ -23,8 +23,15 @@ pub const RUNTIME_CONF: &str = "operator-runtime.conf";
 /// PostgreSQL's default, written explicitly as the Cozystack API documents it.
 const DEFAULT_MAX_CONNECTIONS: i64 = 100;
 
+/// Audit settings on unless `spec.postgresql.parameters` says otherwise.
+pub const AUDIT_DEFAULTS: &[(&str, &str)] = &[
+    ("log_connections", "on"),
+    ("log_disconnections", "on"),
+    ("log_statement", "ddl"),
+];
+
 /// Extensions that only work when their library is preloaded.
-const PRELOADED_EXTENSIONS: &[&str] = &["pg_stat_statements"];
+const PRELOADED_EXTENSIONS: &[&str] = &["pg_stat_statements", "pgaudit"];
 
 /// A string setting as a postgresql.conf literal.
 pub fn quote_literal(value: &str) -> String {
@@ -41,15 +48,24 @@ fn render_value(value: &ParameterValue) -> String {
     }
 }
 
-/// Libraries the requested extensions need, sorted.
+/// Libraries the requested extensions need, and `pgaudit` when a `pgaudit.*` parameter
+/// is set (it only reads them once loaded), sorted.
 pub fn preload_libraries(cluster: &Cluster) -> Vec<String> {
-    let wanted: BTreeSet<&str> = cluster
-        .spec()
+    let spec = cluster.spec();
+    let mut wanted: BTreeSet<&str> = spec
         .databases
         .values()
         .flat_map(|db| db.extensions.iter().map(String::as_str))
         .filter(|extension| PRELOADED_EXTENSIONS.contains(extension))
         .collect();
+    if spec
+        .postgresql
+        .parameters
+        .keys()
+        .any(|name| name.to_ascii_lowercase().starts_with("pgaudit."))
+    {
+        wanted.insert("pgaudit");
+    }
     wanted.into_iter().map(str::to_string).collect()
 }
 
@@ -114,6 +130,11 @@ pub fn postgresql_conf(cluster: &Cluster) -> String {
     // seconds that none is there (see `instance::isolation`).
     user.entry("wal_receiver_status_interval")
         .or_insert_with(|| quote_literal("1s"));
+    // The audit trail by default (README "Audit logs"): who connected, for how long, and
+    // every schema or role change. The spec may turn each off.
+    for (name, value) in AUDIT_DEFAULTS {
+        user.entry(name).or_insert_with(|| quote_literal(value));
+    }
 
     let mut conf = format!(
         "# postgresql.conf of Postgres {}/{}, written by postgres-operator: edit the Postgres object instead.\n\n# Owned by the operator\n",
@@ -205,6 +226,46 @@ mod tests {
                 .ends_with(&format!("include_if_exists = '{RUNTIME_CONF}'"))
         );
         assert!(!conf.contains("synchronous_standby_names"));
+    }
+
+    #[test]
+    fn the_audit_trail_is_on_by_default_and_the_spec_may_turn_it_off() {
+        let (pg, settings) = cluster_from_yaml("replicas: 1\n");
+        let conf = postgresql_conf(&Cluster::new(&pg, "ns", &settings));
+        for line in [
+            "log_connections = 'on'",
+            "log_disconnections = 'on'",
+            "log_statement = 'ddl'",
+        ] {
+            assert!(conf.contains(&format!("\n{line}\n")), "{line} in {conf}");
+        }
+        let (pg, settings) = cluster_from_yaml(
+            "postgresql:\n  parameters:\n    log_connections: false\n    log_statement: all\n",
+        );
+        let conf = postgresql_conf(&Cluster::new(&pg, "ns", &settings));
+        assert!(conf.contains("\nlog_connections = 'off'\n"), "{conf}");
+        assert!(conf.contains("\nlog_statement = 'all'\n"));
+        assert!(conf.contains("\nlog_disconnections = 'on'\n"));
+        assert_eq!(conf.matches("log_statement =").count(), 1);
+    }
+
+    #[test]
+    fn pgaudit_is_preloaded_when_its_settings_or_its_extension_are_asked_for() {
+        let (pg, settings) =
+            cluster_from_yaml("postgresql:\n  parameters:\n    pgaudit.log: \"ddl, role\"\n");
+        assert_eq!(
+            preload_libraries(&Cluster::new(&pg, "ns", &settings)),
+            ["pgaudit"]
+        );
+        let (pg, settings) =
+            cluster_from_yaml("databases:\n  a:\n    extensions: [pgaudit, pg_stat_statements]\n");
+        let conf = postgresql_conf(&Cluster::new(&pg, "ns", &settings));
+        assert!(
+            conf.contains("\nshared_preload_libraries = 'pg_stat_statements,pgaudit'\n"),
+            "{conf}"
+        );
+        let (pg, settings) = cluster_from_yaml("replicas: 1\n");
+        assert!(preload_libraries(&Cluster::new(&pg, "ns", &settings)).is_empty());
     }
 
     #[test]

@@ -5,6 +5,7 @@
 pub mod plan;
 pub mod privileges;
 pub mod quote;
+pub mod redact;
 pub mod scram;
 
 pub use plan::{

@@ -56,6 +56,7 @@ pub mod failover;
 pub mod instance;
 pub mod metric_names;
 pub mod netns;
+pub mod pod_security;
 pub mod postgres;
 pub use postgres::succeed;
 pub mod real_apiserver;
@@ -78,6 +79,25 @@ where
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     panic!("timed out after {seconds} s waiting until {what}");
+}
+
+/// Polls the asynchronous `check` every 100 ms until it gives a value, failing the test
+/// after `seconds` with `what` and the last reason `check` gave for not being there yet.
+pub async fn wait_for_value<T, F, Fut>(what: &str, seconds: u64, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
+    let mut last = String::from("never checked");
+    while std::time::Instant::now() < deadline {
+        match check().await {
+            Ok(value) => return value,
+            Err(why) => last = why,
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("timed out after {seconds} s waiting until {what}; last seen: {last}");
 }
 
 /// Polls `check` every 50 ms until it holds, failing the test after 10 s with `what`.
