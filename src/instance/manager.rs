@@ -25,6 +25,7 @@ use super::postgres_logs;
 use super::postmaster_events::PostmasterWatch;
 use super::provision::{Connection, MAINTENANCE_DB, Provisioner, Scope};
 use super::quorum_keeper::{self, Applied, Keeper};
+use super::replication_password::{self, ReplicationPassword};
 use super::server_metrics::ServerMetrics;
 use super::source::{Snapshot, SpecSource};
 use super::status::Hold;
@@ -197,6 +198,8 @@ struct Manager {
     restart_wanted_since: Option<Instant>,
     /// The switchover asked for did not come: the primary restarts in place.
     switchover_given_up: bool,
+    /// What a standby streams with while the replication password rotates.
+    replication_password: ReplicationPassword,
 }
 
 /// How long a primary waits for the switchover it asked for before it restarts in place.
@@ -318,6 +321,7 @@ async fn run_with(
         named_elsewhere: None,
         restart_wanted_since: None,
         switchover_given_up: false,
+        replication_password: ReplicationPassword::default(),
         contact: Arc::default(),
         replicas: watch::channel(snapshot.postgres.spec.replicas).0,
         held_down: watch::channel(HoldDown::Released).0,
@@ -671,9 +675,9 @@ impl Manager {
             Role::Standby { .. } if self.fenced_at.is_some() => RuntimeRole::Detached,
             Role::Standby { primary } => RuntimeRole::Standby {
                 primary: self.peer(primary),
-                password: snapshot
-                    .replication_password()
-                    .unwrap_or_default()
+                password: self
+                    .replication_password
+                    .current(snapshot.replication_password().unwrap_or_default())
                     .to_string(),
                 application_name: self.settings.pod_name.clone(),
             },
@@ -841,6 +845,11 @@ impl Manager {
             }
             (Role::Primary, Role::Primary) => self.named_elsewhere = None,
         }
+        self.write_and_reload(snapshot).await;
+    }
+
+    /// Writes the files; reloads when they changed.
+    async fn write_and_reload(&mut self, snapshot: &Snapshot) {
         match self.write_files(snapshot) {
             Ok(true) => {
                 if let Err(error) = self.reload().await {
@@ -851,6 +860,34 @@ impl Manager {
             }
             Ok(false) => {}
             Err(error) => tracing::error!(%error, "cannot write the configuration"),
+        }
+    }
+
+    /// A standby streams with a rotated replication password once the role has it (see
+    /// `replication_password`); a primary's role is its own doing.
+    async fn follow_replication_password(
+        &mut self,
+        client: &tokio_postgres::Client,
+        snapshot: &Snapshot,
+    ) {
+        let Some(wanted) = snapshot.replication_password() else {
+            return;
+        };
+        if self.role == Role::Primary {
+            self.replication_password.settle(wanted);
+            return;
+        }
+        match replication_password::stored_verifier(client).await {
+            Ok(verifier) => {
+                if self
+                    .replication_password
+                    .follow(wanted, verifier.as_deref())
+                {
+                    tracing::info!("the replication role has the new password: streaming with it");
+                    self.write_and_reload(snapshot).await;
+                }
+            }
+            Err(error) => tracing::debug!(%error, "cannot read the replication role"),
         }
     }
 
@@ -936,6 +973,7 @@ impl Manager {
         self.metrics
             .primary
             .set(i64::from(self.role == Role::Primary));
+        self.follow_replication_password(&client, snapshot).await;
         match self.keep_slots_ready(&client, snapshot).await {
             Ok(()) => {}
             // A cloning standby made its slot between the look and the creation: the

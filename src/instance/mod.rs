@@ -22,6 +22,7 @@ pub mod quorum;
 pub mod quorum_keeper;
 pub mod reaper;
 pub mod rejoin;
+pub mod replication_password;
 pub mod server_metrics;
 pub mod source;
 pub mod status;

@@ -156,36 +156,54 @@ impl HaCluster {
         .await;
     }
 
-    /// Sets `spec.postgresql.parameters.<name>` in the spec file, keeping the status
-    /// the engine recorded there.
-    pub fn set_parameter(&self, name: &str, value: &str) {
+    /// Edits the spec file's documents in one write, keeping the status the engine
+    /// recorded there.
+    pub fn edit_documents(&self, edit: impl FnOnce(&mut Vec<serde_yaml::Value>)) {
         let text = std::fs::read_to_string(&self.spec.path).unwrap();
         let mut documents: Vec<serde_yaml::Value> = serde_yaml::Deserializer::from_str(&text)
             .map(|d| serde::Deserialize::deserialize(d).unwrap())
             .filter(|d: &serde_yaml::Value| !d.is_null())
             .collect();
-        let postgres = documents
-            .iter_mut()
-            .find(|d| d["kind"] == "Postgres")
-            .unwrap();
-        let spec = postgres["spec"].as_mapping_mut().unwrap();
-        let postgresql = spec
-            .entry("postgresql".into())
-            .or_insert_with(|| serde_yaml::Value::Mapping(Default::default()));
-        let parameters = postgresql
-            .as_mapping_mut()
-            .unwrap()
-            .entry("parameters".into())
-            .or_insert_with(|| serde_yaml::Value::Mapping(Default::default()));
-        parameters
-            .as_mapping_mut()
-            .unwrap()
-            .insert(name.into(), value.into());
+        edit(&mut documents);
         let text: String = documents
             .iter()
             .map(|d| format!("---\n{}", serde_yaml::to_string(d).unwrap()))
             .collect();
         self.spec.write(&text);
+    }
+
+    /// Sets `spec.postgresql.parameters.<name>` in the spec file.
+    pub fn set_parameter(&self, name: &str, value: &str) {
+        self.edit_documents(|documents| {
+            let postgres = documents
+                .iter_mut()
+                .find(|d| d["kind"] == "Postgres")
+                .unwrap();
+            let spec = postgres["spec"].as_mapping_mut().unwrap();
+            let postgresql = spec
+                .entry("postgresql".into())
+                .or_insert_with(|| serde_yaml::Value::Mapping(Default::default()));
+            let parameters = postgresql
+                .as_mapping_mut()
+                .unwrap()
+                .entry("parameters".into())
+                .or_insert_with(|| serde_yaml::Value::Mapping(Default::default()));
+            parameters
+                .as_mapping_mut()
+                .unwrap()
+                .insert(name.into(), value.into());
+        });
+    }
+
+    /// Sets the password in Secret `secret` of the spec file, as a rotation does.
+    pub fn set_secret_password(&self, secret: &str, password: &str) {
+        self.edit_documents(|documents| {
+            let found = documents
+                .iter_mut()
+                .find(|d| d["kind"] == "Secret" && d["metadata"]["name"] == secret)
+                .unwrap();
+            found["stringData"]["password"] = password.into();
+        });
     }
 
     pub fn ports(&self) -> Vec<u16> {
