@@ -95,6 +95,28 @@ async fn connections_ddl_and_role_changes_are_audited_and_no_secret_is_ever_logg
     .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
 
+    // Logging every connection stays readable: a settled instance, probed as the
+    // kubelet probes it, opens no session of its own.
+    let sessions = |lines: &[Value]| {
+        lines
+            .iter()
+            .filter(|l| message(l).starts_with("connection received: host=[local]"))
+            .count()
+    };
+    for _ in 0..3 {
+        assert!(instance.get("/readyz").await.is_some());
+        assert!(instance.get("/healthz").await.is_some());
+        assert!(instance.get("/ha/report").await.is_some());
+    }
+    let before = sessions(&json_lines(&instance));
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(instance.get("/readyz").await.is_some());
+        assert!(instance.get("/ha/report").await.is_some());
+    }
+    let opened = sessions(&json_lines(&instance)) - before;
+    assert_eq!(opened, 0, "sessions opened by a settled instance in 5 s");
+
     let lines = json_lines(&instance);
     let postgres: Vec<&Value> = lines.iter().filter(|l| l["target"] == "postgres").collect();
     assert!(

@@ -5,21 +5,33 @@ mod support;
 
 use http::{Request, StatusCode};
 use http_body_util::BodyExt;
+use std::sync::Arc;
+
 use postgres_operator::instance::config_guard::RejectionReport;
+use postgres_operator::instance::kept_client::KeptClient;
+use postgres_operator::instance::provision::Connection;
 use postgres_operator::instance::status::{Hold, router};
 use serde_json::Value;
 use support::postgres::PostgresServer;
 use tower::ServiceExt;
+
+fn kept(connection: Connection) -> KeptClient {
+    KeptClient::new(Arc::new(connection))
+}
 
 async fn get(server: &PostgresServer, path: &str) -> (StatusCode, String) {
     get_held(server, &Hold::default(), path).await
 }
 
 async fn get_held(server: &PostgresServer, hold: &Hold, path: &str) -> (StatusCode, String) {
-    let response = router(server.superuser(), hold.clone(), RejectionReport::default())
-        .oneshot(Request::get(path).body(axum::body::Body::empty()).unwrap())
-        .await
-        .unwrap();
+    let response = router(
+        kept(server.superuser()),
+        hold.clone(),
+        RejectionReport::default(),
+    )
+    .oneshot(Request::get(path).body(axum::body::Body::empty()).unwrap())
+    .await
+    .unwrap();
     let status = response.status();
     let body = response.into_body().collect().await.unwrap().to_bytes();
     (status, String::from_utf8_lossy(&body).into_owned())
@@ -107,14 +119,18 @@ async fn a_stopped_server_is_neither_healthy_nor_ready() {
     let server = PostgresServer::start();
     let connection = server.superuser();
     drop(server);
-    let response = router(connection, Hold::default(), RejectionReport::default())
-        .oneshot(
-            Request::get("/healthz")
-                .body(axum::body::Body::empty())
-                .unwrap(),
-        )
-        .await
-        .unwrap();
+    let response = router(
+        kept(connection),
+        Hold::default(),
+        RejectionReport::default(),
+    )
+    .oneshot(
+        Request::get("/healthz")
+            .body(axum::body::Body::empty())
+            .unwrap(),
+    )
+    .await
+    .unwrap();
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
 }
 
@@ -138,4 +154,52 @@ async fn a_held_instance_is_healthy_but_not_ready_and_says_why() {
     assert_eq!(get_held(&server, &hold, "/readyz").await.0, StatusCode::OK);
     let status: Value = serde_json::from_str(&get_held(&server, &hold, "/status").await.1).unwrap();
     assert!(status.get("held").is_none(), "{status}");
+}
+
+#[tokio::test]
+async fn probes_share_one_kept_connection_and_open_another_when_it_is_cut() {
+    let server = PostgresServer::start();
+    let endpoints = router(
+        kept(server.superuser()),
+        Hold::default(),
+        RejectionReport::default(),
+    );
+    let probe = |path: &'static str| {
+        let endpoints = endpoints.clone();
+        async move {
+            endpoints
+                .oneshot(Request::get(path).body(axum::body::Body::empty()).unwrap())
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    let admin = server.superuser().client("postgres").await.unwrap();
+    let backends = async || {
+        admin
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+    };
+    for path in ["/healthz", "/readyz", "/status", "/healthz", "/readyz"] {
+        assert_eq!(probe(path).await, StatusCode::OK, "{path}");
+    }
+    assert_eq!(backends().await, 1, "one session for every probe");
+    admin
+        .batch_execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()",
+        )
+        .await
+        .unwrap();
+    // The cut is seen at the latest by the next read, which drops the connection.
+    let mut answers = Vec::new();
+    for _ in 0..2 {
+        answers.push(probe("/healthz").await);
+    }
+    assert_eq!(answers.last(), Some(&StatusCode::OK), "{answers:?}");
+    assert_eq!(backends().await, 1);
 }

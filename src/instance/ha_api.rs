@@ -22,6 +22,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::Client;
 
 use super::isolation::Contact;
+use super::kept_client::KeptClient;
 use super::provision::Connection;
 use crate::ha::wire::{InstanceReport, Instruction, parse_sync_standby_names};
 use crate::ha::{Report, Role};
@@ -58,12 +59,19 @@ pub struct HaView {
 }
 
 /// An instruction with the channel its outcome goes back on.
-pub type Request = (Instruction, oneshot::Sender<Result<(), String>>);
+/// An instruction, when it was received, and where its outcome goes.
+pub type Request = (
+    Instruction,
+    std::time::Instant,
+    oneshot::Sender<Result<(), String>>,
+);
 
 #[derive(Clone)]
 pub struct HaEndpoints {
     pub pod: String,
     pub connection: Arc<Connection>,
+    /// The connection kept for single reports, shared with the status endpoints.
+    pub server: KeptClient,
     pub view: Arc<RwLock<HaView>>,
     pub instructions: mpsc::Sender<Request>,
     /// Counts the open heartbeat streams (see `isolation`).
@@ -78,25 +86,13 @@ impl HaEndpoints {
             .unwrap_or_else(|e| e.into_inner().clone())
     }
 
-    /// The report, from `client` when given (a kept connection) or a new one.
-    async fn report(&self, client: &mut Option<Client>) -> InstanceReport {
+    /// The report, read through `server` (the shared kept connection, or a stream's own).
+    async fn report(&self, server: &KeptClient) -> InstanceReport {
         let view = self.view();
-        let read = async {
-            let connected = match client {
-                Some(kept) if !kept.is_closed() => kept,
-                _ => client.insert(self.connection.client("postgres").await?),
-            };
-            read_report(connected).await
-        };
-        let answer = tokio::time::timeout(QUERY_DEADLINE, read).await;
-        let server = match answer {
-            Ok(Ok(server)) => Some(server),
-            Ok(Err(_)) | Err(_) => {
-                // A broken or stuck connection is not reused.
-                *client = None;
-                None
-            }
-        };
+        let server = server
+            .read(QUERY_DEADLINE, async |client| read_report(client).await)
+            .await
+            .ok();
         compose(&self.pod, &view, server)
     }
 }
@@ -217,24 +213,29 @@ pub fn compose(pod: &str, view: &HaView, server: Option<ServerState>) -> Instanc
 }
 
 async fn report(State(endpoints): State<HaEndpoints>) -> Json<InstanceReport> {
-    Json(endpoints.report(&mut None).await)
+    Json(endpoints.report(&endpoints.server).await)
 }
 
 /// One JSON line per heartbeat through one kept connection, until the reader leaves.
 async fn watch(State(endpoints): State<HaEndpoints>) -> Response {
     let guard = endpoints.contact.watch_opened();
     let lines = futures::stream::unfold(
-        (endpoints, None::<Client>, true, guard),
-        |(endpoints, mut client, first, guard)| async move {
+        (
+            KeptClient::new(endpoints.connection.clone()),
+            endpoints,
+            true,
+            guard,
+        ),
+        |(client, endpoints, first, guard)| async move {
             if !first {
                 tokio::time::sleep(HEARTBEAT).await;
             }
-            let report = endpoints.report(&mut client).await;
+            let report = endpoints.report(&client).await;
             let mut line = serde_json::to_vec(&report).unwrap_or_default();
             line.push(b'\n');
             Some((
                 Ok::<_, std::convert::Infallible>(bytes::Bytes::from(line)),
-                (endpoints, client, false, guard),
+                (client, endpoints, false, guard),
             ))
         },
     );
@@ -252,7 +253,7 @@ async fn instruct(
     tracing::info!(?instruction, "HA instruction received");
     if endpoints
         .instructions
-        .send((instruction, reply))
+        .send((instruction, std::time::Instant::now(), reply))
         .await
         .is_err()
     {
@@ -263,7 +264,7 @@ async fn instruct(
             .into_response();
     }
     match tokio::time::timeout(INSTRUCTION_DEADLINE, outcome).await {
-        Ok(Ok(Ok(()))) => Json(endpoints.report(&mut None).await).into_response(),
+        Ok(Ok(Ok(()))) => Json(endpoints.report(&endpoints.server).await).into_response(),
         Ok(Ok(Err(message))) => (StatusCode::CONFLICT, message).into_response(),
         Ok(Err(_)) => (
             StatusCode::SERVICE_UNAVAILABLE,

@@ -19,6 +19,7 @@ use super::events::EventSink;
 use super::files::{ConfigFiles, Endpoint, Listen, RuntimeRole};
 use super::from_backup::{self, BackupEnvironment, Progress};
 use super::ha_api::{self, HaEndpoints, HaView};
+use super::kept_client::KeptClient;
 use super::metrics::InstanceMetrics;
 use super::pod_report::{Reports, RestoreReport};
 use super::postgres_logs;
@@ -202,6 +203,8 @@ struct Manager {
     replication_password: ReplicationPassword,
 }
 
+/// An HA instruction that waits longer than this for the main loop is logged.
+const INSTRUCTION_WAIT_WARNING: Duration = Duration::from_millis(500);
 /// How long a primary waits for the switchover it asked for before it restarts in place.
 const SWITCHOVER_WAIT: Duration = Duration::from_secs(30);
 /// The HA engine counts as watching when its stream is open or was this recently.
@@ -433,7 +436,13 @@ async fn run_with(
             }
             _ = maintenance.tick() => manager.maintain(&snapshot).await,
             Some(()) = isolated.recv() => manager.fence_isolated(),
-            Some((instruction, reply)) = instructions.recv() => {
+            Some((instruction, received, reply)) = instructions.recv() => {
+                // The manager carries out one thing at a time: an instruction that
+                // waited long says what held it up (the log lines before).
+                let waited = received.elapsed();
+                if waited > INSTRUCTION_WAIT_WARNING {
+                    tracing::warn!(waited_ms = waited.as_millis(), ?instruction, "an HA instruction waited for the manager");
+                }
                 let outcome = manager.instruct(instruction, &snapshot).await;
                 if let Err(message) = &outcome {
                     tracing::warn!(%message, "HA instruction not carried out");
@@ -892,6 +901,7 @@ impl Manager {
     }
 
     async fn promote(&self) -> Result<(), BoxError> {
+        tracing::info!("promoting the server");
         let client = self.provisioner.connect(MAINTENANCE_DB).await?;
         client.simple_query("SELECT pg_promote(true, 60)").await?;
         Ok(())
@@ -1153,9 +1163,12 @@ impl Manager {
         shutdown: watch::Receiver<bool>,
         instructions: mpsc::Sender<ha_api::Request>,
     ) -> Result<(), InstanceError> {
+        let connection = Arc::new(self.provisioner.connection().clone());
+        let server = KeptClient::new(connection.clone());
         let ha = HaEndpoints {
             pod: self.settings.pod_name.clone(),
-            connection: Arc::new(self.provisioner.connection().clone()),
+            connection,
+            server: server.clone(),
             view: self.ha_view.clone(),
             instructions,
             contact: self.contact.clone(),
@@ -1163,12 +1176,8 @@ impl Manager {
         for (address, router) in [
             (
                 self.settings.status_address,
-                super::status::router(
-                    self.provisioner.connection().clone(),
-                    self.hold.clone(),
-                    self.guard.report(),
-                )
-                .merge(ha_api::router(ha)),
+                super::status::router(server, self.hold.clone(), self.guard.report())
+                    .merge(ha_api::router(ha)),
             ),
             (
                 self.settings.metrics_address,

@@ -12,6 +12,7 @@ pub mod files;
 pub mod from_backup;
 pub mod ha_api;
 pub mod isolation;
+pub mod kept_client;
 pub mod manager;
 pub mod metrics;
 pub mod pod_report;

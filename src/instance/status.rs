@@ -3,6 +3,7 @@
 //! (role, timeline, LSNs, lag, sync state, pending restart, version) as JSON.
 
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use axum::Json;
 use axum::Router;
@@ -15,7 +16,7 @@ use tokio_postgres::Client;
 
 use super::config_check::Rejection;
 use super::config_guard::RejectionReport;
-use super::provision::Connection;
+use super::kept_client::{KeptClient, KeptError};
 
 /// Why the instance manager keeps `/readyz` failing although PostgreSQL answers: it has not
 /// finished bringing the server to the spec yet (the first declarative SQL pass, or a
@@ -84,13 +85,12 @@ pub struct ReplicaState {
     pub replay_lsn: Option<String>,
 }
 
-async fn connect(connection: &Connection) -> Result<Client, tokio_postgres::Error> {
-    connection.client("postgres").await
-}
+/// How long a probe or `/status` waits for the server: a stuck server is not ready,
+/// whatever the kubelet's own timeout.
+const READ_DEADLINE: Duration = Duration::from_secs(3);
 
 /// Reads the status from the server.
-pub async fn read_status(connection: &Connection) -> Result<InstanceStatus, tokio_postgres::Error> {
-    let client = connect(connection).await?;
+pub async fn read_status(client: &Client) -> Result<InstanceStatus, tokio_postgres::Error> {
     let row = client
         .query_one(
             "SELECT pg_is_in_recovery(), (SELECT timeline_id::bigint FROM pg_control_checkpoint()), \
@@ -149,17 +149,27 @@ pub fn is_ready(status: &InstanceStatus) -> bool {
 
 #[derive(Clone)]
 struct Endpoints {
-    connection: Arc<Connection>,
+    server: KeptClient,
     hold: Hold,
     rejected: RejectionReport,
 }
 
+async fn status_of(endpoints: &Endpoints) -> Result<InstanceStatus, KeptError> {
+    endpoints
+        .server
+        .read(READ_DEADLINE, async |client| read_status(client).await)
+        .await
+}
+
 async fn healthz(State(endpoints): State<Endpoints>) -> impl IntoResponse {
-    match connect(&endpoints.connection).await {
-        Ok(client) => match client.simple_query("SELECT 1").await {
-            Ok(_) => (StatusCode::OK, "ok".to_string()),
-            Err(e) => (StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
-        },
+    let answer = endpoints
+        .server
+        .read(READ_DEADLINE, async |client| {
+            client.simple_query("SELECT 1").await.map(drop)
+        })
+        .await;
+    match answer {
+        Ok(()) => (StatusCode::OK, "ok".to_string()),
         Err(e) => (StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     }
 }
@@ -168,7 +178,7 @@ async fn readyz(State(endpoints): State<Endpoints>) -> impl IntoResponse {
     if let Some(reason) = endpoints.hold.reason() {
         return (StatusCode::SERVICE_UNAVAILABLE, reason);
     }
-    match read_status(&endpoints.connection).await {
+    match status_of(&endpoints).await {
         Ok(status) if is_ready(&status) => (StatusCode::OK, "ready".to_string()),
         Ok(_) => (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -181,7 +191,7 @@ async fn readyz(State(endpoints): State<Endpoints>) -> impl IntoResponse {
 async fn status(
     State(endpoints): State<Endpoints>,
 ) -> Result<Json<InstanceStatus>, (StatusCode, String)> {
-    read_status(&endpoints.connection)
+    status_of(&endpoints)
         .await
         .map(|status| {
             Json(InstanceStatus {
@@ -193,15 +203,15 @@ async fn status(
         .map_err(|e| (StatusCode::SERVICE_UNAVAILABLE, e.to_string()))
 }
 
-/// The :8000 endpoints, reading the server through `connection`; `/readyz` fails while
+/// The :8000 endpoints, reading the server through `server`; `/readyz` fails while
 /// `hold` holds a reason; `/status` shows the configuration refusal in `rejected`.
-pub fn router(connection: Connection, hold: Hold, rejected: RejectionReport) -> Router {
+pub fn router(server: KeptClient, hold: Hold, rejected: RejectionReport) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/status", get(status))
         .with_state(Endpoints {
-            connection: Arc::new(connection),
+            server,
             hold,
             rejected,
         })

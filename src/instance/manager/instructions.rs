@@ -142,7 +142,7 @@ impl Manager {
                     Role::Standby { .. } => {
                         self.role = Role::Standby { primary };
                         self.fenced_at = None;
-                        self.rewrite_and_reload(snapshot).await;
+                        self.write_and_reload(snapshot).await;
                         self.publish_view();
                         Ok(())
                     }
@@ -286,18 +286,6 @@ impl Manager {
         self.held_down.send_replace(HoldDown::Released);
         self.publish_view();
         Ok(())
-    }
-
-    async fn rewrite_and_reload(&mut self, snapshot: &Snapshot) {
-        match self.write_files(snapshot) {
-            Ok(true) => {
-                if let Err(error) = self.reload().await {
-                    tracing::warn!(%error, "reload failed");
-                }
-            }
-            Ok(false) => {}
-            Err(error) => tracing::error!(%error, "cannot write the configuration"),
-        }
     }
 
     /// A primary becomes a standby of `primary`: its server stops, rewinds (or is
