@@ -2,7 +2,7 @@
 //! standard output, the exit code. Secrets come from the environment only (never flags, which
 //! `ps` shows).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use postgres_operator::api::DEFAULT_CLEANUP_STRATEGY;
@@ -10,6 +10,7 @@ use postgres_operator::backup::access::Access;
 use postgres_operator::backup::record::{self, Recording};
 use postgres_operator::backup::restore::{self, RestoreSettings, RunSelector};
 use postgres_operator::backup::run::{self, BackupSettings, Run};
+use postgres_operator::backup::tls::ServerTrust;
 use postgres_operator::instance::provision::Connection;
 use postgres_operator::telemetry::{self, LogFormat};
 use postgres_operator::validate::retention::RetentionPolicy;
@@ -51,13 +52,45 @@ impl RepositoryArgs {
     fn parts(&self) -> Result<(Access, Connection), String> {
         let access = Access::from_env(&self.repository_base, &self.s3_region, self.restic.clone())
             .map_err(|e| e.to_string())?;
+        let env = |name| std::env::var(name).ok().filter(|v: &String| !v.is_empty());
         let postgres = Connection {
             host: self.pghost.clone(),
             port: self.pgport,
             user: self.pguser.clone(),
-            password: std::env::var("PGPASSWORD").ok().filter(|p| !p.is_empty()),
+            password: env("PGPASSWORD"),
+            hostaddr: env("PGHOSTADDR")
+                .map(|address| {
+                    address
+                        .parse()
+                        .map_err(|_| format!("PGHOSTADDR={address} is not an IP address"))
+                })
+                .transpose()?,
+            verify_with: server_trust(env("PGSSLMODE"), env("PGSSLROOTCERT"))?,
         };
         Ok((access, postgres))
+    }
+}
+
+/// How the backup's own client trusts the server, from libpq's `PGSSLMODE` and
+/// `PGSSLROOTCERT` (pg_dump and pg_restore read the same variables): `verify-full`
+/// verifies the certificate and the host name against the CA bundle; no mode, or one
+/// that never verifies, connects in clear text (the local socket, loopback).
+fn server_trust(
+    mode: Option<String>,
+    root_cert: Option<String>,
+) -> Result<Option<ServerTrust>, String> {
+    match mode.as_deref() {
+        None | Some("disable" | "allow" | "prefer") => Ok(None),
+        Some("verify-full") => {
+            let root_cert = root_cert
+                .ok_or("PGSSLMODE=verify-full needs PGSSLROOTCERT (the cluster's ca.crt)")?;
+            ServerTrust::load(Path::new(&root_cert))
+                .map(Some)
+                .map_err(|e| format!("PGSSLROOTCERT: {e}"))
+        }
+        Some(other) => Err(format!(
+            "PGSSLMODE={other} is not supported: use verify-full (with PGSSLROOTCERT) or disable"
+        )),
     }
 }
 

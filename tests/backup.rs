@@ -12,11 +12,13 @@ use postgres_operator::backup::restic::{Restic, TAG_RUN};
 use postgres_operator::backup::restore::{self, RestoreError, RestoreSettings, RunSelector};
 use postgres_operator::backup::run::{BackupSettings, Run, RunReport, run_backup};
 use postgres_operator::backup::s3::S3Credentials;
+use postgres_operator::backup::tls::ServerTrust;
 use postgres_operator::instance::provision::Connection;
+use postgres_operator::instance::tls_files::TlsPaths;
 use postgres_operator::validate::retention::RetentionPolicy;
 use support::apiserver::ApiServer;
 use support::instance::{COMPLETE_USERS, Instance, SpecFile, secrets_yaml};
-use support::postgres::{PostgresServer, bin_dir, column};
+use support::postgres::{PostgresServer, bin_dir, cluster_tls_secret, column, tls_material};
 use support::s3::{PrivateCa, S3Server};
 
 const CLUSTER: &str = "postgres-complete";
@@ -673,6 +675,8 @@ fn instance_admin(instance: &Instance) -> Connection {
         port: instance.port,
         user: "postgres".to_string(),
         password: Some(instance.superuser.clone()),
+        hostaddr: None,
+        verify_with: None,
     }
 }
 
@@ -914,5 +918,71 @@ async fn a_bootstrap_waits_out_a_wrong_password_and_a_cut_short_restore_resumes_
             .data_dir
             .with_file_name("pgdata.restore.json")
             .exists()
+    );
+}
+
+/// A backup Job's pod reaches the primary as another pod does: by the `-rw` Service's
+/// name, over TLS verified against the cluster's CA (`PGSSLMODE=verify-full`), its own
+/// client and pg_dump alike; with another cluster's CA it is refused before anything is
+/// stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_verifies_the_primary_by_its_service_name() {
+    let s3 = S3Server::start(&[BUCKET]);
+    let spec = SpecFile::new(&format!(
+        "apiVersion: apps.cozystack.io/v1alpha1\nkind: Postgres\nmetadata: {{name: {CLUSTER}, namespace: tenant}}\nspec:\n  replicas: 1\n  databases:\n    shop: {{}}\n{}",
+        secrets_yaml(CLUSTER, "su-tls", "repl-tls", &[])
+    ));
+    let instance = Instance::spawn(&spec, CLUSTER, &format!("postgres-{CLUSTER}-0"), &[], &[]);
+    instance.wait_ready().await;
+    instance
+        .admin("shop")
+        .await
+        .batch_execute("CREATE TABLE orders (id int); INSERT INTO orders VALUES (1), (2)")
+        .await
+        .unwrap();
+    let by_service = |trust: ServerTrust| Connection {
+        host: format!("postgres-{CLUSTER}-rw"),
+        hostaddr: Some(std::net::Ipv4Addr::LOCALHOST.into()),
+        verify_with: Some(trust),
+        ..instance_admin(&instance)
+    };
+    let cluster_ca = TlsPaths::under(&instance.socket_dir).ca;
+    let settings = backup_settings_of(
+        by_service(ServerTrust::load(&cluster_ca).unwrap()),
+        &s3,
+        "--keep-last=3",
+    );
+    let report = run_backup(&settings, &Run::now()).await;
+    assert_completed(&report);
+
+    let other = tempfile::tempdir().unwrap();
+    let other_ca = other.path().join("ca.crt");
+    std::fs::write(
+        &other_ca,
+        tls_material(&cluster_tls_secret("another-cluster")).ca,
+    )
+    .unwrap();
+    let refused = backup_settings_of(
+        by_service(ServerTrust::load(&other_ca).unwrap()),
+        &s3,
+        "--keep-last=3",
+    );
+    let error = run_backup(&refused, &Run::now()).await.error.unwrap();
+    assert!(error.contains("certificate"), "{error}");
+    let runs = snapshots_by_repository(
+        &restic(&s3.credentials, PASSWORD),
+        &settings.location,
+        &["shop"],
+    )
+    .await;
+    // The verified run's globals, database and manifest; nothing from the refused one.
+    let tag = format!("{TAG_RUN}={}", report.run);
+    let snapshots: Vec<_> = runs.values().flatten().collect();
+    assert_eq!(snapshots.len(), 3, "{runs:?}");
+    assert!(
+        snapshots
+            .iter()
+            .all(|s| s.tags.as_ref().is_some_and(|t| t.contains(&tag))),
+        "{runs:?}"
     );
 }

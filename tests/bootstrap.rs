@@ -50,6 +50,8 @@ async fn a_new_cluster_is_initialised_then_cloned_and_streams() {
         port: primary.port,
         user: "postgres".to_string(),
         password: Some("super's secret".to_string()),
+        hostaddr: None,
+        verify_with: None,
     };
     let client = primary
         .connect_as("postgres", "super's secret", "postgres")

@@ -14,7 +14,8 @@ use k8s_openapi::api::core::v1::Secret;
 use postgres_operator::manifests::secrets::ExistingSecrets;
 use postgres_operator::manifests::tls::{self, RcgenIssuerAt, desired_tls_secrets};
 use postgres_operator::manifests::{Cluster, OperatorSettings};
-use support::instance::{Instance, SpecFile};
+use support::instance::{Instance, Placement, SpecFile};
+use support::netns::NetNs;
 use support::postgres::{bin_dir, column, free_port};
 use support::wait_until;
 
@@ -207,4 +208,84 @@ async fn clients_and_standbys_verify_the_server_and_a_renewed_certificate_needs_
         started
     );
     assert_eq!(column(&admin, streaming).await, [stream]);
+}
+
+/// psql from inside `netns` (another pod's network) to `address`:`port`, with `options`
+/// appended to the connection string. What it printed, or why it failed.
+fn psql_from(netns: &NetNs, address: &str, port: u16, options: &str) -> Result<String, String> {
+    let conninfo = format!(
+        "hostaddr={address} port={port} user=postgres dbname=postgres sslcert=/nonexistent sslkey=/nonexistent connect_timeout=5 {options}"
+    );
+    let prefix = netns.exec_prefix();
+    let output = std::process::Command::new(&prefix[0])
+        .args(&prefix[1..])
+        .arg(bin_dir().join("psql"))
+        .args(["-X", "-A", "-t", "-d", &conninfo, "-c"])
+        .arg("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+        .env("PGPASSWORD", SUPERUSER_PASSWORD)
+        .output()
+        .unwrap();
+    if output.status.success() {
+        Ok(String::from_utf8_lossy(&output.stdout).trim().to_string())
+    } else {
+        Err(String::from_utf8_lossy(&output.stderr).trim().to_string())
+    }
+}
+
+/// From another network (another pod), only TLS gets in: a clear-text attempt is refused
+/// by pg_hba with the reason, the same login over verified TLS succeeds; from the pod
+/// itself (loopback, the socket) clear text still works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clear_text_connection_from_another_pod_is_refused() {
+    assert!(
+        NetNs::available(),
+        "network namespaces need root and `ip` (scripts/install-test-deps.sh installs iproute2)"
+    );
+    let netns = NetNs::new();
+    let first = issue(&BTreeMap::new(), SystemTime::now());
+    let spec = SpecFile::new(
+        &spec_yaml(&first[&format!("postgres-{CLUSTER}-server")])
+            .replace("replicas: 2", "replicas: 1"),
+    );
+    let port = free_port();
+    let placement = Placement {
+        netns: None,
+        listen: "0.0.0.0".to_string(),
+        peer_hosts: Vec::new(),
+    };
+    let primary = Instance::spawn_placed(&spec, CLUSTER, PRIMARY, port, &[], &[], &[], &placement);
+    primary.wait_ready().await;
+    let ca_dir = tempfile::tempdir().unwrap();
+    let ca = ca_dir.path().join("ca.crt");
+    std::fs::write(
+        &ca,
+        value(&first, &format!("postgres-{CLUSTER}-ca"), tls::CA_CERT),
+    )
+    .unwrap();
+
+    let refused = psql_from(&netns, &netns.host_address, port, "sslmode=disable").unwrap_err();
+    assert!(
+        refused.contains("pg_hba.conf rejects connection") && refused.contains("no encryption"),
+        "{refused}"
+    );
+    let verified = psql_from(
+        &netns,
+        &netns.host_address,
+        port,
+        &format!(
+            "host=postgres-{CLUSTER}-rw.tenant.svc sslmode=verify-full sslrootcert={}",
+            ca.display()
+        ),
+    );
+    assert_eq!(verified.as_deref(), Ok("t"));
+    // The pod itself: loopback in clear text.
+    let local = primary.admin("postgres").await;
+    assert_eq!(
+        column(
+            &local,
+            "SELECT ssl::text FROM pg_stat_ssl WHERE pid = pg_backend_pid()"
+        )
+        .await,
+        ["false"]
+    );
 }

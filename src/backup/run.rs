@@ -291,6 +291,16 @@ pub fn pg_command(bin_dir: Option<&Path>, postgres: &Connection, program: &str) 
         Some(password) => command.env("PGPASSWORD", password),
         None => command.env_remove("PGPASSWORD"),
     };
+    match postgres.hostaddr {
+        Some(address) => command.env("PGHOSTADDR", address.to_string()),
+        None => command.env_remove("PGHOSTADDR"),
+    };
+    match &postgres.verify_with {
+        Some(trust) => command
+            .env("PGSSLMODE", "verify-full")
+            .env("PGSSLROOTCERT", &trust.ca_file),
+        None => command.env_remove("PGSSLMODE").env_remove("PGSSLROOTCERT"),
+    };
     command
 }
 

@@ -1,6 +1,8 @@
-//! Which certificates the operator's own S3 client trusts: the system roots, or only the CA
-//! bundle of `backup.s3CASecretRef`. Only the bundle, like restic's `--cacert`, so the bucket
-//! check and restic accept and refuse the same endpoints. Certificates are always verified.
+//! Which certificates the operator's own TLS clients trust. The S3 client: the system
+//! roots, or only the CA bundle of `backup.s3CASecretRef` (only the bundle, like restic's
+//! `--cacert`, so the bucket check and restic accept and refuse the same endpoints). The
+//! PostgreSQL client of the backup Jobs: only the cluster's CA. Certificates are always
+//! verified.
 
 use std::path::{Path, PathBuf};
 
@@ -12,7 +14,7 @@ use rustls::{ClientConfig, RootCertStore};
 pub enum TrustError {
     #[error("no TLS root certificates: {0}")]
     SystemRoots(String),
-    #[error("S3 CA bundle {path}: {reason}")]
+    #[error("CA bundle {path}: {reason}")]
     Bundle { path: PathBuf, reason: String },
 }
 
@@ -44,6 +46,24 @@ pub fn client_config(ca_bundle: Option<&Path>) -> Result<ClientConfig, TrustErro
     Ok(ClientConfig::builder()
         .with_root_certificates(roots)
         .with_no_client_auth())
+}
+
+/// How a PostgreSQL client verifies the server (libpq's `sslmode=verify-full`): the CA
+/// bundle's file, for the tools run as children (`PGSSLROOTCERT`), and the client
+/// configuration made from it, for the operator's own connections.
+#[derive(Clone, Debug)]
+pub struct ServerTrust {
+    pub ca_file: PathBuf,
+    pub config: std::sync::Arc<ClientConfig>,
+}
+
+impl ServerTrust {
+    pub fn load(ca_file: &Path) -> Result<Self, TrustError> {
+        Ok(Self {
+            ca_file: ca_file.to_path_buf(),
+            config: std::sync::Arc::new(client_config(Some(ca_file))?),
+        })
+    }
 }
 
 /// Whether a connection failed because the server's certificate did not verify (unknown
@@ -79,7 +99,7 @@ mod tests {
         let error = client_config(Some(&empty)).unwrap_err();
         assert_eq!(
             error.to_string(),
-            format!("S3 CA bundle {}: holds no PEM certificate", empty.display())
+            format!("CA bundle {}: holds no PEM certificate", empty.display())
         );
         let missing = dir.path().join("absent.crt");
         assert!(matches!(

@@ -296,6 +296,8 @@ async fn run_with(
         port: settings.port,
         user: SUPERUSER.to_string(),
         password: snapshot.superuser_password().map(str::to_string),
+        hostaddr: None,
+        verify_with: None,
     };
     let metrics = Arc::new(InstanceMetrics::default());
     let mut manager = Manager {

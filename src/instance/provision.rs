@@ -22,6 +22,14 @@ pub struct Connection {
     pub port: u16,
     pub user: String,
     pub password: Option<String>,
+    /// The address to reach `host` at, when it is a name (libpq's `hostaddr`); the
+    /// name is still what the certificate is verified for.
+    pub hostaddr: Option<std::net::IpAddr>,
+    /// TLS with the server's certificate verified for `host` by this configuration
+    /// (libpq's `sslmode=verify-full` with the cluster's CA, see
+    /// `backup::tls::client_config`); `None` for a clear-text connection, e.g. over the
+    /// local socket.
+    pub verify_with: Option<crate::backup::tls::ServerTrust>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -61,13 +69,38 @@ pub struct Report {
     pub conflicts: Vec<String>,
 }
 
+/// Drives a connection in the background until it closes.
+fn spawn_connection<S, T>(connection: tokio_postgres::Connection<S, T>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    tokio::spawn(async move {
+        if let Err(error) = connection.await {
+            tracing::debug!(%error, "connection closed");
+        }
+    });
+}
+
 /// The database that holds no user data, for cluster-wide statements.
 pub const MAINTENANCE_DB: &str = "postgres";
 
 impl Connection {
     /// A client of `database`; its connection task runs in the background.
     pub async fn client(&self, database: &str) -> Result<Client, tokio_postgres::Error> {
-        Self::connect(&self.config(database)).await
+        let config = self.config(database);
+        match &self.verify_with {
+            None => Self::connect(&config).await,
+            Some(trust) => {
+                let (client, connection) = config
+                    .connect(tokio_postgres_rustls::MakeRustlsConnect::new(
+                        trust.config.as_ref().clone(),
+                    ))
+                    .await?;
+                spawn_connection(connection);
+                Ok(client)
+            }
+        }
     }
 
     /// How to reach `database`, for a caller that adds its own options.
@@ -82,17 +115,19 @@ impl Connection {
         if let Some(password) = &self.password {
             config.password(password);
         }
+        if let Some(address) = self.hostaddr {
+            config.hostaddr(address);
+        }
+        if self.verify_with.is_some() {
+            config.ssl_mode(tokio_postgres::config::SslMode::Require);
+        }
         config
     }
 
     /// A client for `config`; its connection task runs in the background.
     pub async fn connect(config: &Config) -> Result<Client, tokio_postgres::Error> {
         let (client, connection) = config.connect(NoTls).await?;
-        tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!(%error, "connection closed");
-            }
-        });
+        spawn_connection(connection);
         Ok(client)
     }
 

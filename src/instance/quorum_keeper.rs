@@ -137,6 +137,8 @@ impl Keeper {
     async fn connect(&self, snapshot: &Snapshot) -> Result<Session, KeeperError> {
         let connection = Connection {
             password: snapshot.superuser_password().map(str::to_string),
+            hostaddr: None,
+            verify_with: None,
             ..self.connection.clone()
         };
         let client = connection

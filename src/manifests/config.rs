@@ -155,35 +155,51 @@ pub fn postgresql_conf(cluster: &Cluster) -> String {
 }
 
 /// Client authentication: the instance manager as `postgres` over the local socket
-/// (peer: the container runs as the `postgres` OS user); everyone else with SCRAM.
+/// (peer: the container runs as the `postgres` OS user); everyone else with SCRAM. From
+/// another pod, TLS only (`hostssl`; a clear-text attempt meets an explicit `reject`),
+/// loopback being the pod itself (`kubectl exec … psql -h localhost`, sidecars).
 pub fn pg_hba_conf(_cluster: &Cluster) -> String {
     let mut hba = String::from(
-        "# pg_hba.conf written by postgres-operator.\n# TYPE  DATABASE     USER                ADDRESS      METHOD\n",
+        "# pg_hba.conf written by postgres-operator.\n# TYPE    DATABASE     USER                ADDRESS       METHOD\n",
     );
-    let rules = [
+    let mut rules = vec![
         ("local", "all", SUPERUSER, "", "peer"),
         ("local", "all", "all", "", "scram-sha-256"),
+        ("host", "all", "all", "127.0.0.1/32", "scram-sha-256"),
+        ("host", "all", "all", "::1/128", "scram-sha-256"),
         (
             "host",
             "replication",
             REPLICATION_USER,
-            "0.0.0.0/0",
+            "127.0.0.1/32",
             "scram-sha-256",
         ),
         (
             "host",
             "replication",
             REPLICATION_USER,
-            "::0/0",
+            "::1/128",
             "scram-sha-256",
         ),
-        ("host", "all", "all", "0.0.0.0/0", "scram-sha-256"),
-        ("host", "all", "all", "::0/0", "scram-sha-256"),
     ];
+    for address in ["0.0.0.0/0", "::0/0"] {
+        rules.extend([
+            (
+                "hostssl",
+                "replication",
+                REPLICATION_USER,
+                address,
+                "scram-sha-256",
+            ),
+            ("hostssl", "all", "all", address, "scram-sha-256"),
+            ("hostnossl", "all", "all", address, "reject"),
+            ("hostnossl", "replication", "all", address, "reject"),
+        ]);
+    }
     for (kind, database, user, address, method) in rules {
         let _ = writeln!(
             hba,
-            "{kind:<7} {database:<12} {user:<19} {address:<12} {method}"
+            "{kind:<9} {database:<12} {user:<19} {address:<13} {method}"
         );
     }
     hba
@@ -301,7 +317,7 @@ mod tests {
     }
 
     #[test]
-    fn hba_lets_only_the_superuser_in_by_peer_and_everyone_else_by_scram() {
+    fn hba_lets_the_superuser_in_by_peer_and_others_by_scram_over_tls_unless_local() {
         let (pg, settings) = cluster_from_yaml("{}");
         let hba = pg_hba_conf(&Cluster::new(&pg, "ns", &settings));
         let rules: Vec<Vec<&str>> = hba
@@ -310,16 +326,29 @@ mod tests {
             .map(|l| l.split_whitespace().collect())
             .collect();
         assert_eq!(rules[0], ["local", "all", "postgres", "peer"]);
-        assert!(
-            rules[1..]
-                .iter()
-                .all(|r| r.last() == Some(&"scram-sha-256"))
-        );
-        assert!(
-            rules
-                .iter()
-                .any(|r| r[1] == "replication" && r[2] == "streaming_replica")
-        );
+        // Nothing but the socket's peer rule and the refusals is not SCRAM.
+        for rule in &rules[1..] {
+            let method = *rule.last().unwrap();
+            assert!(
+                method == "scram-sha-256" || (rule[0] == "hostnossl" && method == "reject"),
+                "{rule:?}"
+            );
+        }
+        // Clear text only from the pod itself.
+        for rule in rules.iter().filter(|r| r[0] == "host") {
+            assert!(["127.0.0.1/32", "::1/128"].contains(&rule[3]), "{rule:?}");
+        }
+        for address in ["0.0.0.0/0", "::0/0"] {
+            let at = |kind: &str, database: &str| {
+                rules
+                    .iter()
+                    .position(|r| r[0] == kind && r[1] == database && r[3] == address)
+                    .unwrap_or_else(|| panic!("no {kind} {database} rule for {address}"))
+            };
+            assert!(at("hostssl", "replication") < at("hostnossl", "replication"));
+            assert!(at("hostssl", "all") < at("hostnossl", "all"));
+            assert_eq!(rules[at("hostssl", "replication")][2], "streaming_replica");
+        }
     }
 
     #[test]

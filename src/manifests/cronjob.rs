@@ -13,7 +13,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference}
 use super::pod::{self, CONTROLLER_BINARY};
 use super::resources::amounts;
 use super::secrets::{BACKUP_ACCESS_KEY, BACKUP_RESTIC_PASSWORD, BACKUP_SECRET_KEY, SUPERUSER};
-use super::{Cluster, labels, names};
+use super::{Cluster, labels, names, tls};
 use crate::backup::access::{
     ENV_ACCESS_KEY, ENV_REGION, ENV_REPOSITORY_BASE, ENV_RESTIC_BINARY, ENV_RESTIC_PASSWORD,
     ENV_S3_CA_FILE, ENV_SECRET_KEY,
@@ -24,6 +24,10 @@ use crate::backup::access::{
 const S3_CA_VOLUME: &str = "s3-ca";
 const S3_CA_DIR: &str = "/etc/s3-ca";
 const S3_CA_FILE: &str = "ca.crt";
+/// The cluster's CA (only `ca.crt` of the server certificate Secret; never the CA's
+/// key), which the backup verifies the primary against.
+const CLUSTER_CA_VOLUME: &str = "cluster-ca";
+const CLUSTER_CA_DIR: &str = "/etc/postgres-ca";
 
 /// Labels of backup pods: the cluster's, but a different `app.kubernetes.io/name`, so
 /// neither the StatefulSet nor the `-r` Service ever selects a backup pod.
@@ -105,6 +109,24 @@ pub fn backup_access_mounts(cluster: &Cluster) -> Vec<VolumeMount> {
         .collect()
 }
 
+/// `ca.crt` of the cluster's server certificate Secret.
+fn cluster_ca_volume(cluster: &Cluster) -> Volume {
+    Volume {
+        name: CLUSTER_CA_VOLUME.to_string(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(names::secret_server(&cluster.name)),
+            items: Some(vec![KeyToPath {
+                key: tls::CA_CERT.to_string(),
+                path: tls::CA_CERT.to_string(),
+                ..KeyToPath::default()
+            }]),
+            optional: Some(false),
+            ..SecretVolumeSource::default()
+        }),
+        ..Volume::default()
+    }
+}
+
 /// The pod of a backup run: `postgres-operator backup` in the cluster's own PostgreSQL image
 /// (so pg_dump matches the server), with `args` after `backup --cluster <name>`.
 fn backup_pod_template(cluster: &Cluster, args: &[String]) -> PodTemplateSpec {
@@ -122,6 +144,12 @@ fn backup_pod_template(cluster: &Cluster, args: &[String]) -> PodTemplateSpec {
     ]);
     env.extend(backup_access_env(cluster));
     env.extend([
+        // The primary is another pod: TLS, verified for the -rw Service's name.
+        pod::env("PGSSLMODE", "verify-full"),
+        pod::env(
+            "PGSSLROOTCERT",
+            format!("{CLUSTER_CA_DIR}/{}", tls::CA_CERT),
+        ),
         pod::env("BACKUP_CLEANUP_STRATEGY", backup.cleanup_strategy.clone()),
         pod::env_from_field(
             "JOB_NAME",
@@ -148,7 +176,17 @@ fn backup_pod_template(cluster: &Cluster, args: &[String]) -> PodTemplateSpec {
             ..ResourceRequirements::default()
         }),
         security_context: Some(pod::container_security_context()),
-        volume_mounts: Some([pod::runtime_mounts(), backup_access_mounts(cluster)].concat()),
+        volume_mounts: Some(
+            [
+                pod::runtime_mounts(),
+                backup_access_mounts(cluster),
+                vec![VolumeMount {
+                    read_only: Some(true),
+                    ..pod::mount(CLUSTER_CA_VOLUME, CLUSTER_CA_DIR)
+                }],
+            ]
+            .concat(),
+        ),
         ..Container::default()
     };
     PodTemplateSpec {
@@ -163,7 +201,14 @@ fn backup_pod_template(cluster: &Cluster, args: &[String]) -> PodTemplateSpec {
             security_context: Some(pod::pod_security_context()),
             init_containers: Some(vec![pod::copy_binaries_init_container(cluster)]),
             containers: vec![container],
-            volumes: Some([pod::runtime_volumes(), backup_access_volumes(cluster)].concat()),
+            volumes: Some(
+                [
+                    pod::runtime_volumes(),
+                    backup_access_volumes(cluster),
+                    vec![cluster_ca_volume(cluster)],
+                ]
+                .concat(),
+            ),
             ..PodSpec::default()
         }),
     }
@@ -345,10 +390,57 @@ mod tests {
     }
 
     #[test]
+    fn the_backup_verifies_the_primary_with_the_cluster_ca_and_never_sees_its_key() {
+        let job = cron(ENABLED).unwrap();
+        let pod = pod_of(&job);
+        assert_eq!(
+            env_of(&job)["PGSSLMODE"].value.as_deref(),
+            Some("verify-full")
+        );
+        assert_eq!(
+            env_of(&job)["PGSSLROOTCERT"].value.as_deref(),
+            Some("/etc/postgres-ca/ca.crt")
+        );
+        let volume = pod
+            .volumes
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|v| v.name == CLUSTER_CA_VOLUME)
+            .unwrap();
+        let secret = volume.secret.as_ref().unwrap();
+        assert_eq!(secret.secret_name.as_deref(), Some("postgres-demo-server"));
+        // Only the certificate is projected: not the server's key, nor the CA's.
+        let items = secret.items.as_ref().unwrap();
+        assert_eq!(items.len(), 1);
+        assert_eq!(
+            (items[0].key.as_str(), items[0].path.as_str()),
+            ("ca.crt", "ca.crt")
+        );
+        let mount = pod.containers[0]
+            .volume_mounts
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|m| m.name == CLUSTER_CA_VOLUME)
+            .unwrap();
+        assert_eq!(
+            (mount.mount_path.as_str(), mount.read_only),
+            ("/etc/postgres-ca", Some(true))
+        );
+    }
+
+    #[test]
     fn a_private_ca_is_mounted_read_only_and_named_to_the_backup() {
         let job = cron("backup:\n  enabled: true\n  s3Bucket: https://minio.storage:9000/pg\n  s3CASecretRef: {name: minio-tls}\n").unwrap();
         let pod = pod_of(&job);
-        let volume = &pod.volumes.as_ref().unwrap().last().unwrap();
+        let volume = pod
+            .volumes
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|v| v.name == S3_CA_VOLUME)
+            .unwrap();
         let secret = volume.secret.as_ref().unwrap();
         assert_eq!(secret.secret_name.as_deref(), Some("minio-tls"));
         let item = &secret.items.as_ref().unwrap()[0];
@@ -360,16 +452,13 @@ mod tests {
             .volume_mounts
             .as_ref()
             .unwrap()
-            .last()
+            .iter()
+            .find(|m| m.name == volume.name)
             .unwrap()
             .clone();
         assert_eq!(
-            (
-                mount.name.as_str(),
-                mount.mount_path.as_str(),
-                mount.read_only
-            ),
-            (volume.name.as_str(), "/etc/s3-ca", Some(true))
+            (mount.mount_path.as_str(), mount.read_only),
+            ("/etc/s3-ca", Some(true))
         );
         assert_eq!(
             env_of(&job)["S3_CA_FILE"].value.as_deref(),
@@ -384,7 +473,7 @@ mod tests {
                 .as_ref()
                 .unwrap()
                 .iter()
-                .all(|v| v.secret.is_none())
+                .all(|v| v.name != S3_CA_VOLUME)
         );
     }
 

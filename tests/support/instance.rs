@@ -456,11 +456,8 @@ impl Instance {
             .user(user)
             .password(password)
             .dbname(database);
-        let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
-        tokio::spawn(async move {
-            let _ = connection.await;
-        });
-        Ok(client)
+        // From another network, as from another pod: TLS or nothing (pg_hba).
+        super::postgres::connect_tls_unverified(&config).await
     }
 
     /// The postmaster's pid, from postmaster.pid.

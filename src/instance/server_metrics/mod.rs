@@ -204,6 +204,8 @@ mod tests {
             port: 1,
             user: "postgres".to_string(),
             password: None,
+            hostaddr: None,
+            verify_with: None,
         };
         ServerMetrics::new(connection, PathBuf::from("/"), Duration::from_secs(5))
     }
