@@ -82,6 +82,11 @@ impl ConfigGuard {
         }
     }
 
+    /// The postgresql.conf installed last.
+    pub fn installed(&self) -> Option<&str> {
+        self.current.as_deref()
+    }
+
     pub fn report(&self) -> RejectionReport {
         self.report.clone()
     }

@@ -46,27 +46,45 @@ const DEFAULTS: &[(&str, i64)] = &[
 /// max_wal_senders): the standbys restart before the primary does, and a standby cloned
 /// from the primary before its restart carries the old values.
 pub fn standby_floor_lines(conf: &str, control: &ControlData) -> String {
-    let value_in = |name: &str| {
-        conf.lines().rev().find_map(|line| {
+    control
+        .primary_settings
+        .iter()
+        .filter_map(|(name, primary)| {
+            let own = configured(conf, name)?;
+            (own < *primary).then(|| format!("{name} = {primary}\n"))
+        })
+        .collect()
+}
+
+/// Whether `conf` lowers one of the settings a hot standby keeps at least as high as its
+/// primary below what the server runs (`running`: name and value of the settings
+/// pending a restart). PostgreSQL takes such a change on the primary first: a standby
+/// promoted in its place would still run the old value (its floor, see
+/// [`standby_floor_lines`]) and want the same restart at once, so the primary restarts
+/// in place instead of handing over.
+pub fn lowers_a_standby_minimum(conf: &str, running: &[(String, i64)]) -> bool {
+    running.iter().any(|(name, value)| {
+        STANDBY_MINIMUMS.iter().any(|(_, minimum)| minimum == name)
+            && configured(conf, name).is_some_and(|wanted| wanted < *value)
+    })
+}
+
+/// `name`'s value in `conf` (the last line setting it), or PostgreSQL's default.
+fn configured(conf: &str, name: &str) -> Option<i64> {
+    conf.lines()
+        .rev()
+        .find_map(|line| {
             let (key, value) = line.split_once('=')?;
             (key.trim() == name)
                 .then(|| value.trim().trim_matches('\'').parse::<i64>().ok())
                 .flatten()
         })
-    };
-    control
-        .primary_settings
-        .iter()
-        .filter_map(|(name, primary)| {
-            let own = value_in(name).or_else(|| {
-                DEFAULTS
-                    .iter()
-                    .find(|(default, _)| default == name)
-                    .map(|(_, v)| *v)
-            })?;
-            (own < *primary).then(|| format!("{name} = {primary}\n"))
+        .or_else(|| {
+            DEFAULTS
+                .iter()
+                .find(|(default, _)| *default == name)
+                .map(|(_, v)| *v)
         })
-        .collect()
 }
 
 impl ControlData {
@@ -168,5 +186,34 @@ mod tests {
         );
         let raised = "max_wal_senders = 16\nmax_prepared_transactions = 5\n";
         assert_eq!(standby_floor_lines(raised, &control), "");
+    }
+
+    #[test]
+    fn only_lowering_a_standby_minimum_keeps_the_restart_on_the_primary() {
+        let conf = "max_wal_senders = 10\nmax_connections = 200\nshared_buffers = '1GB'\n";
+        let running = |pairs: &[(&str, i64)]| -> Vec<(String, i64)> {
+            pairs.iter().map(|(n, v)| (n.to_string(), *v)).collect()
+        };
+        // A scale-down: 12 senders running, 10 wanted.
+        assert!(lowers_a_standby_minimum(
+            conf,
+            &running(&[("max_wal_senders", 12)])
+        ));
+        // Raised: the standbys go first, then a switchover is the shorter gap.
+        assert!(!lowers_a_standby_minimum(
+            conf,
+            &running(&[("max_connections", 100)])
+        ));
+        // Not a standby minimum at all.
+        assert!(!lowers_a_standby_minimum(
+            conf,
+            &running(&[("shared_buffers", 999999)])
+        ));
+        // Unset in the file: PostgreSQL's default (8) is below 16.
+        assert!(lowers_a_standby_minimum(
+            conf,
+            &running(&[("max_worker_processes", 16)])
+        ));
+        assert!(!lowers_a_standby_minimum(conf, &[]));
     }
 }

@@ -1055,11 +1055,13 @@ impl Manager {
             return Ok(());
         }
         let since = *self.pending_since.get_or_insert_with(Instant::now);
-        if self.role == Role::Primary && self.restart_by_switchover(client).await? {
-            return Ok(());
-        }
-        if self.role == Role::Primary && !self.standbys_restarted(client, since).await? {
-            return Ok(());
+        if self.role == Role::Primary && !self.primary_first(client).await? {
+            if self.restart_by_switchover(client).await? {
+                return Ok(());
+            }
+            if !self.standbys_restarted(client, since).await? {
+                return Ok(());
+            }
         }
         tracing::info!(?pending, "restarting for settings that need it");
         self.provisioner.release_all();
@@ -1121,6 +1123,38 @@ impl Manager {
             self.publish_view();
         }
         Ok(true)
+    }
+
+    /// Whether the pending settings lower a value the standbys must keep at least as
+    /// high as the primary's (see `controldata::lowers_a_standby_minimum`): then the
+    /// primary restarts in place at once, neither handing over (the standby taking over
+    /// would want the same restart) nor waiting for the standbys (they keep the old
+    /// value until the primary has restarted).
+    async fn primary_first(
+        &mut self,
+        client: &tokio_postgres::Client,
+    ) -> Result<bool, tokio_postgres::Error> {
+        let running: Vec<(String, i64)> = client
+            .query(
+                "SELECT name, setting::bigint FROM pg_settings \
+                 WHERE pending_restart AND vartype = 'integer'",
+                &[],
+            )
+            .await?
+            .iter()
+            .map(|row| (row.get(0), row.get(1)))
+            .collect();
+        let lowering = self
+            .guard
+            .installed()
+            .is_some_and(|conf| controldata::lowers_a_standby_minimum(conf, &running));
+        if lowering {
+            tracing::info!(
+                "the settings lower a value the standbys must keep at least as high: the primary restarts first, in place"
+            );
+            self.stop_wanting_a_switchover();
+        }
+        Ok(lowering)
     }
 
     fn stop_wanting_a_switchover(&mut self) {
