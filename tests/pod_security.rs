@@ -11,16 +11,7 @@ use postgres_operator::manifests::cronjob::desired_backup_job;
 use postgres_operator::manifests::{Cluster, OperatorSettings};
 use serde_json::{Value, json};
 use support::pod_security::{pod_templates, restricted_violations};
-use support::{example, render_ok};
-
-const EXAMPLES: &[&str] = &[
-    "minimal.yaml",
-    "complete.yaml",
-    "ha.yaml",
-    "dev.yaml",
-    "restore.yaml",
-    "backup-private-ca.yaml",
-];
+use support::{EXAMPLES, example, render_ok};
 
 /// A pod that meets `restricted`, to break one rule at a time.
 fn compliant() -> Value {

@@ -11,16 +11,7 @@ use support::validators::{
     check_structural_schema, kubernetes_validate, kubernetes_validate_versions,
     validate_against_crd,
 };
-use support::{example, render_ok};
-
-const EXAMPLES: [&str; 6] = [
-    "minimal.yaml",
-    "complete.yaml",
-    "ha.yaml",
-    "dev.yaml",
-    "restore.yaml",
-    "backup-private-ca.yaml",
-];
+use support::{EXAMPLES, example, render_ok};
 
 fn render_all_examples(settings: &OperatorSettings) -> String {
     let texts: Vec<String> = EXAMPLES.iter().map(|f| example(f)).collect();

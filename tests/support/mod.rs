@@ -45,6 +45,16 @@ pub fn render_ok(
     })
 }
 
+/// The example manifests of `Postgres` objects, as `render` reads them.
+pub const EXAMPLES: [&str; 6] = [
+    "minimal.yaml",
+    "complete.yaml",
+    "ha.yaml",
+    "dev.yaml",
+    "restore.yaml",
+    "backup-private-ca.yaml",
+];
+
 /// The text of an example manifest.
 pub fn example(file: &str) -> String {
     std::fs::read_to_string(format!("{}/examples/{file}", env!("CARGO_MANIFEST_DIR"))).unwrap()
