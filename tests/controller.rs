@@ -296,9 +296,10 @@ async fn a_settled_reconcile_reads_only_its_own_cluster_and_none_of_its_objects_
         .collect();
     let resyncs = reconciles(&metrics) - reconciles_before;
     assert!(resyncs >= 3, "resyncs ran: {resyncs}");
-    // The cluster's Secrets (for their passwords), StatefulSet, claims and pods.
+    // The cluster's Secrets (for their passwords), StatefulSet, claims and pods; the
+    // count of reconciles is of finished ones, and one may be reading as the window ends.
     assert!(
-        reads.len() <= 4 * resyncs,
+        reads.len() <= 4 * (resyncs + 1),
         "{} reads in {resyncs} reconciles: {reads:?}",
         reads.len()
     );
