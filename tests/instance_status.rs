@@ -6,9 +6,10 @@ mod support;
 use http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use postgres_operator::instance::config_guard::RejectionReport;
-use postgres_operator::instance::kept_client::KeptClient;
+use postgres_operator::instance::kept_client::{KeptClient, KeptError};
 use postgres_operator::instance::provision::Connection;
 use postgres_operator::instance::status::{Hold, router};
 use serde_json::Value;
@@ -202,4 +203,34 @@ async fn probes_share_one_kept_connection_and_open_another_when_it_is_cut() {
     }
     assert_eq!(answers.last(), Some(&StatusCode::OK), "{answers:?}");
     assert_eq!(backends().await, 1);
+}
+
+#[tokio::test]
+async fn a_read_waiting_for_its_turn_gives_up_at_its_deadline() {
+    let server = PostgresServer::start();
+    let kept = kept(server.superuser());
+    let slow = {
+        let kept = kept.clone();
+        tokio::spawn(async move {
+            kept.read(Duration::from_secs(20), async |client| {
+                client.simple_query("SELECT pg_sleep(3)").await.map(drop)
+            })
+            .await
+        })
+    };
+    // The slow read holds the connection now.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let started = Instant::now();
+    let waited = kept
+        .read(Duration::from_millis(200), async |client| {
+            client.simple_query("SELECT 1").await.map(drop)
+        })
+        .await;
+    assert!(matches!(waited, Err(KeptError::Timeout(_))), "{waited:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "it waited {:?} for the slow read",
+        started.elapsed()
+    );
+    assert!(slow.await.unwrap().is_ok());
 }

@@ -35,15 +35,19 @@ impl KeptClient {
     }
 
     /// Runs `read` on the kept connection to the maintenance database (opened when
-    /// there is none or it closed) within `deadline`. A failed or late read drops the
-    /// connection, so a broken or stuck one is never reused.
+    /// there is none or it closed) within `deadline`, its turn included (a read stuck
+    /// on a stopping server holds the connection meanwhile). A failed or late read
+    /// drops the connection, so a broken or stuck one is never reused.
     pub async fn read<T>(
         &self,
         deadline: Duration,
         read: impl AsyncFnOnce(&Client) -> Result<T, tokio_postgres::Error>,
     ) -> Result<T, KeptError> {
-        let mut kept = self.kept.lock().await;
-        let attempt = tokio::time::timeout(deadline, async {
+        let until = tokio::time::Instant::now() + deadline;
+        let Ok(mut kept) = tokio::time::timeout_at(until, self.kept.lock()).await else {
+            return Err(KeptError::Timeout(deadline));
+        };
+        let attempt = tokio::time::timeout_at(until, async {
             let client = match &mut *kept {
                 Some(client) if !client.is_closed() => client,
                 slot => slot.insert(self.connection.client(MAINTENANCE_DB).await?),
@@ -51,12 +55,12 @@ impl KeptClient {
             read(client).await
         })
         .await;
-        let result = match attempt {
+        let failure = match attempt {
             Ok(Ok(value)) => return Ok(value),
             Ok(Err(error)) => KeptError::Postgres(error),
             Err(_) => KeptError::Timeout(deadline),
         };
         *kept = None;
-        Err(result)
+        Err(failure)
     }
 }
