@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds Kubernetes' own CRD validation into .tools/k8s/bin/crd-check (source:
-# tests/k8s/crd-check/main.go), from Debian sid's Go packages of the Kubernetes libraries,
+# tests/k8s/crd-check/main.go) and its RBAC rule comparison into .tools/k8s/bin/rbac-check
+# (tests/k8s/rbac-check/main.go), from Debian sid's Go packages of the Kubernetes libraries,
 # unpacked with `dpkg -x` into a private prefix. A private APT configuration (its own
 # sources list, lists, cache and an empty dpkg status) resolves them: nothing is installed
 # system-wide and no root is needed.
@@ -185,6 +186,7 @@ build() {
 }
 
 build crd-check "$(cat "$repo"/tests/k8s/crd-check/*.go)" ./tests/k8s/crd-check
+build rbac-check "$(cat "$repo"/tests/k8s/rbac-check/*.go)" ./tests/k8s/rbac-check
 
 if [ "$want_etcd" = 1 ]; then
   build apiextensions-apiserver "" k8s.io/apiextensions-apiserver

@@ -164,11 +164,7 @@ fn the_cel_evaluation_decides_every_rule_case_as_the_api_server_does() {
 /// accepts the CRDs exactly as the operator generates them.
 #[test]
 fn kubernetes_own_validation_accepts_the_generated_crds() {
-    let checker = concat!(env!("CARGO_MANIFEST_DIR"), "/.tools/k8s/bin/crd-check");
-    assert!(
-        std::path::Path::new(checker).exists(),
-        "{checker} is missing: run scripts/install-test-deps.sh"
-    );
+    let checker = support::validators::k8s_bin("crd-check");
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("crds.yaml");
     std::fs::write(&file, crdgen::crds_yaml().unwrap()).unwrap();

@@ -15,6 +15,7 @@ use postgres_operator::manifests::{Cluster, OperatorSettings, rbac};
 use postgres_operator::metrics::Metrics;
 use serde_json::{Value, json};
 use support::apiserver::{ApiServer, Permission, permissions};
+use support::validators::rbac_uncovered;
 
 /// (group, resource, verb) of every request, with `create` for applies that created;
 /// `resource` may end in `/status`.
@@ -34,21 +35,48 @@ fn used(server: &ApiServer) -> BTreeSet<Permission> {
 /// The chart's rules: the operator's ClusterRole (or Roles) with PodMonitors on, and its
 /// nodes ClusterRole.
 fn chart_rules() -> BTreeSet<Permission> {
-    [
-        "rbac-rules.yaml",
-        "rbac-podmonitor-rules.yaml",
-        "rbac-node-rules.yaml",
-    ]
-    .iter()
-    .flat_map(|file| {
-        let path = format!(
-            "{}/charts/postgres-operator/files/{file}",
-            env!("CARGO_MANIFEST_DIR")
-        );
-        let text = std::fs::read_to_string(path).unwrap();
-        permissions(&serde_yaml::from_str(&text).unwrap())
-    })
-    .collect()
+    CHART_RULE_FILES
+        .iter()
+        .flat_map(|file| {
+            let text = std::fs::read_to_string(chart_file(file)).unwrap();
+            permissions(&serde_yaml::from_str(&text).unwrap())
+        })
+        .collect()
+}
+
+const CHART_RULE_FILES: [&str; 3] = [
+    "rbac-rules.yaml",
+    "rbac-podmonitor-rules.yaml",
+    "rbac-node-rules.yaml",
+];
+
+fn chart_file(file: &str) -> String {
+    format!(
+        "{}/charts/postgres-operator/files/{file}",
+        env!("CARGO_MANIFEST_DIR")
+    )
+}
+
+/// `permissions` as RBAC PolicyRules, one per verb.
+fn as_policy_rules(permissions: &BTreeSet<Permission>) -> Value {
+    permissions
+        .iter()
+        .map(|(group, resource, verb)| {
+            json!({"apiGroups": [group], "resources": [resource], "verbs": [verb]})
+        })
+        .collect()
+}
+
+/// The chart's rules as written (RBAC PolicyRules), for Kubernetes' own comparison.
+fn chart_policy_rules() -> Value {
+    let rules: Vec<Value> = CHART_RULE_FILES
+        .iter()
+        .flat_map(|file| {
+            let text = std::fs::read_to_string(chart_file(file)).unwrap();
+            serde_yaml::from_str::<Vec<Value>>(&text).unwrap()
+        })
+        .collect();
+    Value::Array(rules)
 }
 
 /// The chart's leader-election Role.
@@ -268,18 +296,34 @@ async fn chart_rbac_allows_exactly_what_the_operator_uses() {
     let allowed = chart_rules();
     let missing: Vec<&Permission> = controller_used.difference(&allowed).collect();
     assert!(missing.is_empty(), "the chart does not allow: {missing:?}");
+    // The same by Kubernetes' own rule matching, not the double's.
+    let chart = chart_policy_rules();
+    let refused = rbac_uncovered(&chart, &as_policy_rules(&controller_used));
+    assert!(refused.is_empty(), "Kubernetes would refuse: {refused:?}");
 
-    // What each cluster's Role grants, the operator must hold.
+    // What each cluster's Role grants, the operator must hold: the API server refuses to
+    // create a Role granting more than its creator has (the escalation check).
     let pg: postgres_operator::api::Postgres =
         serde_yaml::from_str(&support::example("complete.yaml")).unwrap();
     let settings = OperatorSettings::default();
     let role = rbac::desired_role(&Cluster::new(&pg, "ns", &settings));
-    let granted = permissions(&serde_json::to_value(role.rules.unwrap()).unwrap());
+    let rules = serde_json::to_value(role.rules.unwrap()).unwrap();
+    let granted = permissions(&rules);
     let not_held: Vec<&Permission> = granted.difference(&allowed).collect();
     assert!(
         not_held.is_empty(),
         "the operator grants what it does not hold: {not_held:?}"
     );
+    for example in support::EXAMPLES {
+        let pg: postgres_operator::api::Postgres =
+            serde_yaml::from_str(&support::example(example)).unwrap();
+        let role = rbac::desired_role(&Cluster::new(&pg, "ns", &settings));
+        let escalation = rbac_uncovered(&chart, &serde_json::to_value(role.rules).unwrap());
+        assert!(
+            escalation.is_empty(),
+            "{example}: creating its Role would be refused as an escalation: {escalation:?}"
+        );
+    }
 
     let unused: Vec<&Permission> = allowed
         .iter()

@@ -23,6 +23,50 @@ pub fn tools_bin(name: &str) -> PathBuf {
     path
 }
 
+/// A tool built from Kubernetes' own code by `scripts/install-k8s-code.sh`.
+pub fn k8s_bin(name: &str) -> PathBuf {
+    let path = repo().join(".tools/k8s/bin").join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `bash scripts/install-test-deps.sh` (or scripts/test.sh)",
+        path.display()
+    );
+    path
+}
+
+/// The `servant` rules (a JSON array of RBAC PolicyRules) that the `owner` rules do not
+/// cover, as Kubernetes' own comparison decides (`rbac-check`: the escalation check of
+/// a Role's creation, and whether rules allow a request); empty when all are covered.
+pub fn rbac_uncovered(owner: &Value, servant: &Value) -> Vec<String> {
+    use std::io::Write;
+    let mut child = Command::new(k8s_bin("rbac-check"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let input = serde_json::json!({"owner": owner, "servant": servant});
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.to_string().as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    match out.status.code() {
+        Some(0) => {
+            assert_eq!(stdout.trim(), "covered");
+            Vec::new()
+        }
+        Some(1) => stdout.lines().map(str::to_string).collect(),
+        _ => panic!(
+            "rbac-check failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    }
+}
+
 fn write_temp(text: &str) -> tempfile::NamedTempFile {
     let file = tempfile::Builder::new().suffix(".yaml").tempfile().unwrap();
     std::fs::write(file.path(), text).unwrap();
