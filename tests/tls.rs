@@ -103,25 +103,12 @@ async fn clients_and_standbys_verify_the_server_and_a_renewed_certificate_needs_
     let server_secret = format!("postgres-{CLUSTER}-server");
     let spec = SpecFile::new(&spec_yaml(&first[&server_secret]));
     let (primary_port, standby_port) = (free_port(), free_port());
-    let primary = Instance::spawn_on(
-        &spec,
-        CLUSTER,
-        PRIMARY,
-        primary_port,
-        &[(STANDBY, standby_port)],
-        &[],
-        &[],
-    );
+    let spawn = |pod, port, peer, peer_port| {
+        Instance::spawn_on(&spec, CLUSTER, pod, port, &[(peer, peer_port)], &[], &[])
+    };
+    let primary = spawn(PRIMARY, primary_port, STANDBY, standby_port);
     primary.wait_ready().await;
-    let standby = Instance::spawn_on(
-        &spec,
-        CLUSTER,
-        STANDBY,
-        standby_port,
-        &[(PRIMARY, primary_port)],
-        &[],
-        &[],
-    );
+    let standby = spawn(STANDBY, standby_port, PRIMARY, primary_port);
     standby.wait_ready().await;
 
     let ca_dir = tempfile::tempdir().unwrap();

@@ -151,6 +151,21 @@ pub async fn ensure_replication_role(
     ensure_builtin_role(&client, REPLICATION_USER, "LOGIN REPLICATION", password).await
 }
 
+/// `role`'s stored password verifier as this server's catalog holds it: `None` when the
+/// role does not exist, `Some(None)` when it has no password.
+pub async fn stored_verifier(
+    client: &tokio_postgres::Client,
+    role: &str,
+) -> Result<Option<Option<String>>, tokio_postgres::Error> {
+    Ok(client
+        .query_opt(
+            "SELECT rolpassword FROM pg_authid WHERE rolname = $1",
+            &[&role],
+        )
+        .await?
+        .map(|row| row.get(0)))
+}
+
 /// Makes `role` exist with `attributes` and `password`; writes nothing when the stored
 /// verifier already matches (the passes repeat, the catalog should not churn). True
 /// when something was written.
@@ -160,13 +175,7 @@ pub async fn ensure_builtin_role(
     attributes: &str,
     password: &str,
 ) -> Result<bool, BootstrapError> {
-    let stored: Option<Option<String>> = client
-        .query_opt(
-            "SELECT rolpassword FROM pg_authid WHERE rolname = $1",
-            &[&role],
-        )
-        .await?
-        .map(|row| row.get(0));
+    let stored = stored_verifier(client, role).await?;
     if let Some(Some(verifier)) = &stored
         && scram::matches(password, verifier)
     {

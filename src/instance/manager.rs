@@ -26,7 +26,7 @@ use super::postgres_logs;
 use super::postmaster_events::PostmasterWatch;
 use super::provision::{Connection, MAINTENANCE_DB, Provisioner, Scope};
 use super::quorum_keeper::{self, Applied, Keeper};
-use super::replication_password::{self, ReplicationPassword};
+use super::replication_password::ReplicationPassword;
 use super::server_metrics::ServerMetrics;
 use super::source::{Snapshot, SpecSource};
 use super::status::Hold;
@@ -888,11 +888,14 @@ impl Manager {
             self.replication_password.settle(wanted);
             return;
         }
-        match replication_password::stored_verifier(client).await {
+        if self.replication_password.is(wanted) {
+            return;
+        }
+        match bootstrap::stored_verifier(client, REPLICATION_USER).await {
             Ok(verifier) => {
                 if self
                     .replication_password
-                    .follow(wanted, verifier.as_deref())
+                    .follow(wanted, verifier.flatten().as_deref())
                 {
                     tracing::info!("the replication role has the new password: streaming with it");
                     self.write_and_reload(snapshot).await;

@@ -6,9 +6,6 @@
 //! replica of the catalog (the primary's `ALTER ROLE` arrives by the stream it is
 //! using) and switches once that verifier is the new password's.
 
-use tokio_postgres::Client;
-
-use crate::manifests::secrets::REPLICATION_USER;
 use crate::sql::scram;
 
 /// The password in the standby's `primary_conninfo`.
@@ -21,6 +18,11 @@ impl ReplicationPassword {
     /// What to stream with when the Secret says `wanted`.
     pub fn current<'a>(&'a self, wanted: &'a str) -> &'a str {
         self.in_use.as_deref().unwrap_or(wanted)
+    }
+
+    /// Whether the standby already streams with `wanted` (nothing to look up).
+    pub fn is(&self, wanted: &str) -> bool {
+        self.in_use.as_deref() == Some(wanted)
     }
 
     /// A primary altered the role itself: the Secret's password is the role's.
@@ -47,17 +49,6 @@ impl ReplicationPassword {
         self.settle(wanted);
         true
     }
-}
-
-/// The replication role's verifier as this server's catalog holds it.
-pub async fn stored_verifier(client: &Client) -> Result<Option<String>, tokio_postgres::Error> {
-    Ok(client
-        .query_opt(
-            "SELECT rolpassword FROM pg_authid WHERE rolname = $1",
-            &[&REPLICATION_USER],
-        )
-        .await?
-        .and_then(|row| row.get(0)))
 }
 
 #[cfg(test)]

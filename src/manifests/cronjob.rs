@@ -329,6 +329,30 @@ mod tests {
         job_spec.template.spec.as_ref().unwrap()
     }
 
+    /// The Secret of the job pod's volume `name`, and where its container mounts it.
+    fn secret_volume(
+        job: &CronJob,
+        name: &str,
+    ) -> (k8s_openapi::api::core::v1::SecretVolumeSource, VolumeMount) {
+        let pod = pod_of(job);
+        let volume = pod
+            .volumes
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|v| v.name == name);
+        let mount = pod.containers[0]
+            .volume_mounts
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|m| m.name == name);
+        (
+            volume.unwrap().secret.clone().unwrap(),
+            mount.unwrap().clone(),
+        )
+    }
+
     fn env_of(job: &CronJob) -> BTreeMap<String, k8s_openapi::api::core::v1::EnvVar> {
         pod_of(job).containers[0]
             .env
@@ -392,7 +416,6 @@ mod tests {
     #[test]
     fn the_backup_verifies_the_primary_with_the_cluster_ca_and_never_sees_its_key() {
         let job = cron(ENABLED).unwrap();
-        let pod = pod_of(&job);
         assert_eq!(
             env_of(&job)["PGSSLMODE"].value.as_deref(),
             Some("verify-full")
@@ -401,14 +424,7 @@ mod tests {
             env_of(&job)["PGSSLROOTCERT"].value.as_deref(),
             Some("/etc/postgres-ca/ca.crt")
         );
-        let volume = pod
-            .volumes
-            .as_ref()
-            .unwrap()
-            .iter()
-            .find(|v| v.name == CLUSTER_CA_VOLUME)
-            .unwrap();
-        let secret = volume.secret.as_ref().unwrap();
+        let (secret, mount) = secret_volume(&job, CLUSTER_CA_VOLUME);
         assert_eq!(secret.secret_name.as_deref(), Some("postgres-demo-server"));
         // Only the certificate is projected: not the server's key, nor the CA's.
         let items = secret.items.as_ref().unwrap();
@@ -417,13 +433,6 @@ mod tests {
             (items[0].key.as_str(), items[0].path.as_str()),
             ("ca.crt", "ca.crt")
         );
-        let mount = pod.containers[0]
-            .volume_mounts
-            .as_ref()
-            .unwrap()
-            .iter()
-            .find(|m| m.name == CLUSTER_CA_VOLUME)
-            .unwrap();
         assert_eq!(
             (mount.mount_path.as_str(), mount.read_only),
             ("/etc/postgres-ca", Some(true))
@@ -433,29 +442,13 @@ mod tests {
     #[test]
     fn a_private_ca_is_mounted_read_only_and_named_to_the_backup() {
         let job = cron("backup:\n  enabled: true\n  s3Bucket: https://minio.storage:9000/pg\n  s3CASecretRef: {name: minio-tls}\n").unwrap();
-        let pod = pod_of(&job);
-        let volume = pod
-            .volumes
-            .as_ref()
-            .unwrap()
-            .iter()
-            .find(|v| v.name == S3_CA_VOLUME)
-            .unwrap();
-        let secret = volume.secret.as_ref().unwrap();
+        let (secret, mount) = secret_volume(&job, S3_CA_VOLUME);
         assert_eq!(secret.secret_name.as_deref(), Some("minio-tls"));
         let item = &secret.items.as_ref().unwrap()[0];
         assert_eq!(
             (item.key.as_str(), item.path.as_str()),
             ("ca.crt", "ca.crt")
         );
-        let mount = pod.containers[0]
-            .volume_mounts
-            .as_ref()
-            .unwrap()
-            .iter()
-            .find(|m| m.name == volume.name)
-            .unwrap()
-            .clone();
         assert_eq!(
             (mount.mount_path.as_str(), mount.read_only),
             ("/etc/s3-ca", Some(true))
