@@ -58,9 +58,18 @@ fn psql_verify_full(host: &str, port: u16, ca: &Path) -> Result<String, String> 
         "host={host} hostaddr=127.0.0.1 port={port} user=postgres dbname=postgres sslmode=verify-full sslrootcert={} sslcert=/nonexistent sslkey=/nonexistent",
         ca.display()
     );
-    let output = std::process::Command::new(bin_dir().join("psql"))
-        .args(["-X", "-A", "-t", "-d", &conninfo, "-c"])
-        .arg("SELECT ssl, version FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+    psql(
+        std::process::Command::new(bin_dir().join("psql")),
+        &conninfo,
+        "SELECT ssl, version FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+    )
+}
+
+/// `sql` through `psql` (the command that runs it) as the superuser to `conninfo`: what
+/// it printed, or why it failed.
+fn psql(mut psql: std::process::Command, conninfo: &str, sql: &str) -> Result<String, String> {
+    let output = psql
+        .args(["-X", "-A", "-t", "-d", conninfo, "-c", sql])
         .env("PGPASSWORD", SUPERUSER_PASSWORD)
         .output()
         .unwrap();
@@ -204,19 +213,13 @@ fn psql_from(netns: &NetNs, address: &str, port: u16, options: &str) -> Result<S
         "hostaddr={address} port={port} user=postgres dbname=postgres sslcert=/nonexistent sslkey=/nonexistent connect_timeout=5 {options}"
     );
     let prefix = netns.exec_prefix();
-    let output = std::process::Command::new(&prefix[0])
-        .args(&prefix[1..])
-        .arg(bin_dir().join("psql"))
-        .args(["-X", "-A", "-t", "-d", &conninfo, "-c"])
-        .arg("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
-        .env("PGPASSWORD", SUPERUSER_PASSWORD)
-        .output()
-        .unwrap();
-    if output.status.success() {
-        Ok(String::from_utf8_lossy(&output.stdout).trim().to_string())
-    } else {
-        Err(String::from_utf8_lossy(&output.stderr).trim().to_string())
-    }
+    let mut inside = std::process::Command::new(&prefix[0]);
+    inside.args(&prefix[1..]).arg(bin_dir().join("psql"));
+    psql(
+        inside,
+        &conninfo,
+        "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+    )
 }
 
 /// From another network (another pod), only TLS gets in: a clear-text attempt is refused
