@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 
 use super::ha_api::HaView;
+use super::kept_client::KeptClient;
 use super::provision::Connection;
 use crate::ha::Role;
 
@@ -99,7 +100,7 @@ pub async fn run(
     // Only contact that was there can be lost: a new primary waits for its first
     // standby or engine (a new cluster's standbys are still cloning).
     let mut armed = false;
-    let mut client: Option<tokio_postgres::Client> = None;
+    let server = KeptClient::new(Arc::new(connection));
     loop {
         tokio::time::sleep(CHECK_EVERY).await;
         let primary = view
@@ -116,26 +117,23 @@ pub async fn run(
             last_contact = Instant::now();
             continue;
         }
-        let standbys = async {
-            let connected = match &client {
-                Some(kept) if !kept.is_closed() => kept,
-                _ => client.insert(connection.client("postgres").await?),
-            };
-            let recent: bool = connected
-                .query_one(STANDBY_CONTACT_SQL, &[&ISOLATION.as_secs_f64()])
-                .await?
-                .get(0);
-            Ok::<_, tokio_postgres::Error>(recent)
-        };
-        match tokio::time::timeout(Duration::from_secs(1), standbys).await {
-            Ok(Ok(true)) => {
+        let standbys = server
+            .read(Duration::from_secs(1), async |client| {
+                Ok(client
+                    .query_one(STANDBY_CONTACT_SQL, &[&ISOLATION.as_secs_f64()])
+                    .await?
+                    .get::<_, bool>(0))
+            })
+            .await;
+        match standbys {
+            Ok(true) => {
                 armed = true;
                 last_contact = Instant::now();
             }
-            Ok(Ok(false)) => {}
-            // A server that does not answer acknowledges nothing either.
-            Ok(Err(_)) | Err(_) => {
-                client = None;
+            Ok(false) => {}
+            // A server that does not answer acknowledges nothing either (the kept
+            // connection is dropped: the next check opens another).
+            Err(_) => {
                 last_contact = Instant::now();
             }
         }
