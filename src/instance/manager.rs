@@ -864,7 +864,7 @@ impl Manager {
         match self.write_files(snapshot) {
             Ok(true) => {
                 if let Err(error) = self.reload().await {
-                    tracing::warn!(%error, "reload failed; the next start reads the new files");
+                    tracing::warn!(%error, "reload failed; maintenance reloads once the server answers");
                 } else {
                     tracing::info!("configuration changed; reloaded");
                 }
@@ -1048,6 +1048,14 @@ impl Manager {
             )
             .await?
             .get(0);
+        if self.files_unread(loaded) {
+            // A reload that failed (the server was starting or stopping) or files
+            // written while it started: nothing else would make it read them.
+            tracing::info!("the server has not read the files written last: reloading");
+            client.simple_query("SELECT pg_reload_conf()").await?;
+            self.metrics.config_reloads.inc();
+            return Ok(());
+        }
         if !self.guard.server_answers(loaded, !pending.is_empty()) {
             return Ok(());
         }
@@ -1077,6 +1085,17 @@ impl Manager {
         );
         self.restart.notify_one();
         Ok(())
+    }
+
+    /// Whether the files were written after the server last loaded them (`loaded`, Unix
+    /// seconds), as `/ha/report` tells the engine (a pending restart).
+    fn files_unread(&self, loaded: f64) -> bool {
+        let written = self
+            .ha_view
+            .read()
+            .ok()
+            .and_then(|view| view.config_written_at);
+        written.is_some_and(|written| written as f64 > loaded * 1000.0)
     }
 
     /// A primary hands over rather than restart in place when it can: a switchover

@@ -458,6 +458,16 @@ impl ApiServer {
         self.store.lock().unwrap().objects.get(&key).cloned()
     }
 
+    /// Every stored object of every resource, with its resource (`group/resource`).
+    pub fn all(&self) -> Vec<(String, Value)> {
+        let store = self.store.lock().unwrap();
+        store
+            .objects
+            .iter()
+            .map(|((resource, _, _), object)| (resource.clone(), object.clone()))
+            .collect()
+    }
+
     /// Every stored object of a resource in a namespace.
     pub fn list(&self, resource: &str, namespace: &str) -> Vec<Value> {
         let store = self.store.lock().unwrap();
@@ -1071,6 +1081,10 @@ mod objects {
     impl Objects {
         pub fn get(&self, key: &Key) -> Option<&Value> {
             self.by_key.get(key)
+        }
+
+        pub fn iter(&self) -> impl Iterator<Item = (&Key, &Value)> {
+            self.by_key.iter()
         }
 
         pub fn contains_key(&self, key: &Key) -> bool {

@@ -134,14 +134,32 @@ impl S3Server {
         base: &str,
         restic_password: &str,
     ) -> Command {
+        let mut command = self.job_command(
+            &["backup", "--cleanup-strategy=--keep-last=3"],
+            cluster,
+            base,
+            restic_password,
+        );
+        command
+            .env("PGHOST", &server.socket_dir)
+            .env("PGPORT", server.port.to_string())
+            .env("PGUSER", "postgres");
+        command
+    }
+
+    /// `postgres-operator <args>` (`backup` or `restore` and their flags) with the
+    /// repository's environment as a backup Job gets it (the server's is the caller's).
+    pub fn job_command(
+        &self,
+        args: &[&str],
+        cluster: &str,
+        base: &str,
+        restic_password: &str,
+    ) -> Command {
         let mut command = Command::new(env!("CARGO_BIN_EXE_postgres-operator"));
         command
-            .args([
-                "backup",
-                "--log-format",
-                "text",
-                "--cleanup-strategy=--keep-last=3",
-            ])
+            .args(args)
+            .args(["--log-format", "text"])
             .env("CLUSTER_NAME", cluster)
             .env("RESTIC_REPOSITORY_BASE", base)
             .env("AWS_ACCESS_KEY_ID", &self.credentials.access_key)
@@ -152,9 +170,6 @@ impl S3Server {
                 "S3_CA_FILE",
                 self.credentials.ca_bundle.clone().unwrap_or_default(),
             )
-            .env("PGHOST", &server.socket_dir)
-            .env("PGPORT", server.port.to_string())
-            .env("PGUSER", "postgres")
             .env("PG_BIN_DIR", bin_dir());
         command
     }
