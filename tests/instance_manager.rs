@@ -325,6 +325,56 @@ async fn a_reload_setting_applies_live_and_a_restart_setting_restarts_standbys_f
     );
 }
 
+/// A reload that fails (here: the manager cannot reach the server over its socket; in
+/// a restart, the server is still starting) is owed, not forgotten: once the server
+/// answers, maintenance reloads the files written after it last read them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_failed_is_made_good_once_the_server_answers() {
+    let spec = SpecFile::new(&tune_spec("4MB", "32MB").replace("replicas: 2", "replicas: 1"));
+    let instance = Instance::spawn(&spec, "tune", "postgres-tune-0", &[], &[]);
+    instance.wait_ready().await;
+    let socket = instance
+        .socket_dir
+        .join(format!(".s.PGSQL.{}", instance.port));
+    let hidden = socket.with_file_name("hidden-socket");
+    std::fs::rename(&socket, &hidden).unwrap();
+    // The manager's own sessions (the socket's) go: it must connect anew, and cannot.
+    instance
+        .connect_as("postgres", &instance.superuser, "postgres")
+        .await
+        .unwrap()
+        .batch_execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE backend_type = 'client backend' AND client_addr IS NULL",
+        )
+        .await
+        .unwrap();
+    spec.write(&tune_spec("8MB", "32MB").replace("replicas: 2", "replicas: 1"));
+    wait_until("the reload fails", 30, || async {
+        instance.log().contains("reload failed")
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(setting(&instance, "work_mem").await, "4MB");
+
+    std::fs::rename(&hidden, &socket).unwrap();
+    wait_until("the owed reload applies work_mem", 30, || async {
+        setting(&instance, "work_mem").await == "8MB"
+    })
+    .await;
+    assert!(
+        instance
+            .log()
+            .contains("the server has not read the files written last: reloading"),
+        "{}",
+        instance.log()
+    );
+    assert_eq!(
+        instance.status().await.unwrap()["pendingRestart"],
+        serde_json::json!([])
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_postmaster_is_restarted_orphans_are_reaped_and_sigterm_is_clean() {
     let spec = SpecFile::new(&format!(
