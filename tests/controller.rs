@@ -1062,3 +1062,98 @@ async fn without_the_pod_monitor_crd_clusters_are_reconciled_without_one() {
     );
     running.stop().await;
 }
+
+/// A Secret as a JSON object for the double, named `name`, with no owner.
+fn user_secret(name: &str, secret: k8s_openapi::api::core::v1::Secret) -> Value {
+    let mut value = serde_json::to_value(secret).unwrap();
+    value["metadata"] = json!({"name": name, "namespace": NS});
+    value
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_with_its_own_certificate_waits_for_it_then_serves_a_copy_that_follows_renewals()
+{
+    let server = ApiServer::new();
+    let spec = json!({"replicas": 1, "certificates": {"serverTLSSecret": "my-cert"}});
+    server.put(POSTGRES, NS, postgres("own", spec));
+    let running = start(&server);
+    support::wait_for("Ready=False naming the missing Secret", || {
+        condition(&server, "own", "Ready").is_some_and(|c| {
+            c["status"] == "False"
+                && c["message"].as_str().unwrap().contains(
+                    "spec.certificates.serverTLSSecret: Secret \"my-cert\" not found in namespace \"tenant\"",
+                )
+        })
+    })
+    .await;
+    assert!(
+        server
+            .get("apps/statefulsets", NS, "postgres-own")
+            .is_none()
+    );
+
+    // cert-manager issues it: the cluster comes up with a copy, and no CA of the operator's.
+    let issued = support::postgres::cluster_tls_secret("own");
+    server.put("/secrets", NS, user_secret("my-cert", issued.clone()));
+    let key_of = |secret: &k8s_openapi::api::core::v1::Secret, key: &str| {
+        String::from_utf8(secret.data.as_ref().unwrap()[key].0.clone()).unwrap()
+    };
+    support::wait_for("the server Secret is a copy", || {
+        secret_value(&server, "postgres-own-server", "tls.crt").as_deref()
+            == Some(key_of(&issued, "tls.crt").as_str())
+            && secret_value(&server, "postgres-own-server", "ca.crt").as_deref()
+                == Some(key_of(&issued, "ca.crt").as_str())
+    })
+    .await;
+    support::wait_for("the instances", || {
+        server
+            .get("apps/statefulsets", NS, "postgres-own")
+            .is_some()
+    })
+    .await;
+    assert!(server.get("/secrets", NS, "postgres-own-ca").is_none());
+    let mine = server.get("/secrets", NS, "my-cert").unwrap();
+    assert!(
+        mine["metadata"]["ownerReferences"].is_null(),
+        "the user's Secret is left alone: {mine}"
+    );
+
+    // Renewed by cert-manager: the copy follows at the next resync.
+    let renewed = support::postgres::cluster_tls_secret("own");
+    server.put("/secrets", NS, user_secret("my-cert", renewed.clone()));
+    support::wait_for("the copy follows the renewal", || {
+        secret_value(&server, "postgres-own-server", "tls.key").as_deref()
+            == Some(key_of(&renewed, "tls.key").as_str())
+    })
+    .await;
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_external_address_joins_the_server_certificate_once_assigned() {
+    let server = ApiServer::new();
+    server.put(
+        POSTGRES,
+        NS,
+        postgres("ext", json!({"replicas": 1, "external": true})),
+    );
+    let running = start(&server);
+    let names = || {
+        secret_value(&server, "postgres-ext-server", "tls.crt")
+            .and_then(|pem| postgres_operator::manifests::tls::inspect(&pem))
+            .map(|cert| cert.names)
+            .unwrap_or_default()
+    };
+    support::wait_for("a server certificate", || !names().is_empty()).await;
+    assert!(!names().contains("198.51.100.4"));
+    let mut service = server
+        .get("/services", NS, "postgres-ext-external-write")
+        .unwrap();
+    service["status"] = json!({"loadBalancer": {"ingress": [{"ip": "198.51.100.4"}]}});
+    server.put("/services", NS, service);
+    support::wait_for("the load balancer's address is named", || {
+        names().contains("198.51.100.4")
+    })
+    .await;
+    running.stop().await;
+}

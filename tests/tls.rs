@@ -32,6 +32,7 @@ fn issue(existing: &ExistingSecrets, now: SystemTime) -> ExistingSecrets {
     desired_tls_secrets(
         &Cluster::new(&postgres, "tenant", &settings),
         existing,
+        &[],
         &mut RcgenIssuerAt(now),
     )
     .unwrap()
@@ -278,4 +279,165 @@ async fn a_clear_text_connection_from_another_pod_is_refused() {
         .await,
         ["false"]
     );
+}
+
+/// Runs `openssl` with `args` in `dir`; panics with its output when it fails.
+fn openssl(dir: &Path, args: &[&str]) {
+    let output = std::process::Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// A `kubernetes.io/tls` Secret as cert-manager writes one (`tls.crt`, `tls.key`,
+/// `ca.crt`), made by `openssl` from a CA of its own: an RSA key and the names `names`.
+fn cert_manager_secret(dir: &Path, names: &[&str]) -> Secret {
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+            "-days",
+            "30",
+            "-subj",
+            "/CN=tenant issuer",
+        ],
+    );
+    let san: Vec<String> = names.iter().map(|n| format!("DNS:{n}")).collect();
+    openssl(
+        dir,
+        &[
+            "req", "-new", "-newkey", "rsa:2048", "-nodes", "-keyout", "tls.key", "-out",
+            "tls.csr", "-subj", "/CN=db",
+        ],
+    );
+    std::fs::write(
+        dir.join("ext.cnf"),
+        format!("subjectAltName = {}\n", san.join(",")),
+    )
+    .unwrap();
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "tls.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "30",
+            "-extfile",
+            "ext.cnf",
+            "-out",
+            "tls.crt",
+        ],
+    );
+    let data = ["tls.crt", "tls.key", "ca.crt"]
+        .into_iter()
+        .map(|key| {
+            (
+                key.to_string(),
+                k8s_openapi::ByteString(std::fs::read(dir.join(key)).unwrap()),
+            )
+        })
+        .collect();
+    Secret {
+        metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+            name: Some("my-cert".to_string()),
+            ..Default::default()
+        },
+        type_: Some("kubernetes.io/tls".to_string()),
+        data: Some(data),
+        ..Default::default()
+    }
+}
+
+/// The certificate of a cluster's own Secrets (cert-manager's, made here by openssl with
+/// an RSA key) is served as the operator copies it, and verified with their CA; and the
+/// operator's certificate names the external load balancer's IP address once it has
+/// one, which a client verifies as an IP name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provided_certificate_and_the_external_address_are_verified_by_clients() {
+    let dir = tempfile::tempdir().unwrap();
+    let provided = cert_manager_secret(
+        dir.path(),
+        &[
+            &format!("postgres-{CLUSTER}-rw.tenant.svc"),
+            &format!("*.postgres-{CLUSTER}-headless.tenant.svc"),
+        ],
+    );
+    let postgres = postgres_operator::api::Postgres::new(
+        CLUSTER,
+        serde_yaml::from_str("certificates: {serverTLSSecret: my-cert}").unwrap(),
+    );
+    let settings = OperatorSettings::default();
+    let copied = tls::provided_server_secret(
+        &Cluster::new(&postgres, "tenant", &settings),
+        &ExistingSecrets::from([("my-cert".to_string(), provided)]),
+    )
+    .unwrap()
+    .unwrap();
+    let spec = SpecFile::new(&spec_yaml(&copied).replace("replicas: 2", "replicas: 1"));
+    let instance = Instance::spawn(&spec, CLUSTER, PRIMARY, &[], &[]);
+    instance.wait_ready().await;
+    let ca = dir.path().join("ca.crt");
+    let host = format!("postgres-{CLUSTER}-rw.tenant.svc");
+    let answer = psql_verify_full(&host, instance.port, &ca).unwrap();
+    assert!(answer.starts_with("t|TLSv1."), "{answer}");
+    let refused = psql_verify_full(
+        &format!("postgres-{CLUSTER}-ro.tenant.svc"),
+        instance.port,
+        &ca,
+    )
+    .unwrap_err();
+    assert!(refused.contains("does not match host name"), "{refused}");
+    drop(instance);
+
+    // The operator's own certificate of an external cluster whose load balancer has
+    // 127.0.0.1.
+    let external = postgres_operator::api::Postgres::new(
+        CLUSTER,
+        serde_yaml::from_str("external: true").unwrap(),
+    );
+    let issued: ExistingSecrets = desired_tls_secrets(
+        &Cluster::new(&external, "tenant", &settings),
+        &ExistingSecrets::new(),
+        &["127.0.0.1".to_string()],
+        &mut RcgenIssuerAt(SystemTime::now()),
+    )
+    .unwrap()
+    .into_iter()
+    .map(|s| (s.metadata.name.clone().unwrap(), s))
+    .collect();
+    let spec = SpecFile::new(
+        &spec_yaml(&issued[&format!("postgres-{CLUSTER}-server")])
+            .replace("replicas: 2", "replicas: 1"),
+    );
+    let instance = Instance::spawn(&spec, CLUSTER, PRIMARY, &[], &[]);
+    instance.wait_ready().await;
+    let ca = dir.path().join("cluster-ca.crt");
+    std::fs::write(
+        &ca,
+        value(&issued, &format!("postgres-{CLUSTER}-ca"), tls::CA_CERT),
+    )
+    .unwrap();
+    let answer = psql_verify_full("127.0.0.1", instance.port, &ca).unwrap();
+    assert!(answer.starts_with("t|TLSv1."), "{answer}");
 }

@@ -127,6 +127,40 @@ pub struct PostgresSpec {
     /// Create the cluster from another cluster's backups.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bootstrap: Option<BootstrapSpec>,
+
+    /// The server certificate from Secrets of your own (e.g. cert-manager's) instead of
+    /// the operator's CA and certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificates: Option<CertificatesSpec>,
+}
+
+/// Secrets (same namespace) with the server's certificate, as cert-manager writes them.
+/// The operator copies them into `postgres-<name>-server`, which the instances and the
+/// backup Jobs read, and follows their renewals.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+pub struct CertificatesSpec {
+    /// A Secret with `tls.crt` (the server certificate, with its chain) and `tls.key`.
+    /// Its names must cover those clients and standbys connect by: the Services
+    /// `postgres-<name>-rw`, `-ro`, `-r` (and `-external-write`) and
+    /// `*.postgres-<name>-headless`, each as `<service>.<namespace>.svc` at least.
+    #[serde(rename = "serverTLSSecret")]
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+    )]
+    pub server_tls_secret: String,
+    /// A Secret whose `ca.crt` is the CA the server certificate chains to, which standbys
+    /// and backup Jobs verify it with; by default `ca.crt` of `serverTLSSecret`.
+    #[serde(
+        rename = "serverCASecret",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+    )]
+    pub server_ca_secret: Option<String>,
 }
 
 fn default_size() -> String {

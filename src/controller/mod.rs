@@ -91,6 +91,10 @@ pub struct Context {
     pub records: Arc<BackupRecords>,
     /// Cordoned nodes, from the one Nodes watch.
     pub cordons: Arc<cordons::Cordons>,
+    /// Each external Service's load-balancer addresses, with the version they were read
+    /// at: read again only when the Service's watch reports another version.
+    pub external_addresses:
+        std::sync::Mutex<std::collections::HashMap<versions::ObjectKey, (String, Vec<String>)>>,
 }
 
 impl Context {
@@ -316,6 +320,7 @@ pub async fn run(
         versions: Arc::default(),
         records: Arc::default(),
         cordons: Arc::default(),
+        external_addresses: std::sync::Mutex::default(),
     });
     let shutdown = futures::future::FutureExt::shared(Box::pin(shutdown));
     // Only the nodes' specs matter (cordons); their status is the bulk of a Node.

@@ -25,7 +25,7 @@ use crate::ha::plan::Step;
 use crate::manifests::cronjob::backup_credentials_secret;
 use crate::manifests::secrets::{ExistingSecrets, RandomPasswords};
 use crate::manifests::statefulset::template_hash_of;
-use crate::manifests::tls::RcgenIssuer;
+use crate::manifests::tls::{self, RcgenIssuer, TlsError};
 use crate::manifests::{Cluster, ManagedObject, desired_objects, labels, names, pod};
 use crate::quantity::Quantity;
 use crate::validate;
@@ -125,9 +125,26 @@ async fn reconcile_inner(postgres: &Postgres, ctx: &Context) -> Result<Action, E
         return refuse(postgres, ctx, &key, message).await;
     }
 
-    let existing = existing_secrets(ctx, &namespace, &name).await?;
-    let mut desired = desired_objects(&cluster, &existing, &mut RandomPasswords, &mut RcgenIssuer)
-        .map_err(|e| Error::Certificates(e.to_string()))?;
+    let mut existing = existing_secrets(ctx, &namespace, &name).await?;
+    if let Err(missing) = add_provided_certificates(ctx, postgres, &mut existing).await? {
+        // cert-manager may still be issuing it: looked for again soon.
+        return refuse_for(postgres, ctx, &key, missing, PROVIDED_SECRET_RETRY).await;
+    }
+    let external_addresses = external_addresses(ctx, postgres).await?;
+    let mut desired = match desired_objects(
+        &cluster,
+        &existing,
+        &external_addresses,
+        &mut RandomPasswords,
+        &mut RcgenIssuer,
+    ) {
+        Ok(desired) => desired,
+        Err(error @ TlsError::Provided { .. }) => {
+            return refuse(postgres, ctx, &key, error.to_string()).await;
+        }
+        Err(error) => return Err(Error::Certificates(error.to_string())),
+    };
+    warn_of_missing_names(&cluster, &existing, &external_addresses);
     keep_immutable_claim_templates(&mut desired, live_statefulset.as_ref());
     // The pods as they are before this pass: the plan of a rolling update, a drain or
     // a scale-down decides the StatefulSet's replicas and at most one step.
@@ -240,12 +257,128 @@ fn backup_freshness(
     Some((last.as_second() as f64, i64::try_from(interval).ok()?))
 }
 
+/// How soon a cluster waiting for its own certificate Secrets looks again.
+const PROVIDED_SECRET_RETRY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The spec's own certificate Secrets (`spec.certificates`), read by name into
+/// `existing`; `Err` names the one that does not exist.
+async fn add_provided_certificates(
+    ctx: &Context,
+    postgres: &Postgres,
+    existing: &mut ExistingSecrets,
+) -> Result<Result<(), String>, Error> {
+    let Some(provided) = &postgres.spec.certificates else {
+        return Ok(Ok(()));
+    };
+    let namespace = postgres.namespace().unwrap_or_default();
+    let secrets = Api::<Secret>::namespaced(ctx.client.clone(), &namespace);
+    for (field, name) in [
+        ("serverTLSSecret", Some(&provided.server_tls_secret)),
+        ("serverCASecret", provided.server_ca_secret.as_ref()),
+    ] {
+        let Some(name) = name else { continue };
+        match secrets
+            .get_opt(name)
+            .await
+            .map_err(Error::kube("get", "Secret", name))?
+        {
+            Some(secret) => {
+                existing.insert(name.clone(), secret);
+            }
+            None => {
+                return Ok(Err(format!(
+                    "spec.certificates.{field}: Secret {name:?} not found in namespace {namespace:?}"
+                )));
+            }
+        }
+    }
+    Ok(Ok(()))
+}
+
+/// The external Service's load-balancer addresses (IPs or host names), for the server
+/// certificate's names; none until the load balancer has one, or without `external`.
+/// Read only when the Service's watch reports a version not read yet: a settled cluster
+/// reads nothing more.
+async fn external_addresses(ctx: &Context, postgres: &Postgres) -> Result<Vec<String>, Error> {
+    if !postgres.spec.external {
+        return Ok(Vec::new());
+    }
+    let namespace = postgres.namespace().unwrap_or_default();
+    let service_name = names::service_external(&postgres.name_any());
+    let key = ObjectKey {
+        kind: "Service",
+        namespace: namespace.clone(),
+        name: service_name.clone(),
+    };
+    let cached = |live: &Option<String>| -> Option<Vec<String>> {
+        let known = ctx.external_addresses.lock().ok()?;
+        let (version, addresses) = known.get(&key)?;
+        (live.as_ref() == Some(version)).then(|| addresses.clone())
+    };
+    if let Some(addresses) = cached(&ctx.versions.live(&key)) {
+        return Ok(addresses);
+    }
+    let service = Api::<Service>::namespaced(ctx.client.clone(), &namespace)
+        .get_opt(&service_name)
+        .await
+        .map_err(Error::kube("get", "Service", &service_name))?;
+    let version = service
+        .as_ref()
+        .and_then(|s| s.metadata.resource_version.clone());
+    let addresses: Vec<String> = service
+        .and_then(|s| s.status?.load_balancer?.ingress)
+        .into_iter()
+        .flatten()
+        .filter_map(|ingress| ingress.ip.or(ingress.hostname))
+        .collect();
+    if let (Some(version), Ok(mut known)) = (version, ctx.external_addresses.lock()) {
+        known.insert(key, (version, addresses.clone()));
+    }
+    Ok(addresses)
+}
+
+/// A certificate of the user's that clients cannot verify by some of the cluster's
+/// names is allowed (they may use only some), and logged.
+fn warn_of_missing_names(cluster: &Cluster, existing: &ExistingSecrets, external: &[String]) {
+    let Some(provided) = &cluster.spec().certificates else {
+        return;
+    };
+    let Some(cert) = existing
+        .get(&provided.server_tls_secret)
+        .and_then(|s| s.data.as_ref()?.get(tls::TLS_CERT))
+        .and_then(|pem| String::from_utf8(pem.0.clone()).ok())
+    else {
+        return;
+    };
+    let missing = tls::missing_names(&cert, &tls::server_names(cluster, external));
+    if !missing.is_empty() {
+        tracing::warn!(
+            namespace = %cluster.namespace,
+            name = %cluster.name,
+            secret = %provided.server_tls_secret,
+            ?missing,
+            "the provided server certificate does not name every host clients and standbys may use (verify-full fails for those)"
+        );
+    }
+}
+
 /// Records why the spec is refused, and touches nothing else.
 async fn refuse(
     postgres: &Postgres,
     ctx: &Context,
     key: &str,
     message: String,
+) -> Result<Action, Error> {
+    refuse_for(postgres, ctx, key, message, ctx.settings.resync).await
+}
+
+/// [`refuse`], looking again after `retry`.
+async fn refuse_for(
+    postgres: &Postgres,
+    ctx: &Context,
+    key: &str,
+    message: String,
+    retry: std::time::Duration,
 ) -> Result<Action, Error> {
     let observed = Observed {
         statefulset: None,
@@ -266,7 +399,7 @@ async fn refuse(
         .await;
     }
     ctx.metrics.set_cluster_ready(key, Some(false));
-    Ok(Action::requeue(ctx.settings.resync))
+    Ok(Action::requeue(retry.min(ctx.settings.resync)))
 }
 
 /// The digest on the pod template this pass applies.

@@ -95,6 +95,11 @@ impl Versions {
         }
     }
 
+    /// The version the watch last reported of the object.
+    pub fn live(&self, key: &ObjectKey) -> Option<String> {
+        self.state().objects.get(key)?.live.clone()
+    }
+
     /// True when the object surely does not exist: the watch of its kind has listed every
     /// object of the operator and has not reported this one since.
     pub fn absent(&self, key: &ObjectKey) -> bool {

@@ -83,10 +83,13 @@ impl ManagedObject {
 /// Every object the spec asks for, in apply order: identities and credentials first,
 /// then configuration, network, disruption policy, the instances, and the backups.
 /// Objects absent from the list (the external Service, the backup CronJob, the backup
-/// Secret) are the ones the controller deletes.
+/// Secret) are the ones the controller deletes. `existing` holds the Secrets as stored
+/// (and the spec's own certificate Secrets), `external_addresses` the external Service's
+/// load-balancer addresses, both as the controller observed them.
 pub fn desired_objects(
     cluster: &Cluster,
     existing: &ExistingSecrets,
+    external_addresses: &[String],
     passwords: &mut dyn PasswordGenerator,
     certificates: &mut dyn CertificateIssuer,
 ) -> Result<Vec<ManagedObject>, TlsError> {
@@ -101,7 +104,7 @@ pub fn desired_objects(
             .map(ManagedObject::Secret),
     );
     objects.extend(
-        tls::desired_tls_secrets(cluster, existing, certificates)?
+        tls::desired_tls_secrets(cluster, existing, external_addresses, certificates)?
             .into_iter()
             .map(ManagedObject::Secret),
     );
@@ -142,6 +145,7 @@ mod tests {
         desired_objects(
             &Cluster::new(&pg, "ns", &settings),
             &ExistingSecrets::new(),
+            &[],
             &mut SeededPasswords::default(),
             &mut PlaceholderIssuer::default(),
         )
@@ -212,6 +216,7 @@ mod tests {
         let list = desired_objects(
             &Cluster::new(&pg, "ns", &settings),
             &ExistingSecrets::new(),
+            &[],
             &mut SeededPasswords::default(),
             &mut PlaceholderIssuer::default(),
         )

@@ -3,7 +3,9 @@
 //! every name clients and instances reach PostgreSQL by. Certificates already stored are
 //! kept while they are valid for long enough and name every wanted host; otherwise new
 //! ones are issued, so renewal is a reconcile like any other and the instances reload the
-//! new files without a restart.
+//! new files without a restart. A cluster whose spec names Secrets of its own
+//! (`spec.certificates`, e.g. cert-manager's) gets them copied into the server Secret
+//! instead, and no CA of the operator's.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, SystemTime};
@@ -43,6 +45,12 @@ pub enum TlsError {
     Issue {
         what: &'static str,
         cluster: String,
+        message: String,
+    },
+    /// The spec's own certificate Secrets cannot serve: the user's to mend.
+    #[error("{field}: {message}")]
+    Provided {
+        field: &'static str,
         message: String,
     },
 }
@@ -186,6 +194,7 @@ pub fn inspect(pem: &str) -> Option<Inspected> {
                 .iter()
                 .filter_map(|name| match name {
                     x509_parser::extensions::GeneralName::DNSName(dns) => Some(dns.to_string()),
+                    x509_parser::extensions::GeneralName::IPAddress(bytes) => ip_text(bytes),
                     _ => None,
                 })
                 .collect()
@@ -199,10 +208,21 @@ pub fn inspect(pem: &str) -> Option<Inspected> {
     })
 }
 
+/// An IP address SAN (4 or 16 bytes) as text, as rcgen takes it.
+fn ip_text(bytes: &[u8]) -> Option<String> {
+    let ip = match bytes.len() {
+        4 => std::net::IpAddr::from(<[u8; 4]>::try_from(bytes).ok()?),
+        16 => std::net::IpAddr::from(<[u8; 16]>::try_from(bytes).ok()?),
+        _ => return None,
+    };
+    Some(ip.to_string())
+}
+
 /// Every name the server certificate must hold: each Service's (short, namespaced,
-/// `.svc`, fully qualified) and each instance's under the headless Service (a wildcard,
-/// since pods come and go with `replicas`).
-pub fn server_names(cluster: &Cluster) -> Vec<String> {
+/// `.svc`, fully qualified), each instance's under the headless Service (a wildcard,
+/// since pods come and go with `replicas`), and the external Service's load-balancer
+/// addresses once assigned (`external_addresses`, IPs or host names).
+pub fn server_names(cluster: &Cluster, external_addresses: &[String]) -> Vec<String> {
     let mut services = vec![
         names::service_rw(&cluster.name),
         names::service_ro(&cluster.name),
@@ -222,10 +242,15 @@ pub fn server_names(cluster: &Cluster) -> Vec<String> {
             format!("{host}.{namespace}.svc.{CLUSTER_DOMAIN}"),
         ]
     };
+    let external = external_addresses
+        .iter()
+        .filter(|_| cluster.spec().external)
+        .cloned();
     services
         .iter()
         .flat_map(|service| qualified(service))
         .chain(qualified(&format!("*.{headless}")))
+        .chain(external)
         .collect()
 }
 
@@ -250,12 +275,20 @@ fn still_good(
 }
 
 /// The CA and server Secrets: what is stored, or new certificates where it is missing,
-/// expiring, or (the server's) signed by another CA or short of a wanted name.
+/// expiring, or (the server's) signed by another CA or short of a wanted name. With the
+/// spec's own certificate Secrets (see [`provided_server_secret`]), the server Secret is
+/// their copy and there is no CA Secret.
 pub fn desired_tls_secrets(
     cluster: &Cluster,
     existing: &ExistingSecrets,
+    external_addresses: &[String],
     issuer: &mut dyn CertificateIssuer,
 ) -> Result<Vec<Secret>, TlsError> {
+    if cluster.spec().certificates.is_some() {
+        return Ok(provided_server_secret(cluster, existing)?
+            .into_iter()
+            .collect());
+    }
     let now = issuer.now();
     let ca_secret = names::secret_ca(&cluster.name);
     let server_secret = names::secret_server(&cluster.name);
@@ -285,7 +318,7 @@ pub fn desired_tls_secrets(
             .map_err(failed("CA"))?,
     };
 
-    let wanted: Vec<String> = server_names(cluster);
+    let wanted: Vec<String> = server_names(cluster, external_addresses);
     let stored_server = still_good(
         pem_of(existing, &server_secret, TLS_CERT),
         pem_of(existing, &server_secret, TLS_KEY),
@@ -336,6 +369,122 @@ pub fn desired_tls_secrets(
             ]),
         ),
     ])
+}
+
+/// The server Secret copied from the spec's `certificates` Secrets, found in `existing`
+/// (the controller reads them by name; `render`, which cannot, leaves the copy out):
+/// `tls.crt` and `tls.key` of `serverTLSSecret`, `ca.crt` of `serverCASecret` or else of
+/// `serverTLSSecret`. A Secret without a key, or a `tls.crt` that is no certificate, is an
+/// error naming the field.
+pub fn provided_server_secret(
+    cluster: &Cluster,
+    existing: &ExistingSecrets,
+) -> Result<Option<Secret>, TlsError> {
+    let Some(provided) = cluster.spec().certificates.as_ref() else {
+        return Ok(None);
+    };
+    let tls_field = "spec.certificates.serverTLSSecret";
+    let ca_field = "spec.certificates.serverCASecret";
+    if provided.server_tls_secret == names::secret_server(&cluster.name)
+        || provided.server_ca_secret.as_deref() == Some(&names::secret_server(&cluster.name))
+    {
+        return Err(TlsError::Provided {
+            field: tls_field,
+            message: format!(
+                "Secret {:?} is the operator's own copy; name the Secret that holds your certificate",
+                names::secret_server(&cluster.name)
+            ),
+        });
+    }
+    if !existing.contains_key(&provided.server_tls_secret) {
+        return Ok(None);
+    }
+    let key_of = |field: &'static str, secret: &str, key: &str| {
+        pem_of(existing, secret, key)
+            .filter(|pem| !pem.trim().is_empty())
+            .ok_or_else(|| TlsError::Provided {
+                field,
+                message: format!("Secret {secret:?} has no {key:?} key"),
+            })
+    };
+    let cert = key_of(tls_field, &provided.server_tls_secret, TLS_CERT)?;
+    let key = key_of(tls_field, &provided.server_tls_secret, TLS_KEY)?;
+    let ca = match &provided.server_ca_secret {
+        Some(ca_secret) => {
+            if !existing.contains_key(ca_secret) {
+                return Ok(None);
+            }
+            key_of(ca_field, ca_secret, CA_CERT)?
+        }
+        None => key_of(tls_field, &provided.server_tls_secret, CA_CERT).map_err(|_| {
+            TlsError::Provided {
+                field: tls_field,
+                message: format!(
+                    "Secret {:?} has no {CA_CERT:?} key: set serverCASecret to a Secret with the CA the certificate chains to",
+                    provided.server_tls_secret
+                ),
+            }
+        })?,
+    };
+    if inspect(&cert).is_none() {
+        return Err(TlsError::Provided {
+            field: tls_field,
+            message: format!(
+                "{TLS_CERT:?} of Secret {:?} is not a PEM certificate",
+                provided.server_tls_secret
+            ),
+        });
+    }
+    if inspect(&ca).is_none() {
+        return Err(TlsError::Provided {
+            field: if provided.server_ca_secret.is_some() {
+                ca_field
+            } else {
+                tls_field
+            },
+            message: format!("{CA_CERT:?} is not a PEM certificate"),
+        });
+    }
+    let values = BTreeMap::from([
+        (TLS_CERT.to_string(), cert),
+        (TLS_KEY.to_string(), key),
+        (CA_CERT.to_string(), ca),
+    ]);
+    Ok(Some(secret(
+        cluster,
+        names::secret_server(&cluster.name),
+        "kubernetes.io/tls",
+        &values,
+    )))
+}
+
+/// The names of [`server_names`] a provided certificate lacks (wildcards match one
+/// label, as TLS clients match them).
+pub fn missing_names(cert_pem: &str, wanted: &[String]) -> Vec<String> {
+    let Some(inspected) = inspect(cert_pem) else {
+        return wanted.to_vec();
+    };
+    wanted
+        .iter()
+        .filter(|name| {
+            !inspected
+                .names
+                .iter()
+                .any(|have| have == *name || wildcard_covers(have, name))
+        })
+        .cloned()
+        .collect()
+}
+
+fn wildcard_covers(pattern: &str, name: &str) -> bool {
+    let Some(suffix) = pattern.strip_prefix("*.") else {
+        return false;
+    };
+    // A wanted wildcard (the instances' names) is only covered by the same wildcard.
+    !name.starts_with("*.")
+        && name
+            .split_once('.')
+            .is_some_and(|(first, rest)| !first.is_empty() && rest == suffix)
 }
 
 /// Stand-in certificates for snapshots and tests that do not look inside them: text that
@@ -392,7 +541,7 @@ mod tests {
     use crate::manifests::test_support::cluster_from_yaml;
 
     fn issue(cluster: &Cluster, existing: &ExistingSecrets, now: SystemTime) -> Vec<Secret> {
-        desired_tls_secrets(cluster, existing, &mut RcgenIssuerAt(now)).unwrap()
+        desired_tls_secrets(cluster, existing, &[], &mut RcgenIssuerAt(now)).unwrap()
     }
 
     fn by_name(secrets: Vec<Secret>) -> ExistingSecrets {
@@ -529,5 +678,191 @@ mod tests {
         let ca = inspect(&value(&first, "postgres-demo-ca", CA_CERT)).unwrap();
         assert_eq!(server.issuer, ca.subject);
         assert_ne!(fixed["postgres-demo-server"], other["postgres-demo-server"]);
+    }
+
+    #[test]
+    fn the_external_address_is_named_once_the_load_balancer_has_one() {
+        let (pg, settings) = cluster_from_yaml("external: true\n");
+        let cluster = Cluster::new(&pg, "ns", &settings);
+        let now = SystemTime::now();
+        let before = by_name(issue(&cluster, &ExistingSecrets::new(), now));
+        // The same Secrets, asked again with an address: a new server certificate with
+        // it (an IP address name), from the same CA.
+        let addresses = ["203.0.113.7".to_string(), "db.example.org".to_string()];
+        let after = by_name(
+            desired_tls_secrets(&cluster, &before, &addresses, &mut RcgenIssuerAt(now)).unwrap(),
+        );
+        assert_eq!(after["postgres-demo-ca"], before["postgres-demo-ca"]);
+        let server = inspect(&value(&after, "postgres-demo-server", TLS_CERT)).unwrap();
+        assert!(server.names.contains("203.0.113.7"), "{:?}", server.names);
+        assert!(server.names.contains("db.example.org"));
+        // Kept as long as the addresses stay.
+        let again = by_name(
+            desired_tls_secrets(&cluster, &after, &addresses, &mut RcgenIssuerAt(now)).unwrap(),
+        );
+        assert_eq!(again, after);
+        // Without `external`, a stale address is no name of the cluster.
+        let (internal, settings) = cluster_from_yaml("{}");
+        let internal = Cluster::new(&internal, "ns", &settings);
+        assert!(!server_names(&internal, &addresses).contains(&addresses[0]));
+    }
+
+    /// A cert-manager-like Secret: a certificate for `names` from a CA of its own.
+    fn provided(names: &[&str], with_ca: bool) -> (Secret, String) {
+        let mut issuer = RcgenIssuerAt(SystemTime::now());
+        let (pg, settings) = cluster_from_yaml("{}");
+        let cluster = Cluster::new(&pg, "ns", &settings);
+        let request = |names: Vec<String>| Request {
+            common_name: "db".to_string(),
+            names,
+            not_before: SystemTime::now() - DAY,
+            not_after: SystemTime::now() + SERVER_VALIDITY,
+        };
+        let ca = issuer.issue_ca(&request(Vec::new())).unwrap();
+        let server = issuer
+            .issue_server(&request(names.iter().map(|n| n.to_string()).collect()), &ca)
+            .unwrap();
+        let mut values = BTreeMap::from([
+            (TLS_CERT.to_string(), server.cert_pem),
+            (TLS_KEY.to_string(), server.key_pem),
+        ]);
+        if with_ca {
+            values.insert(CA_CERT.to_string(), ca.cert_pem.clone());
+        }
+        let mut secret = secret(
+            &cluster,
+            "my-cert".to_string(),
+            "kubernetes.io/tls",
+            &values,
+        );
+        secret.metadata.owner_references = None;
+        (secret, ca.cert_pem)
+    }
+
+    fn with_certificates(yaml: &str) -> (crate::api::Postgres, crate::manifests::OperatorSettings) {
+        cluster_from_yaml(&format!("certificates:\n{yaml}"))
+    }
+
+    #[test]
+    fn a_provided_certificate_is_copied_and_no_ca_is_issued() {
+        let (pg, settings) = with_certificates("  serverTLSSecret: my-cert\n");
+        let cluster = Cluster::new(&pg, "ns", &settings);
+        let (secret, ca) = provided(&["postgres-demo-rw.ns.svc"], true);
+        let existing = ExistingSecrets::from([("my-cert".to_string(), secret.clone())]);
+        let copied = by_name(
+            desired_tls_secrets(&cluster, &existing, &[], &mut PlaceholderIssuer::default())
+                .unwrap(),
+        );
+        assert_eq!(copied.keys().collect::<Vec<_>>(), ["postgres-demo-server"]);
+        for key in [TLS_CERT, TLS_KEY] {
+            assert_eq!(
+                value(&copied, "postgres-demo-server", key),
+                value(&existing, "my-cert", key)
+            );
+        }
+        assert_eq!(value(&copied, "postgres-demo-server", CA_CERT), ca);
+        // Not there yet (cert-manager still issuing, or `render`): no copy, no error.
+        assert!(
+            desired_tls_secrets(
+                &cluster,
+                &ExistingSecrets::new(),
+                &[],
+                &mut PlaceholderIssuer::default()
+            )
+            .unwrap()
+            .is_empty()
+        );
+
+        // The CA from a Secret of its own.
+        let (pg, settings) =
+            with_certificates("  serverTLSSecret: my-cert\n  serverCASecret: my-ca\n");
+        let cluster = Cluster::new(&pg, "ns", &settings);
+        let (without_ca, ca) = provided(&["postgres-demo-rw.ns.svc"], false);
+        let mut ca_secret = without_ca.clone();
+        ca_secret.data = Some(BTreeMap::from([(
+            CA_CERT.to_string(),
+            ByteString(ca.clone().into_bytes()),
+        )]));
+        let existing = ExistingSecrets::from([
+            ("my-cert".to_string(), without_ca),
+            ("my-ca".to_string(), ca_secret),
+        ]);
+        let copied = by_name(
+            desired_tls_secrets(&cluster, &existing, &[], &mut PlaceholderIssuer::default())
+                .unwrap(),
+        );
+        assert_eq!(value(&copied, "postgres-demo-server", CA_CERT), ca);
+    }
+
+    #[test]
+    fn a_provided_secret_that_cannot_serve_is_refused_naming_the_field() {
+        let (pg, settings) = with_certificates("  serverTLSSecret: my-cert\n");
+        let cluster = Cluster::new(&pg, "ns", &settings);
+        let refused = |secret: Secret| {
+            let existing = ExistingSecrets::from([("my-cert".to_string(), secret)]);
+            desired_tls_secrets(&cluster, &existing, &[], &mut PlaceholderIssuer::default())
+                .unwrap_err()
+                .to_string()
+        };
+        let (no_ca, _) = provided(&["x"], false);
+        let message = refused(no_ca);
+        assert!(
+            message.starts_with("spec.certificates.serverTLSSecret: Secret \"my-cert\" has no \"ca.crt\" key: set serverCASecret"),
+            "{message}"
+        );
+        let (mut no_key, _) = provided(&["x"], true);
+        no_key.data.as_mut().unwrap().remove(TLS_KEY);
+        assert_eq!(
+            refused(no_key),
+            "spec.certificates.serverTLSSecret: Secret \"my-cert\" has no \"tls.key\" key"
+        );
+        let (mut garbled, _) = provided(&["x"], true);
+        garbled.data.as_mut().unwrap().insert(
+            TLS_CERT.to_string(),
+            ByteString(b"not a certificate".to_vec()),
+        );
+        assert_eq!(
+            refused(garbled),
+            "spec.certificates.serverTLSSecret: \"tls.crt\" of Secret \"my-cert\" is not a PEM certificate"
+        );
+        let (pg, settings) = with_certificates("  serverTLSSecret: postgres-demo-server\n");
+        let own = Cluster::new(&pg, "ns", &settings);
+        let message = desired_tls_secrets(
+            &own,
+            &ExistingSecrets::new(),
+            &[],
+            &mut PlaceholderIssuer::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(message.contains("the operator's own copy"), "{message}");
+    }
+
+    #[test]
+    fn missing_names_match_wildcards_as_tls_clients_do() {
+        let (cert, _) = provided(
+            &[
+                "postgres-demo-rw.ns.svc",
+                "*.ns.svc",
+                "*.postgres-demo-headless.ns.svc",
+            ],
+            true,
+        );
+        let pem = String::from_utf8(cert.data.unwrap()[TLS_CERT].0.clone()).unwrap();
+        let wanted = [
+            "postgres-demo-rw.ns.svc",
+            "postgres-demo-ro.ns.svc",
+            "*.postgres-demo-headless.ns.svc",
+            "*.postgres-demo-headless.ns.svc.cluster.local",
+            "postgres-demo-rw.ns.svc.cluster.local",
+        ]
+        .map(String::from);
+        assert_eq!(
+            missing_names(&pem, &wanted),
+            [
+                "*.postgres-demo-headless.ns.svc.cluster.local",
+                "postgres-demo-rw.ns.svc.cluster.local"
+            ]
+        );
     }
 }

@@ -225,7 +225,13 @@ pub fn render_postgres(
     certificates: &mut dyn CertificateIssuer,
 ) -> Result<Vec<ManagedObject>, crate::manifests::tls::TlsError> {
     let cluster = Cluster::new(postgres, namespace, settings);
-    desired_objects(&cluster, &ExistingSecrets::new(), passwords, certificates)
+    desired_objects(
+        &cluster,
+        &ExistingSecrets::new(),
+        &[],
+        passwords,
+        certificates,
+    )
 }
 
 /// Parses, checks and renders every manifest of every input, in input order. All inputs

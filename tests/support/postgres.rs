@@ -378,6 +378,7 @@ pub fn cluster_tls_secret(name: &str) -> k8s_openapi::api::core::v1::Secret {
     desired_tls_secrets(
         &Cluster::new(&postgres, "tenant", &settings),
         &ExistingSecrets::new(),
+        &[],
         &mut RcgenIssuer,
     )
     .unwrap()
