@@ -178,6 +178,27 @@ fn check_topology(spec: &PostgresSpec, errors: &mut Errors) {
             ),
         );
     }
+    if let Some(certificates) = &spec.certificates {
+        for (field, name) in [
+            (
+                "spec.certificates.serverTLSSecret",
+                Some(&certificates.server_tls_secret),
+            ),
+            (
+                "spec.certificates.serverCASecret",
+                certificates.server_ca_secret.as_ref(),
+            ),
+        ] {
+            if let Some(name) = name
+                && !is_dns_subdomain(name)
+            {
+                errors.add(
+                    field,
+                    format!("must be a Secret name (a DNS subdomain), got {name:?}"),
+                );
+            }
+        }
+    }
     match spec.size.parse::<Quantity>() {
         Ok(size) if size.is_positive() => {}
         Ok(_) => errors.add(

@@ -200,6 +200,18 @@ pub fn cases() -> Vec<Case> {
             "should match '^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*)?$'",
         )
         .by_schema(),
+        Case::accepts(
+            "certificates from Secrets of the user's",
+            postgres(
+                json!({"certificates": {"serverTLSSecret": "db-tls", "serverCASecret": "db-ca"}}),
+            ),
+        ),
+        Case::refuses(
+            "a certificate Secret name that is no Secret name",
+            postgres(json!({"certificates": {"serverTLSSecret": "DB_TLS"}})),
+            "should match '^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$'",
+        )
+        .by_schema(),
         // user, database, role kind and extension names
         Case::refuses(
             "a user name with a space",
