@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Installs everything the test suite needs, idempotently: PostgreSQL server binaries,
-# restic and iproute2 from Debian, a Python virtualenv with the validation tools, and
+# Installs everything the test suite needs, idempotently: PostgreSQL server binaries (and
+# pgaudit), restic and iproute2 from Debian, a Python virtualenv with the validation tools, and
 # Kubernetes' own code (scripts/install-k8s-code.sh): the CRD validation, and a standalone
 # CRD API server with etcd for the real-admission tests (tests/real_admission.rs).
 # A second run only checks and returns quickly.
@@ -32,6 +32,14 @@ if [ ${#missing[@]} -gt 0 ]; then
   echo "installing Debian packages: ${missing[*]}"
   sudo_if_needed apt-get update -qq
   sudo_if_needed apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# pgaudit for the newest server (tests/audit.rs), once that server is there.
+pg_major="$(ls /usr/lib/postgresql | sort -V | tail -n1)"
+if [ ! -f "/usr/lib/postgresql/$pg_major/lib/pgaudit.so" ]; then
+  echo "installing Debian package: postgresql-$pg_major-pgaudit"
+  sudo_if_needed apt-get update -qq
+  sudo_if_needed apt-get install -y -qq --no-install-recommends "postgresql-$pg_major-pgaudit" >/dev/null
 fi
 
 # --- Python tools ----------------------------------------------------------------------

@@ -180,3 +180,86 @@ async fn connections_ddl_and_role_changes_are_audited_and_no_secret_is_ever_logg
     }
     instance.kill();
 }
+
+/// With pgaudit in the image: a `pgaudit.*` parameter preloads it, the extension is
+/// created where a database asks for it, a client's DDL and role change get pgaudit's
+/// records, and the manager's password changes get none (nor any other line).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pgaudit_records_ddl_and_role_changes_and_never_the_managers_passwords() {
+    let library = support::postgres::bin_dir()
+        .parent()
+        .unwrap()
+        .join("lib/pgaudit.so");
+    assert!(
+        library.exists(),
+        "{} is missing: scripts/install-test-deps.sh installs Debian's pgaudit",
+        library.display()
+    );
+    let spec = |alice: &str| {
+        format!(
+            "apiVersion: apps.cozystack.io/v1alpha1\nkind: Postgres\nmetadata: {{name: {CLUSTER}, namespace: tenant}}\nspec:\n  replicas: 1\n  users:\n    alice: {{}}\n  databases:\n    shop:\n      roles:\n        admin: [alice]\n      extensions: [pgaudit]\n  postgresql:\n    parameters:\n      pgaudit.log: \"ddl, role\"\n{}",
+            secrets_yaml(CLUSTER, SUPERUSER, REPLICATION, &[("alice", alice)])
+        )
+    };
+    let spec_file = SpecFile::new(&spec("alice-Audit-1q"));
+    let mut instance = Instance::spawn(&spec_file, CLUSTER, POD, &[], &["--log-format=json"]);
+    instance.wait_ready().await;
+    let shop = instance.admin("shop").await;
+    wait_until("the pgaudit extension is created in shop", 30, || async {
+        shop.query_opt("SELECT 1 FROM pg_extension WHERE extname = 'pgaudit'", &[])
+            .await
+            .unwrap()
+            .is_some()
+    })
+    .await;
+    let preloaded: String = shop
+        .query_one("SELECT current_setting('shared_preload_libraries')", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(preloaded.contains("pgaudit"), "{preloaded}");
+
+    shop.batch_execute("CREATE TABLE audited (id int); CREATE ROLE auditor_probe")
+        .await
+        .unwrap();
+    spec_file.write(&spec("alice-Audit-2w"));
+    wait_until("alice's new password works", 30, || async {
+        logs_in(&instance, "alice", "alice-Audit-2w", "shop").await
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let lines = json_lines(&instance);
+    let audit: Vec<&str> = lines
+        .iter()
+        .filter(|l| l["target"] == "postgres")
+        .map(message)
+        .filter(|m| m.starts_with("AUDIT: SESSION,"))
+        .collect();
+    assert!(
+        audit
+            .iter()
+            .any(|m| m.contains(",DDL,CREATE TABLE,") && m.contains("audited")),
+        "pgaudit records the DDL: {audit:#?}"
+    );
+    assert!(
+        audit
+            .iter()
+            .any(|m| m.contains(",ROLE,CREATE ROLE,") && m.contains("auditor_probe")),
+        "pgaudit records the role change: {audit:#?}"
+    );
+    let log = instance.log();
+    for secret in [
+        "alice-Audit-1q",
+        "alice-Audit-2w",
+        SUPERUSER,
+        "SCRAM-SHA-256$",
+    ] {
+        assert!(!log.contains(secret), "{secret} in the instance's log");
+    }
+    assert!(
+        !audit.iter().any(|m| m.contains("PASSWORD")),
+        "no password statement reaches pgaudit: {audit:#?}"
+    );
+    instance.kill();
+}
