@@ -105,6 +105,28 @@ struct OperatorFlags {
     /// is installed (the controller checks at start and leaves them out otherwise).
     #[arg(long, env = "POD_MONITORS", default_value_t = false, action = clap::ArgAction::Set)]
     pod_monitors: bool,
+    /// Who may reach PostgreSQL besides each cluster's own instances and backup Jobs: a
+    /// JSON list of NetworkPolicy peers (`podSelector`, `namespaceSelector`, `ipBlock`);
+    /// empty or `[]`: anyone.
+    #[arg(long, env = "CLIENT_PEERS", default_value = "[]", value_parser = policy_peers)]
+    client_peers: PolicyPeers,
+    /// Who may scrape the instances' metrics port: a JSON list of NetworkPolicy peers;
+    /// empty or `[]`: anyone.
+    #[arg(long, env = "METRICS_PEERS", default_value = "[]", value_parser = policy_peers)]
+    metrics_peers: PolicyPeers,
+}
+
+#[derive(Clone, Debug)]
+struct PolicyPeers(Vec<k8s_openapi::api::networking::v1::NetworkPolicyPeer>);
+
+/// A JSON list of NetworkPolicy peers, refused with the reason (clap names the flag).
+fn policy_peers(text: &str) -> Result<PolicyPeers, String> {
+    if text.trim().is_empty() {
+        return Ok(PolicyPeers(Vec::new()));
+    }
+    serde_json::from_str(text)
+        .map(PolicyPeers)
+        .map_err(|e| format!("not a JSON list of NetworkPolicy peers: {e}"))
 }
 
 impl OperatorFlags {
@@ -116,6 +138,8 @@ impl OperatorFlags {
                 .filter(|c| !c.is_empty()),
             operator_namespace: self.operator_namespace.clone(),
             pod_monitors: self.pod_monitors,
+            client_peers: self.client_peers.0.clone(),
+            metrics_peers: self.metrics_peers.0.clone(),
         }
     }
 }

@@ -75,7 +75,11 @@ fn non_default_values() -> Value {
         },
         "serviceAccount": {"name": "custom-sa"},
         "nodeSelector": {"kubernetes.io/os": "linux"},
-        "grafana": {"dashboards": {"enabled": true}}
+        "grafana": {"dashboards": {"enabled": true}},
+        "networkPolicy": {
+            "clients": [{"namespaceSelector": {"matchLabels": {"postgres-access": "allowed"}}}],
+            "metricsScrapers": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]
+        }
     })
 }
 
@@ -211,6 +215,26 @@ fn non_default_values_render_namespaced_rbac_a_service_monitor_and_the_alerts() 
     assert_eq!(env("WATCH_NAMESPACES"), "team-a,team-b");
     assert_eq!(env("LEADER_ELECTION"), "false");
     assert_eq!(env("DEFAULT_STORAGE_CLASS"), "replicated");
+    // The operator reads the peers as the chart passes them: its NetworkPolicies admit
+    // exactly those clients and scrapers.
+    let rendered = std::process::Command::new(env!("CARGO_BIN_EXE_postgres-operator"))
+        .args(["render", "-o", "json", "-f"])
+        .arg(format!(
+            "{}/examples/minimal.yaml",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .env("CLIENT_PEERS", env("CLIENT_PEERS").as_str().unwrap())
+        .env("METRICS_PEERS", env("METRICS_PEERS").as_str().unwrap())
+        .output()
+        .unwrap();
+    assert!(rendered.status.success(), "{rendered:?}");
+    let text = String::from_utf8(rendered.stdout).unwrap();
+    assert!(
+        text.contains("\"postgres-access\": \"allowed\"")
+            || text.contains("\"postgres-access\":\"allowed\""),
+        "{text}"
+    );
+    assert!(text.contains("monitoring"), "{text}");
     assert_eq!(
         deployment["spec"]["template"]["spec"]["serviceAccountName"],
         "custom-sa"
@@ -355,6 +379,11 @@ fn the_values_schema_refuses_bad_values() {
         (
             json!({"grafana": {"dashboard": {"enabled": true}}}),
             "dashboard",
+        ),
+        (json!({"networkPolicy": {"clients": "apps"}}), "clients"),
+        (
+            json!({"networkPolicy": {"clients": [{"namespace": "apps"}]}}),
+            "namespace",
         ),
     ] {
         let error = render(&values).unwrap_err();

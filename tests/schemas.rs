@@ -29,8 +29,16 @@ fn render_all_examples(settings: &OperatorSettings) -> String {
 
 #[test]
 fn rendered_objects_validate_against_kubernetes_schemas() {
+    // Narrowed network access too: the NetworkPolicy with its peers must validate.
+    let peers: Vec<k8s_openapi::api::networking::v1::NetworkPolicyPeer> = serde_json::from_str(
+        r#"[{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "apps"}}},
+            {"ipBlock": {"cidr": "10.0.0.0/8"}}]"#,
+    )
+    .unwrap();
     let settings = OperatorSettings {
         default_storage_class: Some("replicated".to_string()),
+        client_peers: peers.clone(),
+        metrics_peers: peers,
         ..OperatorSettings::default()
     };
     let yaml = render_all_examples(&settings);

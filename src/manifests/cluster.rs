@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 
+use k8s_openapi::api::networking::v1::NetworkPolicyPeer;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 
 use super::{labels, names};
@@ -24,6 +25,11 @@ pub struct OperatorSettings {
     pub operator_namespace: String,
     /// A Prometheus Operator `PodMonitor` per cluster (the CRD must exist).
     pub pod_monitors: bool,
+    /// Who may reach PostgreSQL (5432) besides the cluster's own instances and backup
+    /// Jobs; empty: anyone (pg_hba and passwords still apply).
+    pub client_peers: Vec<NetworkPolicyPeer>,
+    /// Who may scrape the instances' metrics (9187); empty: anyone.
+    pub metrics_peers: Vec<NetworkPolicyPeer>,
 }
 
 /// Image of the operator built from this source tree.
@@ -44,6 +50,8 @@ impl Default for OperatorSettings {
             default_storage_class: None,
             operator_namespace: DEFAULT_OPERATOR_NAMESPACE.to_string(),
             pod_monitors: false,
+            client_peers: Vec::new(),
+            metrics_peers: Vec::new(),
         }
     }
 }

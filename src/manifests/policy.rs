@@ -95,27 +95,50 @@ fn operator_peer(cluster: &Cluster) -> NetworkPolicyPeer {
 
 /// NetworkPolicy `postgres-<name>` on the cluster's pods (ingress only):
 /// - 5432 from anywhere: the Postgres API has no list of client applications, so
-///   clients are limited by pg_hba and passwords, and tenants by namespace policies;
+///   clients are limited by pg_hba (TLS, passwords) and tenants by namespace policies;
+///   with the operator's `client_peers`, only from those, the cluster's own instances
+///   (replication, clones, rewinds) and its backup Jobs;
 /// - 8000, the instance manager's status, which drives failover decisions, only from
 ///   the cluster's own instances and the operator;
-/// - 9187 from anywhere, for whichever Prometheus scrapes it.
+/// - 9187 from anywhere, for whichever Prometheus scrapes it; with the operator's
+///   `metrics_peers`, only from those.
 pub fn desired_network_policy(cluster: &Cluster) -> NetworkPolicy {
     let instances = NetworkPolicyPeer {
         pod_selector: Some(labels::match_labels(cluster.selector())),
         ..NetworkPolicyPeer::default()
     };
+    let settings = &cluster.settings;
+    let open = |peers: &[NetworkPolicyPeer]| (!peers.is_empty()).then(|| peers.to_vec());
+    let mut rules = if settings.client_peers.is_empty() && settings.metrics_peers.is_empty() {
+        vec![ingress(&[POSTGRES_PORT, METRICS_PORT], None)]
+    } else {
+        let clients = open(&settings.client_peers).map(|peers| {
+            let backup_jobs = NetworkPolicyPeer {
+                pod_selector: Some(labels::match_labels(super::cronjob::backup_pod_labels(
+                    cluster,
+                ))),
+                ..NetworkPolicyPeer::default()
+            };
+            [instances.clone(), backup_jobs]
+                .into_iter()
+                .chain(peers)
+                .collect()
+        });
+        vec![
+            ingress(&[POSTGRES_PORT], clients),
+            ingress(&[METRICS_PORT], open(&settings.metrics_peers)),
+        ]
+    };
+    rules.push(ingress(
+        &[STATUS_PORT],
+        Some(vec![instances, operator_peer(cluster)]),
+    ));
     NetworkPolicy {
         metadata: cluster.meta(names::prefix(&cluster.name), labels::COMPONENT_DATABASE),
         spec: Some(NetworkPolicySpec {
             pod_selector: Some(labels::match_labels(cluster.selector())),
             policy_types: Some(vec!["Ingress".to_string()]),
-            ingress: Some(vec![
-                ingress(&[POSTGRES_PORT, METRICS_PORT], None),
-                ingress(
-                    &[STATUS_PORT],
-                    Some(vec![instances, operator_peer(cluster)]),
-                ),
-            ]),
+            ingress: Some(rules),
             ..NetworkPolicySpec::default()
         }),
     }
@@ -255,6 +278,51 @@ mod tests {
         let spec = network_policy(&OperatorSettings::default());
         assert_eq!(rule_for(&spec, 5432).from, None);
         assert_eq!(rule_for(&spec, 9187).from, None);
+    }
+
+    #[test]
+    fn named_clients_and_scrapers_narrow_postgresql_and_metrics() {
+        let peer = |namespace: &str| NetworkPolicyPeer {
+            namespace_selector: Some(labels::match_labels(BTreeMap::from([(
+                NAMESPACE_NAME_LABEL.to_string(),
+                namespace.to_string(),
+            )]))),
+            ..NetworkPolicyPeer::default()
+        };
+        let settings = OperatorSettings {
+            client_peers: vec![peer("apps")],
+            metrics_peers: vec![peer("monitoring")],
+            ..OperatorSettings::default()
+        };
+        let spec = network_policy(&settings);
+        let clients = rule_for(&spec, 5432).from.unwrap();
+        // The cluster's own instances (replication), its backup Jobs, then the clients.
+        assert_eq!(clients.len(), 3);
+        assert_eq!(
+            clients[0].pod_selector,
+            Some(labels::match_labels(labels::selector("demo")))
+        );
+        let jobs = clients[1]
+            .pod_selector
+            .clone()
+            .unwrap()
+            .match_labels
+            .unwrap();
+        assert_eq!(jobs[labels::CLUSTER], "demo");
+        assert_eq!(jobs[labels::NAME], "postgres-backup");
+        assert_eq!(clients[1].namespace_selector, None, "same namespace only");
+        assert_eq!(clients[2], peer("apps"));
+        assert_eq!(rule_for(&spec, 9187).from, Some(vec![peer("monitoring")]));
+        assert_eq!(rule_for(&spec, 5432).ports.unwrap().len(), 1);
+
+        // Only scrapers named: clients still from anywhere.
+        let settings = OperatorSettings {
+            metrics_peers: vec![peer("monitoring")],
+            ..OperatorSettings::default()
+        };
+        let spec = network_policy(&settings);
+        assert_eq!(rule_for(&spec, 5432).from, None);
+        assert_eq!(rule_for(&spec, 9187).from, Some(vec![peer("monitoring")]));
     }
 
     #[test]
