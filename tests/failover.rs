@@ -400,6 +400,21 @@ async fn a_failover_interrupted_after_recording_the_target_is_finished_once_as_r
     let fence = Instruction::Fence {
         primary: pods[0].clone(),
     };
+    // Only the engine's word counts: without the cluster's instruct token, or with one
+    // of another password, an instruction is refused and changes nothing.
+    for token in [
+        None,
+        Some(postgres_operator::ha::token::instruct_token(
+            "not-the-superuser",
+        )),
+    ] {
+        let refused = cluster
+            .instruct_with(1, token.as_deref(), &fence)
+            .await
+            .unwrap_err();
+        assert!(refused.contains("401"), "{refused}");
+    }
+    assert!(!cluster.report(1).await.unwrap().fenced);
     for standby in [1, 2] {
         let report = cluster.instruct(standby, &fence).await.unwrap();
         assert!(report.fenced, "{report:?}");

@@ -11,6 +11,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams};
@@ -236,6 +237,19 @@ impl World for KubeWorld {
 
     async fn recorded(&self) -> Result<Recorded, WorldError> {
         Ok(Recorded::of(&*self.postgres()?))
+    }
+
+    async fn instruct_token(&self) -> Option<String> {
+        let postgres = self.postgres().ok()?;
+        let name = names::secret_superuser(postgres.cluster_name());
+        let secret = Api::<Secret>::namespaced(self.ctx.client.clone(), &self.namespace())
+            .get_opt(&name)
+            .await
+            .inspect_err(|error| tracing::warn!(%error, secret = %name, "cannot read the superuser Secret for the instruct token"))
+            .ok()??;
+        let password = secret.data?.remove("password")?;
+        let password = String::from_utf8(password.0).ok()?;
+        Some(crate::ha::token::instruct_token(&password))
     }
 
     async fn record_target(&self, pod: &str) -> Result<(), WorldError> {

@@ -70,6 +70,16 @@ async fn send(
 }
 
 fn request(method: &str, address: &str, path: &str, body: Vec<u8>) -> hyper::Request<Full<Bytes>> {
+    request_with(method, address, path, body, None)
+}
+
+fn request_with(
+    method: &str,
+    address: &str,
+    path: &str,
+    body: Vec<u8>,
+    token: Option<&str>,
+) -> hyper::Request<Full<Bytes>> {
     let mut request = hyper::Request::new(Full::new(Bytes::from(body)));
     *request.method_mut() = method.parse().unwrap_or(hyper::Method::GET);
     if let Ok(uri) = format!("http://{address}{path}").parse() {
@@ -82,6 +92,13 @@ fn request(method: &str, address: &str, path: &str, body: Vec<u8>) -> hyper::Req
         hyper::header::CONTENT_TYPE,
         hyper::header::HeaderValue::from_static("application/json"),
     );
+    if let Some(value) = token
+        .and_then(|token| hyper::header::HeaderValue::from_str(&super::token::bearer(token)).ok())
+    {
+        request
+            .headers_mut()
+            .insert(hyper::header::AUTHORIZATION, value);
+    }
     request
 }
 
@@ -90,10 +107,11 @@ async fn call(
     method: &str,
     path: &str,
     body: Vec<u8>,
+    token: Option<&str>,
     deadline: Duration,
 ) -> Result<InstanceReport, ClientError> {
     let exchange = async {
-        let response = send(address, request(method, address, path, body)).await?;
+        let response = send(address, request_with(method, address, path, body, token)).await?;
         let status = response.status().as_u16();
         let body = response
             .into_body()
@@ -126,17 +144,19 @@ async fn call(
 
 /// `GET /ha/report`.
 pub async fn report(address: &str, deadline: Duration) -> Result<InstanceReport, ClientError> {
-    call(address, "GET", "/ha/report", Vec::new(), deadline).await
+    call(address, "GET", "/ha/report", Vec::new(), None, deadline).await
 }
 
-/// `POST /ha/instruct`: the report once the instruction is carried out.
+/// `POST /ha/instruct` with the cluster's instruct token (see `ha::token`): the report
+/// once the instruction is carried out.
 pub async fn instruct(
     address: &str,
+    token: Option<&str>,
     instruction: &Instruction,
     deadline: Duration,
 ) -> Result<InstanceReport, ClientError> {
     let body = serde_json::to_vec(instruction).unwrap_or_default();
-    call(address, "POST", "/ha/instruct", body, deadline).await
+    call(address, "POST", "/ha/instruct", body, token, deadline).await
 }
 
 /// An open `GET /ha/watch`: one report per heartbeat.

@@ -147,6 +147,10 @@ pub trait World: Send + Sync {
     fn confirm_blocked(&self, _message: &str) -> impl Future<Output = ()> + Send {
         async {}
     }
+    /// The token instructions carry (see `ha::token`), from the cluster's current
+    /// superuser password; asked before each round of instructions, so a rotated
+    /// password is followed.
+    fn instruct_token(&self) -> impl Future<Output = Option<String>> + Send;
 }
 
 /// The engine's clocks.
@@ -532,8 +536,10 @@ impl<W: World> Engine<W> {
                             .and_then(|m| m.address.clone())
                     {
                         tracing::warn!(primary = %from, "no standby can take over: releasing the held primary");
+                        let token = self.world.instruct_token().await;
                         if let Err(error) = client::instruct(
                             &address,
+                            token.as_deref(),
                             &Instruction::Promote,
                             self.timing.instruct_deadline,
                         )
@@ -547,7 +553,7 @@ impl<W: World> Engine<W> {
                 FailoverDecision::Promote(promotion) => {
                     if !old_primary_fenced {
                         old_primary_fenced = true;
-                        self.fence_old_primary(from, &members);
+                        self.fence_old_primary(from, &members).await;
                     }
                     // Positions are only final once no standby streams from the old
                     // primary: fence every answering standby, then look again.
@@ -590,8 +596,10 @@ impl<W: World> Engine<W> {
                         continue;
                     };
                     if !promoted {
+                        let token = self.world.instruct_token().await;
                         let answer = client::instruct(
                             &address,
+                            token.as_deref(),
                             &Instruction::Promote,
                             self.timing.promote_deadline,
                         )
@@ -631,13 +639,15 @@ impl<W: World> Engine<W> {
         let instruction = Instruction::Fence {
             primary: primary.to_string(),
         };
+        let token = self.world.instruct_token().await;
         let asks = members.iter().filter_map(|member| {
             let address = member.address.clone()?;
             let instruction = instruction.clone();
             let deadline = self.timing.instruct_deadline;
             let pod = member.pod.clone();
+            let token = token.clone();
             Some(async move {
-                match client::instruct(&address, &instruction, deadline).await {
+                match client::instruct(&address, token.as_deref(), &instruction, deadline).await {
                     Ok(_) => Some(pod),
                     Err(error) => {
                         tracing::warn!(%error, %pod, "fencing failed");
@@ -656,7 +666,7 @@ impl<W: World> Engine<W> {
     /// The old primary's manager, if it answers, stops its server and keeps it down.
     /// Nothing waits for it (a hung server may take long to stop): with a quorum the
     /// standbys' fence is what makes it harmless.
-    fn fence_old_primary(&self, primary: &str, members: &[Member]) {
+    async fn fence_old_primary(&self, primary: &str, members: &[Member]) {
         let Some(address) = members
             .iter()
             .find(|m| m.pod == primary)
@@ -668,8 +678,9 @@ impl<W: World> Engine<W> {
             primary: primary.to_string(),
         };
         let deadline = self.timing.promote_deadline;
+        let token = self.world.instruct_token().await;
         tokio::spawn(async move {
-            let _ = client::instruct(&address, &instruction, deadline).await;
+            let _ = client::instruct(&address, token.as_deref(), &instruction, deadline).await;
         });
     }
 
@@ -679,6 +690,7 @@ impl<W: World> Engine<W> {
         let instruction = Instruction::Follow {
             primary: primary.to_string(),
         };
+        let token = self.world.instruct_token().await;
         let asks = members
             .iter()
             .filter(|m| m.pod != primary)
@@ -686,10 +698,13 @@ impl<W: World> Engine<W> {
                 let address = member.address.clone()?;
                 let instruction = instruction.clone();
                 let pod = member.pod.clone();
+                let token = token.clone();
                 // A former primary rewinds before it answers: nothing waits for it.
                 let deadline = self.timing.promote_deadline;
                 Some(tokio::spawn(async move {
-                    if let Err(error) = client::instruct(&address, &instruction, deadline).await {
+                    if let Err(error) =
+                        client::instruct(&address, token.as_deref(), &instruction, deadline).await
+                    {
                         tracing::info!(%error, %pod, "not re-pointed now; it follows the record when it answers");
                     }
                 }))

@@ -127,6 +127,14 @@ impl World for LocalWorld {
         self.set_status(&[("targetPrimary", Value::from(pod))])
     }
 
+    async fn instruct_token(&self) -> Option<String> {
+        let text = std::fs::read_to_string(&self.spec_file).ok()?;
+        let snapshot = crate::instance::source::parse_snapshot(&text).ok()?;
+        snapshot
+            .superuser_password()
+            .map(super::token::instruct_token)
+    }
+
     async fn record_primary(&self, pod: &str) -> Result<(), WorldError> {
         self.set_status(&[
             ("currentPrimary", Value::from(pod)),

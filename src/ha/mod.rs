@@ -8,6 +8,7 @@ pub mod engine;
 mod input;
 pub mod local;
 pub mod plan;
+pub mod token;
 pub mod wire;
 
 pub use decide::{Blocked, FailoverDecision, Promotion, RESTART_GRACE, UNREACHABLE_GRACE, decide};

@@ -76,6 +76,8 @@ pub struct HaEndpoints {
     pub instructions: mpsc::Sender<Request>,
     /// Counts the open heartbeat streams (see `isolation`).
     pub contact: Arc<Contact>,
+    /// The superuser password in force: an instruction must carry its token.
+    pub superuser_password: tokio::sync::watch::Receiver<Option<String>>,
 }
 
 impl HaEndpoints {
@@ -247,8 +249,22 @@ async fn watch(State(endpoints): State<HaEndpoints>) -> Response {
 
 async fn instruct(
     State(endpoints): State<HaEndpoints>,
+    headers: axum::http::HeaderMap,
     Json(instruction): Json<Instruction>,
 ) -> Response {
+    let presented = headers
+        .get(crate::ha::token::HEADER)
+        .and_then(|value| value.to_str().ok());
+    let admitted =
+        crate::ha::token::admits(presented, endpoints.superuser_password.borrow().as_deref());
+    if !admitted {
+        tracing::warn!(?instruction, "HA instruction refused: no valid token");
+        return (
+            StatusCode::UNAUTHORIZED,
+            "an HA instruction must carry the cluster's instruct token",
+        )
+            .into_response();
+    }
     let (reply, outcome) = oneshot::channel();
     tracing::info!(?instruction, "HA instruction received");
     if endpoints

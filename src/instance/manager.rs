@@ -201,6 +201,8 @@ struct Manager {
     switchover_given_up: bool,
     /// What a standby streams with while the replication password rotates.
     replication_password: ReplicationPassword,
+    /// The superuser password in force, which HA instructions must prove (`ha::token`).
+    superuser_password: watch::Sender<Option<String>>,
 }
 
 /// An HA instruction that waits longer than this for the main loop is logged.
@@ -327,6 +329,7 @@ async fn run_with(
         restart_wanted_since: None,
         switchover_given_up: false,
         replication_password: ReplicationPassword::default(),
+        superuser_password: watch::channel(snapshot.superuser_password().map(str::to_string)).0,
         contact: Arc::default(),
         replicas: watch::channel(snapshot.postgres.spec.replicas).0,
         held_down: watch::channel(HoldDown::Released).0,
@@ -825,6 +828,8 @@ impl Manager {
     async fn reconfigure(&mut self, snapshot: &Snapshot) {
         self.provisioner
             .set_password(snapshot.superuser_password().map(str::to_string));
+        self.superuser_password
+            .send_replace(snapshot.superuser_password().map(str::to_string));
         if let Some(instructed) = &self.instructed
             && instructed.over != snapshot.target_primary()
         {
@@ -1230,6 +1235,7 @@ impl Manager {
             view: self.ha_view.clone(),
             instructions,
             contact: self.contact.clone(),
+            superuser_password: self.superuser_password.subscribe(),
         };
         for (address, router) in [
             (

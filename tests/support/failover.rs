@@ -434,10 +434,27 @@ impl HaCluster {
         index: usize,
         instruction: &Instruction,
     ) -> Result<InstanceReport, String> {
-        let address = format!("127.0.0.1:{}", self.instances[index].status_port);
-        postgres_operator::ha::client::instruct(&address, instruction, Duration::from_secs(30))
+        let token = postgres_operator::ha::engine::World::instruct_token(&self.world()).await;
+        self.instruct_with(index, token.as_deref(), instruction)
             .await
-            .map_err(|error| error.to_string())
+    }
+
+    /// [`Self::instruct`] with `token` as the instruct token.
+    pub async fn instruct_with(
+        &self,
+        index: usize,
+        token: Option<&str>,
+        instruction: &Instruction,
+    ) -> Result<InstanceReport, String> {
+        let address = format!("127.0.0.1:{}", self.instances[index].status_port);
+        postgres_operator::ha::client::instruct(
+            &address,
+            token,
+            instruction,
+            Duration::from_secs(30),
+        )
+        .await
+        .map_err(|error| error.to_string())
     }
 
     /// Whether instance `index` runs as a standby streaming from `primary`.

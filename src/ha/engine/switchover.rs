@@ -99,9 +99,11 @@ impl<W: World> Engine<W> {
             }
         }
         // 2. The primary stops cleanly and says where its last checkpoint is.
+        let token = self.world.instruct_token().await;
         let stop = Instant::now();
         let handed = client::instruct(
             &from_address,
+            token.as_deref(),
             &Instruction::HandOver { to: to.to_string() },
             self.timing.promote_deadline,
         )
@@ -151,6 +153,7 @@ impl<W: World> Engine<W> {
         // 4. The target takes over; everybody follows it.
         if let Err(error) = client::instruct(
             &to_address,
+            token.as_deref(),
             &Instruction::Promote,
             self.timing.promote_deadline,
         )
@@ -190,8 +193,10 @@ impl<W: World> Engine<W> {
         to: &str,
         reason: String,
     ) -> Result<(), WorldError> {
+        let token = self.world.instruct_token().await;
         if let Err(error) = client::instruct(
             from_address,
+            token.as_deref(),
             &Instruction::Promote,
             self.timing.instruct_deadline,
         )
