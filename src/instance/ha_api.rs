@@ -6,7 +6,8 @@
 //!   manager or its pod gone) or a silence (a hung node) is how a lost primary is seen
 //!   within about a second, with no polling and no API writes;
 //! - `POST /ha/instruct`: an [`Instruction`] (fence, promote, follow), carried out by the
-//!   manager's main loop, answered once done.
+//!   manager's main loop, answered once done; only with the cluster's instruct token
+//!   (`ha::token`), `401` otherwise.
 
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
