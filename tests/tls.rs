@@ -45,6 +45,17 @@ fn value(secrets: &ExistingSecrets, secret: &str, key: &str) -> String {
     String::from_utf8(secrets[secret].data.as_ref().unwrap()[key].0.clone()).unwrap()
 }
 
+/// The cluster CA's certificate of `secrets` as file `file` in `dir`, for clients.
+fn write_cluster_ca(secrets: &ExistingSecrets, dir: &Path, file: &str) -> std::path::PathBuf {
+    let path = dir.join(file);
+    std::fs::write(
+        &path,
+        value(secrets, &format!("postgres-{CLUSTER}-ca"), tls::CA_CERT),
+    )
+    .unwrap();
+    path
+}
+
 fn spec_yaml(server: &Secret) -> String {
     format!(
         "apiVersion: apps.cozystack.io/v1alpha1\nkind: Postgres\nmetadata: {{name: {CLUSTER}, namespace: tenant}}\nspec:\n  replicas: 2\n---\napiVersion: v1\nkind: Secret\nmetadata: {{name: postgres-{CLUSTER}-superuser}}\nstringData: {{username: postgres, password: {SUPERUSER_PASSWORD}}}\n---\napiVersion: v1\nkind: Secret\nmetadata: {{name: postgres-{CLUSTER}-replication}}\nstringData: {{username: streaming_replica, password: repl}}\n---\n{}",
@@ -122,12 +133,7 @@ async fn clients_and_standbys_verify_the_server_and_a_renewed_certificate_needs_
     standby.wait_ready().await;
 
     let ca_dir = tempfile::tempdir().unwrap();
-    let ca = ca_dir.path().join("ca.crt");
-    std::fs::write(
-        &ca,
-        value(&first, &format!("postgres-{CLUSTER}-ca"), tls::CA_CERT),
-    )
-    .unwrap();
+    let ca = write_cluster_ca(&first, ca_dir.path(), "ca.crt");
 
     // Every name a client may use: each Service in each of its forms, each instance.
     let mut names = Vec::new();
@@ -152,12 +158,7 @@ async fn clients_and_standbys_verify_the_server_and_a_renewed_certificate_needs_
     assert!(refused.contains("does not match host name"), "{refused}");
     // So does another cluster's CA.
     let other = issue(&BTreeMap::new(), issued_at);
-    let other_ca = ca_dir.path().join("other-ca.crt");
-    std::fs::write(
-        &other_ca,
-        value(&other, &format!("postgres-{CLUSTER}-ca"), tls::CA_CERT),
-    )
-    .unwrap();
+    let other_ca = write_cluster_ca(&other, ca_dir.path(), "other-ca.crt");
     let refused = psql_verify_full(&names[0], primary_port, &other_ca).unwrap_err();
     assert!(refused.contains("certificate verify failed"), "{refused}");
 
@@ -247,12 +248,7 @@ async fn a_clear_text_connection_from_another_pod_is_refused() {
     let primary = Instance::spawn_placed(&spec, CLUSTER, PRIMARY, port, &[], &[], &[], &placement);
     primary.wait_ready().await;
     let ca_dir = tempfile::tempdir().unwrap();
-    let ca = ca_dir.path().join("ca.crt");
-    std::fs::write(
-        &ca,
-        value(&first, &format!("postgres-{CLUSTER}-ca"), tls::CA_CERT),
-    )
-    .unwrap();
+    let ca = write_cluster_ca(&first, ca_dir.path(), "ca.crt");
 
     let refused = psql_from(&netns, &netns.host_address, port, "sslmode=disable").unwrap_err();
     assert!(
@@ -432,12 +428,7 @@ async fn a_provided_certificate_and_the_external_address_are_verified_by_clients
     );
     let instance = Instance::spawn(&spec, CLUSTER, PRIMARY, &[], &[]);
     instance.wait_ready().await;
-    let ca = dir.path().join("cluster-ca.crt");
-    std::fs::write(
-        &ca,
-        value(&issued, &format!("postgres-{CLUSTER}-ca"), tls::CA_CERT),
-    )
-    .unwrap();
+    let ca = write_cluster_ca(&issued, dir.path(), "cluster-ca.crt");
     let answer = psql_verify_full("127.0.0.1", instance.port, &ca).unwrap();
     assert!(answer.starts_with("t|TLSv1."), "{answer}");
 }
