@@ -61,6 +61,15 @@ pub struct HaView {
 
 /// An instruction with the channel its outcome goes back on.
 /// An instruction, when it was received, and where its outcome goes.
+impl HaView {
+    /// Whether the manager wrote the files after the server last loaded them
+    /// (`loaded_ms`, ms since the epoch): the server does not run them yet.
+    pub fn files_unread(&self, loaded_ms: i64) -> bool {
+        self.config_written_at
+            .is_some_and(|written| written > loaded_ms)
+    }
+}
+
 pub type Request = (
     Instruction,
     std::time::Instant,
@@ -208,10 +217,7 @@ pub fn compose(pod: &str, view: &HaView, server: Option<ServerState>) -> Instanc
         config_digest: view.config_digest.clone(),
         // Files written but not loaded yet wait as much as settings loaded but not
         // applied: either way the server does not run what the spec says.
-        pending_restart: server.pending_restart
-            || view
-                .config_written_at
-                .is_some_and(|written| written > server.config_loaded_at),
+        pending_restart: server.pending_restart || view.files_unread(server.config_loaded_at),
     }
 }
 

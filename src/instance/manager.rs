@@ -1093,14 +1093,11 @@ impl Manager {
     }
 
     /// Whether the files were written after the server last loaded them (`loaded`, Unix
-    /// seconds), as `/ha/report` tells the engine (a pending restart).
+    /// seconds): what `/ha/report` tells the engine as a pending restart.
     fn files_unread(&self, loaded: f64) -> bool {
-        let written = self
-            .ha_view
+        self.ha_view
             .read()
-            .ok()
-            .and_then(|view| view.config_written_at);
-        written.is_some_and(|written| written as f64 > loaded * 1000.0)
+            .is_ok_and(|view| view.files_unread((loaded * 1000.0) as i64))
     }
 
     /// A primary hands over rather than restart in place when it can: a switchover
