@@ -14,18 +14,17 @@ fn repo() -> PathBuf {
 
 /// A tool of the test virtualenv.
 pub fn tools_bin(name: &str) -> PathBuf {
-    let path = repo().join(".tools/venv/bin").join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: run `bash scripts/install-test-deps.sh` (or scripts/test.sh)",
-        path.display()
-    );
-    path
+    installed(".tools/venv/bin", name)
 }
 
 /// A tool built from Kubernetes' own code by `scripts/install-k8s-code.sh`.
 pub fn k8s_bin(name: &str) -> PathBuf {
-    let path = repo().join(".tools/k8s/bin").join(name);
+    installed(".tools/k8s/bin", name)
+}
+
+/// `name` under `dir` of the repository, where the test script installs it.
+fn installed(dir: &str, name: &str) -> PathBuf {
+    let path = repo().join(dir).join(name);
     assert!(
         path.exists(),
         "{} is missing: run `bash scripts/install-test-deps.sh` (or scripts/test.sh)",
